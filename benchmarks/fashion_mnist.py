@@ -1,0 +1,164 @@
+"""Fashion-MNIST benchmark: the small CNN and LeNet-300-100, pruned and fine-tuned by prunetune.
+
+Writes benchmarks/results/fashion_mnist.json and fashion_mnist.md (with the peer rows of
+../shared/ANCHORS.md beside ours). Takes about an hour on 2 CPU cores; `--quick` is a smoke
+test on a 2,000-image slice.
+
+    python benchmarks/fashion_mnist.py [--quick] [--only NAME ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from machine import describe  # noqa: E402
+
+from prunetune.pipeline import run  # noqa: E402
+from prunetune.recipe import Recipe  # noqa: E402
+
+HERE = Path(__file__).parent
+RESULTS = HERE / "results"
+
+BASE = {
+    "name": "bench",
+    "seed": 0,
+    "model": {"name": "small_cnn"},
+    "data": {"source": "fashion_mnist"},
+    # The peer's dense recipe: 10 epochs AdamW + a decaying schedule, best epoch on a 5,000 split.
+    "dense": {"epochs": 10, "lr": 2e-3, "weight_decay": 0.05, "lr_schedule": "cosine", "warmup_epochs": 0.5},
+    # Same fine-tuning budget as the peer: 3 epochs of AdamW (ours decays the rate: cosine).
+    "finetune": {"epochs": 3, "lr": 1e-3, "weight_decay": 0.01, "lr_schedule": "cosine"},
+    "evaluate": {"latency_batch": 64, "min_run_time": 2.0},
+}
+
+CONFIGS = []
+for s in (0.5, 0.75, 0.9, 0.95):
+    for kind in ("oneshot", "gradual"):
+        CONFIGS.append((f"cnn-unstructured-{int(s * 100)}-{kind}",
+                        {"prune": {"method": "unstructured", "importance": "l1", "scope": "global", "sparsity": s, "schedule": {"kind": kind}}}))
+for s in (0.25, 0.5, 0.75):
+    for kind in ("oneshot", "gradual"):
+        CONFIGS.append((f"cnn-channels-{int(s * 100)}-{kind}",
+                        {"prune": {"method": "structured", "importance": "l2", "sparsity": s, "schedule": {"kind": kind}}}))
+LENET = {"model": {"name": "lenet300"}, "dense": {"epochs": 20, "lr": 1e-3, "weight_decay": 0.01},
+         "finetune": {"epochs": 5, "lr": 5e-4}}
+for kind in ("oneshot", "gradual"):
+    CONFIGS.append((f"lenet300-unstructured-92-{kind}",
+                    {**LENET, "prune": {"method": "unstructured", "importance": "l1", "scope": "layer", "sparsity": 0.92, "schedule": {"kind": kind}}}))
+
+# Peer rows from ../shared/ANCHORS.md (Torch-Pruning / torch.nn.utils.prune + 3 epochs plain AdamW).
+PEER = {
+    "cnn-channels-50": {"dense": 93.69, "before": 55.45, "after": 93.23, "speedup_b64": 2.78, "speedup_b1": 1.99, "macs_ratio": 3.9},
+    "cnn-channels-75": {"dense": 93.69, "before": 30.38, "after": 92.29, "speedup_b64": 4.97, "speedup_b1": 1.76, "macs_ratio": 15.0},
+    "cnn-unstructured-90": {"dense": 93.69, "before": 91.84, "after": 93.49, "speedup_b64": 0.80, "gzip_ratio": 5.4},
+    "cnn-unstructured-95": {"dense": 93.69, "before": 76.88, "after": 93.39, "speedup_b64": 0.84, "gzip_ratio": 7.9},
+}
+TARGETS = {  # name prefix -> (max drop in points, min measured speedup at batch 64)
+    "cnn-unstructured-90": (0.5, None),
+    "cnn-channels-50": (0.5, 2.5),
+    "cnn-channels-75": (1.0, 5.0),
+    "lenet300-unstructured-92": (0.3, None),
+}
+
+
+def merge(a: dict, b: dict) -> dict:
+    out = dict(a)
+    for k, v in b.items():
+        out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def summarise(name: str, rep: dict) -> dict:
+    st, sp = rep["stages"], rep["speedup"]
+    d, p, f = st["dense"], st["pruned"], st["finetuned"]
+    row = {
+        "name": name,
+        "dense": d["accuracy"], "before_ft": p["accuracy"], "after_ft": f["accuracy"],
+        "drop": round(d["accuracy"] - f["accuracy"], 2),
+        "sparsity": f["sparsity"], "prunable_sparsity": f["prunable_sparsity"],
+        "params": f["params"], "nonzero": f["nonzero_params"],
+        "macs_ratio": sp["finetuned"]["macs_ratio"],
+        "speedup_b1": sp["finetuned"].get("speedup_batch_1"), "speedup_b64": sp["finetuned"].get("speedup_batch_N"),
+        "latency_ms": {"dense": d.get("latency_ms"), "finetuned": f.get("latency_ms")},
+        "nonzero_ratio": round(d["nonzero_params"] / f["nonzero_params"], 2),
+        "gzip_ratio": round(d["gzip_bytes"] / f["gzip_bytes"], 2),
+        "finetune_s": rep["finetune"]["wall_s"], "best_epoch": rep["finetune"]["best_epoch"],
+    }
+    key = name.rsplit("-", 1)[0]
+    if key in TARGETS:
+        max_drop, min_speed = TARGETS[key]
+        ok = row["drop"] <= max_drop and (min_speed is None or (row["speedup_b64"] or 0) >= min_speed)
+        row["target"] = {"max_drop": max_drop, "min_speedup_b64": min_speed, "met": ok}
+    return row
+
+
+def table(rows: list[dict], machine: dict) -> str:
+    lines = [
+        "# Fashion-MNIST benchmark",
+        "",
+        f"Machine: {machine['cpu']}, {machine['cores']} cores, {machine['torch_threads']} torch threads, "
+        f"torch {machine['torch']}, Python {machine['python']}. Latency: torch.utils.benchmark p50, batch 1 and 64.",
+        "",
+        "| run | dense | before FT | after FT | drop (pt) | MACs ÷ | measured speedup b1 / b64 | non-zeros ÷ | gzip ÷ | FT s | target |",
+        "|---|---:|---:|---:|---:|---:|---|---:|---:|---:|---|",
+    ]
+    for r in rows:
+        t = r.get("target")
+        tgt = "" if not t else ("met" if t["met"] else "**missed**") + f" (≤{t['max_drop']} pt" + (f", ≥{t['min_speedup_b64']}×)" if t["min_speedup_b64"] else ")")
+        lines.append(
+            f"| {r['name']} | {r['dense']:.2f} | {r['before_ft']:.2f} | {r['after_ft']:.2f} | {r['drop']:.2f} | {r['macs_ratio']:.2f} | "
+            f"{r['speedup_b1']:.2f}× / {r['speedup_b64']:.2f}× | {r['nonzero_ratio']:.1f} | {r['gzip_ratio']:.1f} | {r['finetune_s']:.0f} | {tgt} |"
+        )
+        peer = PEER.get(r["name"].rsplit("-", 1)[0])
+        if peer and r["name"].endswith("oneshot"):
+            sp = f"{peer.get('speedup_b1', float('nan')):.2f}× / {peer['speedup_b64']:.2f}×" if "speedup_b1" in peer else f"— / {peer['speedup_b64']:.2f}×"
+            lines.append(
+                f"| ↳ peer (ANCHORS.md) | {peer['dense']:.2f} | {peer['before']:.2f} | {peer['after']:.2f} | "
+                f"{peer['dense'] - peer['after']:.2f} | {peer.get('macs_ratio', 1.0):.1f} | {sp} | | {peer.get('gzip_ratio', '')} | | |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true", help="2,000-image smoke test, 1 epoch each")
+    ap.add_argument("--only", nargs="*", help="run only configs whose name starts with one of these")
+    args = ap.parse_args()
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    runs = HERE / "runs"
+    stem = "fashion_mnist_quick" if args.quick else "fashion_mnist"
+    machine = describe()
+    json_path = RESULTS / f"{stem}.json"
+    done = {r["name"]: r for r in json.loads(json_path.read_text())["rows"]} if json_path.exists() and args.only else {}
+    rows = []
+    for name, cfg in CONFIGS:
+        if args.only and not any(name.startswith(o) for o in args.only):
+            if name in done:
+                rows.append(done[name])
+            continue
+        recipe = merge(BASE, cfg)
+        recipe["name"] = name
+        if args.quick:
+            recipe = merge(recipe, {"data": {"limit": 2000}, "dense": {"epochs": 1}, "finetune": {"epochs": 1},
+                                    "evaluate": {"min_run_time": 0.2}})
+        out = runs / stem / name
+        shutil.rmtree(out, ignore_errors=True)
+        t0 = time.time()
+        rep = run(Recipe.model_validate(recipe), out, log=lambda m: print(f"[{name}] {m}", flush=True))
+        row = summarise(name, rep)
+        row["wall_s"] = round(time.time() - t0, 1)
+        rows.append(row)
+        json_path.write_text(json.dumps({"machine": machine, "base_recipe": BASE, "rows": rows}, indent=2))
+        (RESULTS / f"{stem}.md").write_text(table(rows, machine))
+        print(f"[{name}] {row['dense']:.2f} -> {row['before_ft']:.2f} -> {row['after_ft']:.2f} "
+              f"speedup b64 {row['speedup_b64']}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

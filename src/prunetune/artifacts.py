@@ -1,0 +1,187 @@
+"""Saved models are data, never pickles: `model.safetensors` + `manifest.json` (+ `masks.safetensors`).
+
+Loading rebuilds the architecture from the manifest's model spec, resizes every layer whose
+shape structural pruning changed, checks every tensor's shape against the manifest, and
+re-attaches masks so later fine-tuning keeps the sparsity.
+
+Example:
+    >>> # save_model(model, "runs/x/model", manifest_extra)      # doctest: +SKIP
+    >>> # model, manifest = load_model("runs/x/model")           # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from pydantic import BaseModel, ConfigDict, ValidationError
+from torch import nn
+
+from . import __version__
+from .errors import PrunetuneError
+from .pruning.layers import sync_attributes
+from .pruning.masks import attach_mask, masked_layers, realise
+
+FORMAT = "prunetune-model/1"
+
+
+class Manifest(BaseModel):
+    """Schema of manifest.json, validated before anything in it is used."""
+
+    model_config = ConfigDict(extra="allow", protected_namespaces=())
+
+    format: str
+    prunetune_version: str
+    torch_version: str
+    task: str
+    model: dict[str, Any]
+    num_classes: int
+    class_names: list[str]
+    input_shape: list[int]
+    preprocess: dict[str, Any]
+    tensors: dict[str, list[int]]
+    masks: dict[str, float] = {}
+    recipe: dict[str, Any] = {}
+
+
+def atomic_dir(final: Path) -> Path:
+    """A temporary sibling folder; `commit_dir` renames it to `final` when everything is written."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+
+
+def commit_dir(tmp: Path, final: Path) -> None:
+    if final.exists():
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise PrunetuneError(f"{final}: already exists; choose another --out or remove it")
+    os.replace(tmp, final)
+
+
+def save_model(model: nn.Module, folder: str | Path, info: dict[str, Any]) -> Path:
+    """Write weights (masks realised), masks and manifest into `folder` (which must not exist)."""
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    if folder.exists():
+        raise PrunetuneError(f"{folder}: already exists; choose another output folder")
+    tmp = atomic_dir(folder)
+    try:
+        plain = realise(model).cpu()
+        state = {k: v.detach().contiguous().clone() for k, v in plain.state_dict().items()}
+        save_file(state, str(tmp / "model.safetensors"))
+        masks = {f"{name}.weight": m.detach().cpu().contiguous() for name, m in masked_layers(model).items()}
+        if masks:
+            save_file(masks, str(tmp / "masks.safetensors"))
+        manifest = {
+            "format": FORMAT,
+            "prunetune_version": __version__,
+            "torch_version": torch.__version__,
+            **info,
+            "tensors": {k: list(v.shape) for k, v in state.items()},
+            "masks": {k: round(float(v.float().mean()), 6) for k, v in masks.items()},
+        }
+        Manifest.model_validate(manifest)
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    commit_dir(tmp, folder)
+    return folder
+
+
+def read_manifest(folder: str | Path) -> Manifest:
+    folder = Path(folder)
+    path = folder / "manifest.json"
+    if not folder.is_dir():
+        raise PrunetuneError(f"{folder}: model folder not found; give a run's model/ folder")
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise PrunetuneError(f"{path}: missing; a model folder needs manifest.json and model.safetensors") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise PrunetuneError(f"{path}: unreadable manifest ({e.__class__.__name__}); re-save the model") from None
+    try:
+        m = Manifest.model_validate(raw)
+    except ValidationError as e:
+        err = e.errors()[0]
+        raise PrunetuneError(f"{path}: {'.'.join(map(str, err['loc']))}: {err['msg']}; re-save the model") from None
+    if m.format != FORMAT:
+        raise PrunetuneError(f"{path}: format {m.format!r} is not {FORMAT!r}; re-save with this prunetune version")
+    return m
+
+
+def _load_tensors(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    if not path.exists():
+        raise PrunetuneError(f"{path}: missing; the model folder is incomplete, re-save the model")
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise PrunetuneError(f"{path}: not a valid safetensors file ({str(e)[:80]}); re-save the model") from None
+
+
+def resize_to(model: nn.Module, shapes: dict[str, list[int]]) -> None:
+    """Give every parameter / buffer the shape recorded in `shapes` (structural pruning changed them)."""
+    for mod_name, mod in model.named_modules():
+        changed = False
+        for kind, tensors in (("param", mod._parameters), ("buffer", mod._buffers)):
+            for t_name, t in list(tensors.items()):
+                if t is None:
+                    continue
+                key = f"{mod_name}.{t_name}" if mod_name else t_name
+                want = shapes.get(key)
+                if want is not None and list(t.shape) != list(want):
+                    new = torch.empty(want, dtype=t.dtype, device=t.device)
+                    if kind == "param":
+                        mod._parameters[t_name] = nn.Parameter(new, requires_grad=t.requires_grad)
+                    else:
+                        mod._buffers[t_name] = new
+                    changed = True
+        if changed:
+            sync_attributes(mod)
+
+
+def load_model(folder: str | Path, trust_code: bool = False) -> tuple[nn.Module, Manifest]:
+    """Rebuild a saved model from its folder: no pickle is ever loaded."""
+    from .models import build_model
+    from .recipe import ModelSpec
+
+    folder = Path(folder)
+    manifest = read_manifest(folder)
+    state = _load_tensors(folder / "model.safetensors")
+    want = manifest.tensors
+    if set(state) != set(want):
+        diff = sorted(set(state) ^ set(want))[:3]
+        raise PrunetuneError(f"{folder}: manifest and model.safetensors list different tensors ({', '.join(diff)}); re-save the model")
+    for k, v in state.items():
+        if list(v.shape) != list(want[k]):
+            raise PrunetuneError(
+                f"{folder}: tensor {k} has shape {list(v.shape)} but the manifest says {want[k]}; the files do not belong together"
+            )
+    spec = ModelSpec.model_validate(manifest.model)
+    if ":" in spec.name and not spec.name.startswith(("torchvision:", "timm:")):
+        spec = spec.model_copy(update={"trust_code": trust_code})
+    model = build_model(spec, manifest.num_classes, tuple(manifest.input_shape))
+    resize_to(model, want)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        raise PrunetuneError(f"{folder}: weights do not fit the architecture ({str(e).splitlines()[0]}); re-save the model") from None
+    mask_file = folder / "masks.safetensors"
+    if manifest.masks:
+        masks = _load_tensors(mask_file)
+        mods = dict(model.named_modules())
+        for key, mask in masks.items():
+            layer = key.rsplit(".", 1)[0]
+            if layer not in mods or list(mods[layer].weight.shape) != list(mask.shape):
+                raise PrunetuneError(f"{mask_file}: mask {key} does not fit the model; re-save the model")
+            attach_mask(mods[layer]).mask.copy_(mask.bool())
+    model.eval()
+    return model, manifest

@@ -1,0 +1,120 @@
+"""The dense (starting) model: loaded from the user's safetensors file, or trained and cached.
+
+A trained dense model is cached by a hash of the recipe's task, model, data, dense and seed
+fields, so repeated runs and sweeps skip training. Cache root: $PRUNETUNE_CACHE or
+~/.cache/prunetune.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from .artifacts import FORMAT, load_model, save_model
+from .errors import PrunetuneError
+from .models import build_model, classifier_name
+from .training import Trainer
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("PRUNETUNE_CACHE") or Path.home() / ".cache" / "prunetune")
+
+
+def dense_key(recipe) -> str:
+    d = recipe.model_dump(mode="json")
+    data = {k: v for k, v in d["data"].items() if k not in ("eval_batch_size", "test_limit")}
+    dense = {k: v for k, v in d["dense"].items() if k != "cache"}
+    payload = {"format": FORMAT, "task": d["task"], "seed": d["seed"], "model": d["model"], "data": data, "dense": dense}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:20]
+
+
+def model_info(recipe, bundle) -> dict[str, Any]:
+    """What a saved model's manifest needs besides its tensors."""
+    return {
+        "task": recipe.task,
+        "model": recipe.model.model_dump(mode="json"),
+        "num_classes": bundle.num_classes,
+        "class_names": bundle.class_names,
+        "input_shape": list(bundle.input_shape),
+        "preprocess": bundle.preprocess,
+        "recipe": recipe.model_dump(mode="json"),
+    }
+
+
+def check_outputs(model: nn.Module, task, bundle, where: str) -> None:
+    with torch.no_grad():
+        model.eval()
+        out = task.forward(model, bundle.train.x[:2])
+    if out.shape[-1] != bundle.num_classes:
+        raise PrunetuneError(
+            f"{where}: the model outputs {out.shape[-1]} classes but the data has {bundle.num_classes}; "
+            "match the model's classifier to the data"
+        )
+
+
+def _load_user_file(model: nn.Module, path: Path, bundle) -> None:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    if not path.exists():
+        raise PrunetuneError(f"dense.path: {path} not found; give a .safetensors file of trained weights")
+    try:
+        state = load_file(str(path))
+    except (SafetensorError, OSError, ValueError):
+        raise PrunetuneError(
+            f"dense.path: {path} is not a safetensors file (pickled .pt/.pth files are refused); "
+            "convert with safetensors.torch.save_file(model.state_dict(), path)"
+        ) from None
+    own = model.state_dict()
+    cls = classifier_name(model)
+    w = f"{cls}.weight" if cls else None
+    if w and w in state and w in own and state[w].shape[0] != own[w].shape[0]:
+        raise PrunetuneError(
+            f"dense.path: {path} has {state[w].shape[0]} output classes but the data has {bundle.num_classes}; "
+            "use weights trained for these classes"
+        )
+    missing, extra = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+    bad = [k for k in own if k in state and state[k].shape != own[k].shape]
+    if missing or extra or bad:
+        detail = (f"missing {missing[:3]}" if missing else f"unexpected {extra[:3]}" if extra else
+                  f"shape of {bad[0]} is {list(state[bad[0]].shape)}, model wants {list(own[bad[0]].shape)}")
+        raise PrunetuneError(f"dense.path: {path} does not fit model {model.__class__.__name__} ({detail}); check model.name")
+    model.load_state_dict(state)
+
+
+def obtain_dense(recipe, bundle, task, device: torch.device, log: Callable[[str], None]) -> tuple[nn.Module, dict[str, Any]]:
+    """Return the dense model and how it was obtained (source, cache path, training history)."""
+    spec = recipe.dense
+    if spec.source == "file":
+        model = build_model(recipe.model, bundle.num_classes, bundle.input_shape)
+        check_outputs(model, task, bundle, "model")
+        _load_user_file(model, Path(spec.path), bundle)
+        return model.to(device), {"source": "file", "path": str(spec.path), "history": []}
+    folder = cache_root() / "dense" / dense_key(recipe)
+    if spec.cache and (folder / "manifest.json").exists():
+        model, manifest = load_model(folder, trust_code=recipe.model.trust_code)
+        log(f"dense: loaded from cache {folder}")
+        info = json.loads((folder / "manifest.json").read_text()).get("dense", {})
+        return model.to(device), {**info, "source": "cache", "cache": str(folder)}
+    torch.manual_seed(recipe.seed)
+    model = build_model(recipe.model, bundle.num_classes, bundle.input_shape)
+    check_outputs(model, task, bundle, "model")
+    log(f"dense: training {recipe.model.name} for {spec.epochs} epochs")
+    trainer = Trainer(model, task, bundle, spec, device, recipe.seed, desc="dense", log=log)
+    history = trainer.fit(spec.epochs)
+    info = {"source": "train", "history": history, "best_epoch": trainer.best_epoch, "wall_s": round(trainer.wall_s, 2)}
+    if spec.cache:
+        try:
+            save_model(model, folder, {**model_info(recipe, bundle), "dense": info})
+            info["cache"] = str(folder)
+        except PrunetuneError:
+            pass  # another process cached the same model meanwhile
+        except OSError as e:
+            log(f"dense: could not cache the trained model ({e.strerror}); continuing")
+    return model, info

@@ -1,0 +1,44 @@
+"""`evaluate_model`: score a saved model folder on its test set (what `prunetune eval` runs)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from .artifacts import load_model
+from .data import build_data
+from .errors import PrunetuneError
+from .recipe import DataSpec, apply_overrides
+from .registry import TASKS, load_builtins
+from .training import pick_device
+
+
+def evaluate_model(folder: str | Path, overrides: list[str] | None = None, trust_code: bool = False,
+                   device: str | None = None) -> dict[str, Any]:
+    """Test accuracy of a saved model on the data its recipe names (overridable with `data.key=value`)."""
+    from pydantic import ValidationError
+
+    load_builtins()
+    model, manifest = load_model(folder, trust_code=trust_code)
+    recipe = manifest.recipe
+    data = dict(recipe.get("data", {}))
+    for o in overrides or []:
+        if not o.startswith("data."):
+            raise PrunetuneError(f"--set {o}: eval only takes data.* overrides (e.g. data.path=/my/data)")
+    data = apply_overrides({"data": data}, overrides)["data"]
+    try:
+        spec = DataSpec.model_validate(data)
+    except ValidationError as e:
+        err = e.errors()[0]
+        raise PrunetuneError(f"data.{'.'.join(map(str, err['loc']))}: {err['msg']}") from None
+    bundle = build_data(spec, recipe.get("seed", 0))
+    if bundle.class_names != manifest.class_names:
+        raise PrunetuneError(
+            f"{folder}: the model's classes {manifest.class_names[:4]}... differ from the data's "
+            f"{bundle.class_names[:4]}...; evaluate on data with the same classes"
+        )
+    dev = pick_device(device)
+    task = TASKS.get(manifest.task, "task")()
+    result = task.evaluate(model.to(dev), bundle.test, bundle.eval_batch_size, dev, bundle.class_names)
+    result["examples"] = len(bundle.test)
+    return result

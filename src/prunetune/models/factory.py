@@ -1,0 +1,44 @@
+"""`build_model`: one entry point for built-in, torchvision, timm and user models.
+
+Example:
+    >>> from prunetune.recipe import ModelSpec
+    >>> m = build_model(ModelSpec(name="lenet300"), num_classes=10, input_shape=(1, 28, 28))
+    >>> classifier_name(m)
+    'classifier'
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+from ..registry import MODELS, load_builtins
+from . import external
+
+
+def build_model(spec, num_classes: int, input_shape: tuple[int, ...]) -> nn.Module:
+    load_builtins()
+    name, kwargs = spec.name, dict(spec.kwargs)
+    if name.startswith("torchvision:"):
+        return external.torchvision_model(name.split(":", 1)[1], num_classes, input_shape, **kwargs)
+    if name.startswith("timm:"):
+        return external.timm_model(name.split(":", 1)[1], num_classes, input_shape, **kwargs)
+    if ":" in name:
+        return external.import_path_model(name, spec.trust_code, num_classes, input_shape, **kwargs)
+    factory = MODELS.get(name, "model.name")
+    try:
+        return factory(num_classes=num_classes, input_shape=tuple(input_shape), **kwargs)
+    except TypeError as e:
+        from ..errors import PrunetuneError
+
+        raise PrunetuneError(f"model.kwargs: {e}; see the model's signature in `prunetune list`") from None
+
+
+def classifier_name(model: nn.Module) -> str | None:
+    """The final output layer: a module named `classifier`, else the last Linear/Conv module."""
+    last = None
+    for name, mod in model.named_modules():
+        if name == "classifier" or name.endswith(".classifier") and isinstance(mod, nn.Linear):
+            return name
+        if isinstance(mod, (nn.Linear, nn.Conv2d, nn.Conv1d)):
+            last = name
+    return last

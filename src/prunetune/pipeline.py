@@ -1,0 +1,112 @@
+"""`run`: the whole loop. Dense model -> measure -> prune -> measure -> fine-tune -> measure -> save.
+
+Everything is written to a temporary sibling folder and renamed into place at the end, so a
+failed or interrupted run never leaves a folder that looks complete.
+
+Example:
+    >>> from prunetune.recipe import load_recipe                                   # doctest: +SKIP
+    >>> report = run(load_recipe(None, ["data.limit=2000"]), out="runs/quick")     # doctest: +SKIP
+    >>> report["stages"]["finetuned"]["accuracy"]                                  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import random
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from . import __version__
+from .artifacts import atomic_dir, commit_dir, save_model
+from .cache import model_info, obtain_dense
+from .data import build_data
+from .errors import PrunetuneError
+from .measure import measure_stage, plan_rows, reference_counts
+from .models import classifier_name
+from .pruning.controller import PruningController
+from .pruning.targets import select_targets
+from .recipe import Recipe, dump_recipe
+from .registry import TASKS, load_builtins
+from .report import speedups, write_reports
+from .training import Trainer, pick_device
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def default_out(recipe: Recipe) -> Path:
+    return Path("runs") / f"{recipe.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def run(recipe: Recipe, out: str | Path | None = None, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Run a recipe end to end and return its report (also written to `out`)."""
+    load_builtins()
+    out = Path(out) if out else default_out(recipe)
+    if out.exists():
+        raise PrunetuneError(f"--out: {out} already exists; choose another folder or remove it")
+    seed_everything(recipe.seed)
+    device = pick_device(recipe.evaluate.device)
+    task = TASKS.get(recipe.task, "task")()
+    bundle = build_data(recipe.data, recipe.seed)
+    log(f"data: {len(bundle.train)} train / {len(bundle.val)} val / {len(bundle.test)} test, {bundle.num_classes} classes")
+
+    tmp = atomic_dir(out)
+    try:
+        (tmp / "recipe.resolved.yaml").write_text(dump_recipe(recipe))
+        dense, dense_info = obtain_dense(recipe, bundle, task, device, log)
+        keep = [classifier_name(dense)] if recipe.prune.keep_classifier else []
+        p = recipe.prune
+        targets = select_targets(dense, p.include, p.exclude, [k for k in keep if k])
+        ref = reference_counts(dense, targets)
+        controller = PruningController(p, task, bundle, device, targets, recipe.finetune.epochs, recipe.seed)
+
+        log("measure: dense")
+        stages = {"dense": measure_stage(dense, task, bundle, recipe.evaluate, device, ref)}
+
+        pruned, pruner = controller.one_shot_copy(dense)
+        log(f"measure: pruned to {controller.final_sparsity:.3f} before fine-tuning")
+        stages["pruned"] = measure_stage(pruned, task, bundle, recipe.evaluate, device, ref)
+        oneshot = len(controller.sparsities) == 1
+        if oneshot:
+            model = pruned
+        else:
+            import copy
+
+            del pruned
+            model = copy.deepcopy(dense)
+            pruner = controller.make_pruner(model, controller.sparsities)
+
+        torch.manual_seed(recipe.seed + 1)
+        trainer = Trainer(model, task, bundle, recipe.finetune, device, recipe.seed + 1, desc="finetune", log=log,
+                          method=recipe.finetune.method)
+        history = controller.finetune(model, pruner, trainer, already_pruned=oneshot, log=log)
+        log("measure: fine-tuned")
+        stages["finetuned"] = measure_stage(model, task, bundle, recipe.evaluate, device, ref)
+
+        report = {
+            "prunetune_version": __version__,
+            "recipe": recipe.model_dump(mode="json"),
+            "stages": stages,
+            "speedup": speedups(stages),
+            "plan": plan_rows(dense, model, targets),
+            "finetune": {"epochs_run": len(history), "best_epoch": trainer.best_epoch,
+                         "wall_s": round(trainer.wall_s, 2), "history": history},
+            "dense": dense_info,
+            "notes": pruner.notes,
+            "torch_version": torch.__version__,
+        }
+        save_model(model, tmp / "model", model_info(recipe, bundle))
+        write_reports(report, tmp)
+        commit_dir(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    log(f"done: {out}")
+    return report

@@ -1,0 +1,1 @@
+"""Pruning: what (importance), how (pruners), when (schedules) and which layers (targets)."""

@@ -1,0 +1,86 @@
+"""The controller composes what (importance), how (pruner) and when (schedule phases) with the Trainer."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from ..data.base import batches
+from ..registry import IMPORTANCES, PRUNERS, SCHEDULES
+from ..tasks import to_device
+from .pruners import Pruner
+from .schedules import Phase, all_sparsities
+
+
+class PruningController:
+    def __init__(self, spec, task, bundle, device: torch.device, targets: list[str], finetune_epochs: int, seed: int) -> None:
+        self.spec, self.task, self.bundle, self.device, self.targets = spec, task, bundle, device, targets
+        self.seed = seed
+        self.importance = IMPORTANCES.get(spec.importance, "prune.importance")()
+        self.phases: list[Phase] = SCHEDULES.get(spec.schedule.kind, "prune.schedule.kind")(spec, finetune_epochs)
+        self.sparsities = all_sparsities(self.phases)
+        self.pruner_cls = PRUNERS.get(spec.method, "prune.method")
+
+    @property
+    def final_sparsity(self) -> float:
+        return self.sparsities[-1]
+
+    def make_pruner(self, model: nn.Module, sparsities: list[float]) -> Pruner:
+        pruner = self.pruner_cls(self.spec, self.importance, list(self.targets))
+        example = to_device(self.bundle.train.x[:2], self.device)
+        model.to(self.device)
+        pruner.setup(model, example, sparsities)
+        return pruner
+
+    def _calibrate(self, model: nn.Module) -> None:
+        """Accumulate gradients over a few training batches for gradient-based importance."""
+        model.zero_grad(set_to_none=True)
+        was = model.training
+        model.eval()
+        g = torch.Generator().manual_seed(self.seed + 31)
+        for i, (x, y) in enumerate(batches(self.bundle.train, 64, shuffle=True, generator=g)):
+            if i >= self.spec.calibration_batches:
+                break
+            for p in model.parameters():
+                p.requires_grad_(True)
+            loss = self.task.loss(self.task.forward(model, to_device(x, self.device)), y.to(self.device))
+            loss.backward()
+        model.train(was)
+
+    def prune_step(self, pruner: Pruner, model: nn.Module, sparsity: float) -> bool:
+        torch.manual_seed(self.seed + int(sparsity * 1e6))  # random importance repeats run to run
+        if self.importance.needs_grad:
+            self._calibrate(model)
+        changed = pruner.prune_to(model, sparsity)
+        model.zero_grad(set_to_none=True)
+        return changed
+
+    def one_shot_copy(self, dense: nn.Module) -> tuple[nn.Module, Pruner]:
+        """The dense model pruned straight to the final sparsity, before any fine-tuning."""
+        model = copy.deepcopy(dense)
+        pruner = self.make_pruner(model, [self.final_sparsity])
+        self.prune_step(pruner, model, self.final_sparsity)
+        return model, pruner
+
+    def finetune(self, model: nn.Module, pruner: Pruner, trainer, already_pruned: bool,
+                 log: Callable[[str], None]) -> list[dict[str, Any]]:
+        """Run every phase: prune to its sparsity, fine-tune with its in-training events."""
+        history: list[dict[str, Any]] = []
+        for i, phase in enumerate(self.phases):
+            if phase.sparsity is not None and not (already_pruned and i == 0):
+                log(f"prune: {self.spec.method} to {phase.sparsity:.4f} ({self.spec.importance})")
+                if self.prune_step(pruner, model, phase.sparsity):
+                    trainer._build_optimizer()
+            start = len(trainer.history)
+
+            def on_event(s: float) -> bool:
+                log(f"prune: {self.spec.method} to {s:.4f} during fine-tuning")
+                return self.prune_step(pruner, model, s)
+
+            trainer.fit(phase.epochs, phase.events, on_event)
+            for row in trainer.history[start:]:
+                history.append({**row, "phase": i + 1})
+        return history

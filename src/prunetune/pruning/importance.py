@@ -1,0 +1,82 @@
+"""What to prune: importance criteria, each usable per weight (masks) and per channel group (Torch-Pruning).
+
+Example:
+    >>> import torch
+    >>> L1Magnitude().scores(torch.tensor([-3.0, 1.0]), None).tolist()
+    [3.0, 1.0]
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..registry import IMPORTANCES
+
+
+class Importance:
+    """Scores units: higher means keep. `needs_grad` asks the controller for calibration gradients."""
+
+    needs_grad = False
+
+    def scores(self, weight: torch.Tensor, grad: torch.Tensor | None) -> torch.Tensor:
+        raise NotImplementedError
+
+    def structured(self):
+        """The Torch-Pruning importance that scores coupled channel groups the same way."""
+        raise NotImplementedError
+
+
+@IMPORTANCES.register("l1")
+class L1Magnitude(Importance):
+    """|w|; channel groups by L1 norm (per weight it ranks exactly like l2)."""
+
+    def scores(self, weight, grad):
+        return weight.detach().abs()
+
+    def structured(self):
+        import torch_pruning as tp
+
+        return tp.importance.GroupMagnitudeImportance(p=1)
+
+
+@IMPORTANCES.register("l2")
+class L2Magnitude(Importance):
+    """w^2; channel groups by L2 norm."""
+
+    def scores(self, weight, grad):
+        return weight.detach().pow(2)
+
+    def structured(self):
+        import torch_pruning as tp
+
+        return tp.importance.GroupMagnitudeImportance(p=2)
+
+
+@IMPORTANCES.register("taylor")
+class Taylor(Importance):
+    """First-order Taylor |w * dL/dw| from a few calibration batches (Molchanov et al. 2019)."""
+
+    needs_grad = True
+
+    def scores(self, weight, grad):
+        if grad is None:
+            raise RuntimeError("taylor importance needs gradients; the controller computes them")
+        return (weight.detach() * grad.detach()).abs()
+
+    def structured(self):
+        import torch_pruning as tp
+
+        return tp.importance.GroupTaylorImportance()
+
+
+@IMPORTANCES.register("random")
+class RandomImportance(Importance):
+    """Uniform random scores: the control every pruning paper reports."""
+
+    def scores(self, weight, grad):
+        return torch.rand(weight.shape)
+
+    def structured(self):
+        import torch_pruning as tp
+
+        return tp.importance.RandomImportance()

@@ -1,0 +1,156 @@
+"""How to prune: masks (unstructured, N:M) or physical removal of channels (Torch-Pruning).
+
+A pruner is set up once with every sparsity the schedule will ask for, then `prune_to` is
+called with each in turn. Masked pruners leave parametrizations on the model (see masks.py);
+the structured pruner shrinks tensors in place.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from ..errors import PrunetuneError
+from ..registry import PRUNERS
+from .importance import Importance
+from .layers import layer_type_of, prunable_layers
+from .masks import attach_mask, get_mask
+
+
+class Pruner:
+    schedules: tuple[str, ...] = ("oneshot", "iterative", "gradual")
+    masked = True
+
+    def __init__(self, spec, importance: Importance, targets: list[str]) -> None:
+        self.spec = spec
+        self.importance = importance
+        self.targets = targets
+        self.notes: list[str] = []
+
+    def setup(self, model: nn.Module, example_inputs: Any, sparsities: list[float]) -> None:
+        raise NotImplementedError
+
+    def prune_to(self, model: nn.Module, sparsity: float) -> bool:
+        """Prune to `sparsity`; return True when parameters were replaced (optimizer must be rebuilt)."""
+        raise NotImplementedError
+
+
+def _modules(model: nn.Module, names: list[str]) -> list[tuple[str, nn.Module]]:
+    d = dict(model.named_modules())
+    return [(n, d[n]) for n in names]
+
+
+def _original(mod: nn.Module) -> nn.Parameter:
+    return mod.parametrizations.weight.original
+
+
+class _MaskPruner(Pruner):
+    def setup(self, model, example_inputs, sparsities):
+        for _, mod in _modules(model, self.targets):
+            attach_mask(mod)
+
+    def _scores(self, mod: nn.Module) -> torch.Tensor:
+        orig = _original(mod)
+        mask = get_mask(mod).mask
+        s = self.importance.scores(orig * mask, orig.grad).float().cpu()
+        # Pruning is monotone: what is already masked stays masked.
+        return s.masked_fill(~mask.cpu(), float("-inf"))
+
+
+@PRUNERS.register("unstructured")
+class Unstructured(_MaskPruner):
+    """Weight masks, ranked per layer or globally (`prune.scope`)."""
+
+    @torch.no_grad()
+    def prune_to(self, model, sparsity):
+        mods = _modules(model, self.targets)
+        scores = [self._scores(m) for _, m in mods]
+        if self.spec.scope == "global":
+            flat = torch.cat([s.flatten() for s in scores])
+            k = int(round(sparsity * flat.numel()))
+            drop = torch.zeros(flat.numel(), dtype=torch.bool)
+            drop[torch.argsort(flat, stable=True)[:k]] = True
+            chunks = drop.split([s.numel() for s in scores])
+        else:
+            chunks = []
+            for s in scores:
+                k = int(round(sparsity * s.numel()))
+                d = torch.zeros(s.numel(), dtype=torch.bool)
+                d[torch.argsort(s.flatten(), stable=True)[:k]] = True
+                chunks.append(d)
+        for (_, mod), d in zip(mods, chunks):
+            mask = get_mask(mod).mask
+            mask.copy_((~d).view_as(mask).to(mask.device))
+        return False
+
+
+@PRUNERS.register("nm")
+class NM(_MaskPruner):
+    """N:M semi-structured masks: keep the N best of every M consecutive input weights."""
+
+    schedules = ("oneshot",)
+
+    def setup(self, model, example_inputs, sparsities):
+        n, m = self.spec.n, self.spec.m
+        usable = []
+        for name, mod in _modules(model, self.targets):
+            rows = layer_type_of(mod).to_rows(mod.weight)
+            if rows.shape[1] % m:
+                self.notes.append(f"{name}: {rows.shape[1]} inputs not divisible by M={m}; left dense")
+            else:
+                usable.append(name)
+        if not usable:
+            raise PrunetuneError(
+                f"prune.m: no selected layer has an input size divisible by M={m}; choose another M or other layers"
+            )
+        self.targets = usable
+        super().setup(model, example_inputs, sparsities)
+
+    @torch.no_grad()
+    def prune_to(self, model, sparsity):
+        n, m = self.spec.n, self.spec.m
+        for _, mod in _modules(model, self.targets):
+            lt = layer_type_of(mod)
+            mask = get_mask(mod).mask
+            rows = lt.to_rows(self._scores(mod))
+            groups = rows.reshape(rows.shape[0], -1, m)
+            keep = torch.zeros_like(groups, dtype=torch.bool)
+            keep.scatter_(2, groups.topk(n, dim=2).indices, True)
+            new = lt.from_rows(keep.reshape(rows.shape).float(), mask.shape).bool()
+            mask.copy_(new.to(mask.device) & mask)
+        return False
+
+
+@PRUNERS.register("structured")
+class Structured(Pruner):
+    """Remove whole conv filters / linear neurons through Torch-Pruning's dependency graph."""
+
+    masked = False
+
+    def setup(self, model, example_inputs, sparsities):
+        import torch_pruning as tp
+
+        ignored = [m for n, m in prunable_layers(model) if n not in self.targets]
+        steps = list(sparsities)
+        self._tp = tp.pruner.BasePruner(
+            model,
+            example_inputs,
+            importance=self.importance.structured(),
+            pruning_ratio=steps[-1],
+            iterative_steps=len(steps),
+            iterative_pruning_ratio_scheduler=lambda ratio, n: [0.0] + steps,
+            ignored_layers=ignored,
+            global_pruning=self.spec.scope == "global",
+            max_pruning_ratio=0.95,
+            forward_fn=self._forward_fn,
+        )
+
+    @staticmethod
+    def _forward_fn(model, inputs):
+        return model(**inputs) if isinstance(inputs, dict) else model(inputs)
+
+    def prune_to(self, model, sparsity):
+        self._tp.step()
+        return True

@@ -1,0 +1,270 @@
+"""The recipe: one pydantic schema, the single source of configuration.
+
+A YAML file plus `--set section.key=value` overrides, validated once at the edge.
+
+Example:
+    >>> from prunetune.recipe import Recipe, apply_overrides
+    >>> r = Recipe.model_validate(apply_overrides({}, ["prune.sparsity=0.75"]))
+    >>> r.prune.sparsity
+    0.75
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .errors import PrunetuneError
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+
+class ModelSpec(_Section):
+    """Which architecture to build."""
+
+    name: str = Field("small_cnn", description="built-in name, 'torchvision:NAME', 'timm:NAME' or 'package.module:function'")
+    kwargs: dict[str, Any] = Field(default_factory=dict, description="extra keyword arguments for the model factory")
+    trust_code: bool = Field(False, description="allow importing a user's own model factory by import path")
+
+
+class DataSpec(_Section):
+    """Where the labelled data comes from and how it is split."""
+
+    source: str = "fashion_mnist"
+    path: str | None = Field(None, description="data folder; each source has a default")
+    val_size: float | None = Field(
+        None, gt=0, description="validation split carved from train: a count (>=1) or a fraction (<1); default min(5000, 10%)"
+    )
+    limit: int | None = Field(None, gt=0, description="seeded class-balanced subset of the training set")
+    test_limit: int | None = Field(None, gt=0, description="seeded class-balanced subset of the test set")
+    image_size: int | None = Field(None, gt=0, description="resize images (image folders) to this square size")
+    grayscale: bool | None = Field(None, description="image folders: convert to one channel (default: keep RGB)")
+    eval_batch_size: int = Field(512, gt=0)
+
+
+class EarlyStopping(_Section):
+    patience: int = Field(3, ge=1, description="epochs without improvement of validation accuracy before stopping")
+    min_delta: float = Field(0.0, ge=0)
+
+
+class TrainSpec(_Section):
+    """How to train (dense) or fine-tune."""
+
+    epochs: int = Field(3, ge=0)
+    batch_size: int = Field(128, gt=0)
+    optimizer: str = "adamw"
+    lr: float = Field(1e-3, gt=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    weight_decay: float = Field(0.01, ge=0)
+    lr_schedule: str = "cosine"
+    warmup_epochs: float = Field(0.0, ge=0)
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+    grad_clip: float | None = Field(None, gt=0, description="clip the gradient norm to this value")
+    dropout: float | None = Field(None, ge=0, lt=1, description="override every dropout layer's rate")
+    early_stopping: EarlyStopping | None = None
+
+
+class DenseSpec(TrainSpec):
+    """How the starting (dense) model is obtained."""
+
+    source: Literal["train", "file"] = "train"
+    path: str | None = Field(None, description="safetensors file with the trained weights (source: file)")
+    cache: bool = True
+    # 4 epochs keep the built-in default job under 10 minutes on 2 CPU cores; benchmarks use 10.
+    epochs: int = Field(4, ge=0)
+    lr: float = Field(2e-3, gt=0)
+    warmup_epochs: float = Field(0.5, ge=0)
+
+    @model_validator(mode="after")
+    def _path_for_file(self) -> "DenseSpec":
+        if self.source == "file" and not self.path:
+            raise ValueError("source 'file' needs dense.path (a .safetensors file)")
+        return self
+
+
+class ScheduleSpec(_Section):
+    """When to prune."""
+
+    kind: str = "oneshot"
+    steps: int = Field(4, ge=1, description="iterative rounds, or gradual pruning events")
+    epochs_per_step: int = Field(1, ge=0, description="iterative: fine-tuning epochs between rounds")
+    initial_sparsity: float = Field(0.0, ge=0, lt=1, description="gradual: sparsity of the first event")
+    start: float = Field(0.0, ge=0, le=1, description="gradual: first event, as a fraction of fine-tuning")
+    end: float = Field(0.6, gt=0, le=1, description="gradual: last event, as a fraction of fine-tuning")
+
+    @model_validator(mode="after")
+    def _order(self) -> "ScheduleSpec":
+        if self.end <= self.start:
+            raise ValueError(f"end ({self.end}) must be after start ({self.start})")
+        return self
+
+
+class PruneSpec(_Section):
+    """What, how and when to prune."""
+
+    method: str = Field("structured", description="registered pruner: structured, unstructured, nm")
+    importance: str = "l2"
+    sparsity: float = Field(0.5, ge=0, lt=1, description="fraction removed: channels (structured) or weights")
+    scope: Literal["global", "layer"] = Field("layer", description="rank globally or per layer")
+    n: int = Field(2, ge=1, description="N of N:M (keep N of every M weights)")
+    m: int = Field(4, ge=2, description="M of N:M")
+    include: list[str] = Field(default_factory=lambda: ["*"], description="layer name patterns to prune")
+    exclude: list[str] = Field(default_factory=list, description="layer name patterns to keep")
+    keep_classifier: bool = Field(True, description="never prune the final classifier's outputs")
+    calibration_batches: int = Field(8, ge=1, description="batches for gradient-based importance")
+    schedule: ScheduleSpec = Field(default_factory=ScheduleSpec)
+
+    @model_validator(mode="after")
+    def _nm(self) -> "PruneSpec":
+        if self.method == "nm" and self.n >= self.m:
+            raise ValueError(f"N:M needs n < m (got n={self.n}, m={self.m}); e.g. n=2, m=4")
+        return self
+
+
+class FinetuneSpec(TrainSpec):
+    """How the pruned model is fine-tuned back."""
+
+    method: str = "full"
+    lr: float = Field(1e-3, gt=0)
+    epochs: int = Field(3, ge=0)
+
+
+class EvaluateSpec(_Section):
+    """What is measured at every stage."""
+
+    latency_batch: int = Field(64, ge=1)
+    threads: int | None = Field(None, ge=1, description="CPU threads for latency (default: torch's)")
+    min_run_time: float = Field(1.0, gt=0, description="seconds of timing per latency measurement")
+    latency: bool = True
+    memory: bool = True
+    device: str | None = Field(None, description="cpu or cuda (default: cuda when present)")
+
+
+class Recipe(_Section):
+    """A whole run: model, data, dense, prune, finetune, evaluate."""
+
+    name: str = "run"
+    seed: int = 0
+    task: str = "classification"
+    model: ModelSpec = Field(default_factory=ModelSpec)
+    data: DataSpec = Field(default_factory=DataSpec)
+    dense: DenseSpec = Field(default_factory=DenseSpec)
+    prune: PruneSpec = Field(default_factory=PruneSpec)
+    finetune: FinetuneSpec = Field(default_factory=FinetuneSpec)
+    evaluate: EvaluateSpec = Field(default_factory=EvaluateSpec)
+
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, v: str) -> str:
+        if not v or any(c in v for c in "/\\\0") or v in {".", ".."}:
+            raise ValueError("name must be a plain folder name (no '/', '\\' or '..')")
+        return v
+
+    @model_validator(mode="after")
+    def _registered(self) -> "Recipe":
+        from . import registry as R
+
+        R.load_builtins()
+        for field, reg, value in [
+            ("task", R.TASKS, self.task),
+            ("data.source", R.DATA_SOURCES, self.data.source),
+            ("prune.method", R.PRUNERS, self.prune.method),
+            ("prune.importance", R.IMPORTANCES, self.prune.importance),
+            ("prune.schedule.kind", R.SCHEDULES, self.prune.schedule.kind),
+            ("finetune.method", R.FINETUNE_METHODS, self.finetune.method),
+            ("finetune.optimizer", R.OPTIMIZERS, self.finetune.optimizer),
+            ("dense.optimizer", R.OPTIMIZERS, self.dense.optimizer),
+            ("finetune.lr_schedule", R.LR_SCHEDULES, self.finetune.lr_schedule),
+            ("dense.lr_schedule", R.LR_SCHEDULES, self.dense.lr_schedule),
+        ]:
+            if value not in reg:
+                raise ValueError(f"{field}: unknown {reg.kind} {value!r}; choose one of: {', '.join(reg.names())}")
+        pruner = R.PRUNERS.get(self.prune.method)
+        if self.prune.schedule.kind not in pruner.schedules:
+            raise ValueError(
+                f"prune.schedule.kind {self.prune.schedule.kind!r} is not supported by prune.method "
+                f"{self.prune.method!r}; use one of: {', '.join(pruner.schedules)}"
+            )
+        return self
+
+    def section_dict(self, *names: str) -> dict[str, Any]:
+        d = self.model_dump(mode="json")
+        return {n: d[n] for n in names}
+
+
+def _set_path(d: dict[str, Any], dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    cur = d
+    for k in keys[:-1]:
+        nxt = cur.get(k)
+        if nxt is None:
+            nxt = cur[k] = {}
+        if not isinstance(nxt, dict):
+            raise PrunetuneError(f"--set {dotted}: {k!r} is not a section; use section.key=value")
+        cur = nxt
+    cur[keys[-1]] = value
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str] | None) -> dict[str, Any]:
+    """Apply `a.b=c` overrides; the value is parsed as YAML (`0.5`, `true`, `[a, b]`)."""
+    for item in overrides or []:
+        if "=" not in item or item.startswith("="):
+            raise PrunetuneError(f"--set {item!r}: expected section.key=value, e.g. prune.sparsity=0.75")
+        key, raw = item.split("=", 1)
+        try:
+            value = yaml.safe_load(raw) if raw != "" else ""
+        except yaml.YAMLError:
+            value = raw
+        _set_path(data, key.strip(), value)
+    return data
+
+
+def format_validation_error(err: ValidationError, source: str) -> str:
+    """One line: the first failing field, its problem and a hint."""
+    e = err.errors()[0]
+    loc = ".".join(str(p) for p in e["loc"]) or "recipe"
+    msg = e["msg"].removeprefix("Value error, ")
+    if e["type"] == "extra_forbidden":
+        msg = "unknown key; remove it or check its spelling (see README's recipe reference)"
+    more = f" (and {len(err.errors()) - 1} more)" if len(err.errors()) > 1 else ""
+    return f"{source}: {loc}: {msg}{more}"
+
+
+def load_recipe(path: str | Path | None = None, overrides: list[str] | None = None) -> Recipe:
+    """Load a YAML recipe (or the built-in defaults when `path` is None) and validate it."""
+    data: dict[str, Any] = {}
+    source = "recipe"
+    if path is not None:
+        p = Path(path)
+        source = str(p)
+        try:
+            text = p.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise PrunetuneError(f"{p}: recipe file not found; give the path to a YAML recipe") from None
+        except (OSError, UnicodeDecodeError) as e:
+            raise PrunetuneError(f"{p}: cannot read recipe ({e.__class__.__name__}); give a UTF-8 YAML file") from None
+        try:
+            loaded = yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            where = f" at line {mark.line + 1}" if mark else ""
+            raise PrunetuneError(f"{p}: malformed YAML{where}; fix the syntax") from None
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise PrunetuneError(f"{p}: a recipe must be a YAML mapping of sections (model, data, prune, ...)")
+        data = loaded
+    data = apply_overrides(data, overrides)
+    try:
+        return Recipe.model_validate(data)
+    except ValidationError as e:
+        raise PrunetuneError(format_validation_error(e, source)) from None
+
+
+def dump_recipe(recipe: Recipe) -> str:
+    return yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False)

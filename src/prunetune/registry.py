@@ -1,0 +1,89 @@
+"""Name registries, filled by a decorator next to each implementation.
+
+Example:
+    >>> from prunetune.registry import Registry
+    >>> shapes = Registry("shape")
+    >>> @shapes.register("square")
+    ... def square(n): return n * n
+    >>> shapes.get("square")(3)
+    9
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Generic, TypeVar
+
+from .errors import PrunetuneError
+
+T = TypeVar("T")
+
+
+class Registry(Generic[T]):
+    """A mapping name -> implementation with a clear error for unknown names."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self._items: dict[str, T] = {}
+        self._docs: dict[str, str] = {}
+
+    def register(self, name: str, doc: str | None = None) -> Callable[[T], T]:
+        def deco(obj: T) -> T:
+            if name in self._items:
+                raise ValueError(f"{self.kind} {name!r} registered twice")
+            self._items[name] = obj
+            text = doc or (getattr(obj, "__doc__", None) or "").strip().splitlines()
+            self._docs[name] = text if isinstance(text, str) else (text[0] if text else "")
+            return obj
+
+        return deco
+
+    def get(self, name: str, field: str | None = None) -> T:
+        if name not in self._items:
+            where = f"{field}: " if field else ""
+            raise PrunetuneError(
+                f"{where}unknown {self.kind} {name!r}; choose one of: {', '.join(sorted(self._items))}"
+            )
+        return self._items[name]
+
+    def names(self) -> list[str]:
+        return sorted(self._items)
+
+    def describe(self) -> dict[str, str]:
+        return {n: self._docs.get(n, "") for n in self.names()}
+
+    def __contains__(self, name: Any) -> bool:
+        return name in self._items
+
+
+# The project's registries, in one place so `prunetune list` can show them all.
+DATA_SOURCES: Registry = Registry("data source")
+MODELS: Registry = Registry("model")
+TASKS: Registry = Registry("task")
+IMPORTANCES: Registry = Registry("importance")
+PRUNERS: Registry = Registry("pruner")
+SCHEDULES: Registry = Registry("schedule")
+FINETUNE_METHODS: Registry = Registry("fine-tuning method")
+OPTIMIZERS: Registry = Registry("optimizer")
+LR_SCHEDULES: Registry = Registry("learning-rate schedule")
+LAYER_TYPES: Registry = Registry("prunable layer type")
+
+ALL = {
+    "data sources": DATA_SOURCES,
+    "models": MODELS,
+    "tasks": TASKS,
+    "importance": IMPORTANCES,
+    "pruners": PRUNERS,
+    "schedules": SCHEDULES,
+    "fine-tuning methods": FINETUNE_METHODS,
+    "optimizers": OPTIMIZERS,
+    "learning-rate schedules": LR_SCHEDULES,
+    "prunable layer types": LAYER_TYPES,
+}
+
+
+def load_builtins() -> None:
+    """Import every module that registers something (kept lazy so `import prunetune` is fast)."""
+    from . import tasks, training  # noqa: F401
+    from .data import fashion_mnist, image_folder  # noqa: F401
+    from .models import builtin, external  # noqa: F401
+    from .pruning import importance, layers, pruners, schedules  # noqa: F401

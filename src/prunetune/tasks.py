@@ -1,0 +1,67 @@
+"""Tasks: the head-independent part of a job (loss, metrics, example inputs), registered by name.
+
+Image and text classification share one task; later tasks (causal LM, regression) register beside it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from .registry import TASKS
+
+
+def to_device(inputs: Any, device: torch.device) -> Any:
+    if isinstance(inputs, torch.Tensor):
+        return inputs.to(device, non_blocking=True)
+    if isinstance(inputs, dict):
+        return {k: to_device(v, device) for k, v in inputs.items()}
+    return inputs
+
+
+def slice_inputs(x: Any, n: int) -> Any:
+    if isinstance(x, dict):
+        return {k: v[:n] for k, v in x.items()}
+    return x[:n]
+
+
+@TASKS.register("classification")
+class Classification:
+    """Single-label classification: cross-entropy loss, accuracy and per-class accuracy."""
+
+    name = "classification"
+
+    def forward(self, model: nn.Module, inputs: Any) -> torch.Tensor:
+        out = model(**inputs) if isinstance(inputs, dict) else model(inputs)
+        return getattr(out, "logits", out)
+
+    def loss(self, logits: torch.Tensor, target: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
+        return F.cross_entropy(logits.float(), target, label_smoothing=label_smoothing)
+
+    @torch.no_grad()
+    def predict(self, model: nn.Module, data, batch_size: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits for the whole dataset (in order) and the mean loss."""
+        from .data.base import batches
+
+        was_training = model.training
+        model.eval()
+        outs, total = [], 0.0
+        for x, y in batches(data, batch_size):
+            logits = self.forward(model, to_device(x, device)).float().cpu()
+            total += float(F.cross_entropy(logits, y, reduction="sum"))
+            outs.append(logits)
+        model.train(was_training)
+        return torch.cat(outs), torch.tensor(total / max(1, len(data)))
+
+    def evaluate(self, model: nn.Module, data, batch_size: int, device: torch.device, class_names: list[str]) -> dict[str, Any]:
+        logits, loss = self.predict(model, data, batch_size, device)
+        pred = logits.argmax(1)
+        correct = pred == data.y
+        per_class = {}
+        for i, name in enumerate(class_names):
+            sel = data.y == i
+            per_class[name] = round(float(correct[sel].float().mean()) * 100, 4) if sel.any() else None
+        return {"accuracy": round(float(correct.float().mean()) * 100, 4), "per_class_accuracy": per_class, "loss": float(loss)}

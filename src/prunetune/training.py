@@ -1,0 +1,182 @@
+"""Training and fine-tuning: optimizers, learning-rate schedules and fine-tuning methods (registered),
+and a Trainer with warm-up, clipping, early stopping, best-checkpoint restore and pruning events.
+
+Example:
+    >>> cosine(step=50, total=100, warmup=0)
+    0.5
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import sys
+import time
+from contextlib import nullcontext
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from .data.base import batches
+from .errors import RuntimeFault
+from .registry import FINETUNE_METHODS, LR_SCHEDULES, OPTIMIZERS
+from .tasks import to_device
+
+
+@OPTIMIZERS.register("adamw")
+def adamw(params, spec) -> torch.optim.Optimizer:
+    """AdamW with decoupled weight decay."""
+    return torch.optim.AdamW(params, lr=spec.lr, weight_decay=spec.weight_decay)
+
+
+@OPTIMIZERS.register("sgd")
+def sgd(params, spec) -> torch.optim.Optimizer:
+    """SGD with (Nesterov) momentum and L2 weight decay."""
+    return torch.optim.SGD(params, lr=spec.lr, momentum=spec.momentum, nesterov=spec.momentum > 0, weight_decay=spec.weight_decay)
+
+
+@LR_SCHEDULES.register("constant")
+def constant(step: int, total: int, warmup: int) -> float:
+    """Constant rate after a linear warm-up."""
+    return min(1.0, (step + 1) / warmup) if warmup else 1.0
+
+
+@LR_SCHEDULES.register("cosine")
+def cosine(step: int, total: int, warmup: int) -> float:
+    """Linear warm-up, then cosine decay to zero."""
+    if warmup and step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+@FINETUNE_METHODS.register("full")
+def full_finetune(model: nn.Module, spec) -> list[nn.Parameter]:
+    """Every parameter is trained."""
+    for p in model.parameters():
+        p.requires_grad_(True)
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+def set_dropout(model: nn.Module, p: float | None) -> None:
+    if p is None:
+        return
+    for m in model.modules():
+        if isinstance(m, nn.modules.dropout._DropoutNd):
+            m.p = p
+
+
+def pick_device(name: str | None) -> torch.device:
+    if name:
+        return torch.device(name)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+class Trainer:
+    """Trains `model` on `bundle.train`, validating on `bundle.val` after every epoch.
+
+    `fit(epochs, events, on_event)` calls `on_event(sparsity)` at each (fraction, sparsity) event;
+    when it returns True the parameters were replaced and the optimizer is rebuilt (the learning
+    rate follows the global step, so the schedule is unaffected). The best epoch by validation
+    accuracy is tracked only once every event has happened, and restored at the end.
+    """
+
+    def __init__(self, model: nn.Module, task, bundle, spec, device: torch.device, seed: int,
+                 desc: str = "train", log: Callable[[str], None] = print, method: str = "full") -> None:
+        self.model, self.task, self.bundle, self.spec = model, task, bundle, spec
+        self.device, self.desc, self.log = device, desc, log
+        self.method = FINETUNE_METHODS.get(method, "finetune.method")
+        self.gen = torch.Generator().manual_seed(seed)
+        self.history: list[dict[str, Any]] = []
+        self.best_epoch: int | None = None
+        self.wall_s = 0.0
+        self.global_step = 0
+        self._build_optimizer()
+
+    def _build_optimizer(self) -> None:
+        params = self.method(self.model, self.spec)
+        self.opt = OPTIMIZERS.get(self.spec.optimizer)(params, self.spec)
+
+    def _autocast(self):
+        if self.device.type == "cuda":
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return nullcontext()
+
+    def fit(self, epochs: int, events: list[tuple[float, float]] | None = None,
+            on_event: Callable[[float], bool] | None = None) -> list[dict[str, Any]]:
+        spec, model = self.spec, self.model
+        set_dropout(model, spec.dropout)
+        model.to(self.device)
+        steps_per_epoch = math.ceil(len(self.bundle.train) / spec.batch_size)
+        total = max(1, epochs * steps_per_epoch)
+        warmup = int(spec.warmup_epochs * steps_per_epoch)
+        lr_fn = LR_SCHEDULES.get(spec.lr_schedule)
+        pending = sorted(((min(total - 1, int(round(f * total))), s) for f, s in (events or [])))
+        best_acc, best_state, bad_epochs = -1.0, None, 0
+        start = time.perf_counter()
+        step = 0
+        for epoch in range(1, epochs + 1):
+            model.train()
+            t0, loss_sum, seen = time.perf_counter(), 0.0, 0
+            it = batches(self.bundle.train, spec.batch_size, shuffle=True, generator=self.gen)
+            bar = _progress(it, steps_per_epoch, f"{self.desc} {epoch}/{epochs}")
+            for x, y in bar:
+                while pending and pending[0][0] <= step:
+                    _, s = pending.pop(0)
+                    if on_event is not None and on_event(s):
+                        self._build_optimizer()
+                lr = spec.lr * lr_fn(step, total, warmup)
+                for g in self.opt.param_groups:
+                    g["lr"] = lr
+                x, y = to_device(x, self.device), y.to(self.device)
+                with self._autocast():
+                    loss = self.task.loss(self.task.forward(model, x), y, spec.label_smoothing)
+                if not torch.isfinite(loss):
+                    raise RuntimeFault(
+                        f"{self.desc}: non-finite loss at step {self.global_step + 1} (epoch {epoch}, lr {lr:.3g}); "
+                        "lower the learning rate or set grad_clip"
+                    )
+                self.opt.zero_grad(set_to_none=True)
+                loss.backward()
+                if spec.grad_clip:
+                    nn.utils.clip_grad_norm_(model.parameters(), spec.grad_clip)
+                self.opt.step()
+                step += 1
+                self.global_step += 1
+                loss_sum += loss.item() * len(y)
+                seen += len(y)
+                if hasattr(bar, "set_postfix"):
+                    bar.set_postfix(loss=f"{loss_sum / seen:.4f}")
+            val = self.task.evaluate(model, self.bundle.val, self.bundle.eval_batch_size, self.device, self.bundle.class_names)
+            row = {"epoch": epoch, "train_loss": loss_sum / max(1, seen), "val_loss": val["loss"],
+                   "val_accuracy": val["accuracy"], "lr": lr, "epoch_s": round(time.perf_counter() - t0, 3)}
+            self.history.append(row)
+            self.log(f"{self.desc} epoch {epoch}/{epochs}: loss {row['train_loss']:.4f}  "
+                     f"val_acc {val['accuracy']:.2f}  ({row['epoch_s']:.1f}s)")
+            if pending:  # still pruning: the model's shape may change; don't track a best yet
+                continue
+            if val["accuracy"] > best_acc + (spec.early_stopping.min_delta if spec.early_stopping else 0.0):
+                best_acc, self.best_epoch, bad_epochs = val["accuracy"], epoch, 0
+                best_state = copy.deepcopy(model.state_dict())
+            else:
+                bad_epochs += 1
+                if spec.early_stopping and bad_epochs >= spec.early_stopping.patience:
+                    self.log(f"{self.desc}: early stop after epoch {epoch} (best {self.best_epoch}: {best_acc:.2f})")
+                    break
+        # Events scheduled past the last step (e.g. epochs=0) still happen.
+        for _, s in pending:
+            if on_event is not None:
+                on_event(s)
+        if best_state is not None:
+            model.load_state_dict(best_state)
+        self.wall_s += time.perf_counter() - start
+        return self.history
+
+
+def _progress(it, total: int, desc: str):
+    if not sys.stderr.isatty():
+        return it
+    from tqdm import tqdm
+
+    return tqdm(it, total=total, desc=desc, leave=False, dynamic_ncols=True)

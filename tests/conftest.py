@@ -1,0 +1,80 @@
+"""Shared fixtures: tiny models and synthetic data (milliseconds on CPU), and paths to real data."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from prunetune.data.base import DataBundle, TensorData
+from prunetune.registry import MODELS, load_builtins
+
+FMNIST = Path("/usr/share/datasets/fashion-mnist")
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory, monkeypatch):
+    monkeypatch.setenv("PRUNETUNE_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+
+
+class TinyMLP(nn.Module):
+    def __init__(self, num_classes, input_shape):
+        super().__init__()
+        d = int(torch.tensor(input_shape).prod())
+        self.features = nn.Sequential(nn.Flatten(), nn.Linear(d, 32), nn.ReLU(), nn.Linear(32, 16), nn.ReLU())
+        self.classifier = nn.Linear(16, num_classes)
+
+    def forward(self, x):
+        return self.classifier(self.features(x))
+
+
+class TinyCNN(nn.Module):
+    def __init__(self, num_classes, input_shape):
+        super().__init__()
+        c = input_shape[0]
+        self.features = nn.Sequential(
+            nn.Conv2d(c, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(8, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(), nn.AdaptiveAvgPool2d(2), nn.Flatten(),
+        )
+        self.head = nn.Sequential(nn.Linear(64, 32), nn.ReLU())
+        self.classifier = nn.Linear(32, num_classes)
+
+    def forward(self, x):
+        return self.classifier(self.head(self.features(x)))
+
+
+def _register_tiny():
+    load_builtins()
+    for name, cls in (("tiny_mlp", TinyMLP), ("tiny_cnn", TinyCNN)):
+        if name not in MODELS:
+            MODELS.register(name, f"test model {cls.__name__}")(cls)
+
+
+_register_tiny()
+
+
+def make_bundle(n: int = 96, classes: int = 3, shape=(1, 8, 8), seed: int = 0) -> DataBundle:
+    g = torch.Generator().manual_seed(seed)
+    y = torch.arange(n) % classes
+    x = torch.randn(n, *shape, generator=g) + y.view(-1, 1, 1, 1).float()  # learnable signal
+    data = TensorData(x, y)
+    return DataBundle(train=data, val=data.subset(torch.arange(0, n, 3)), test=data.subset(torch.arange(1, n, 3)),
+                      class_names=[f"c{i}" for i in range(classes)], input_shape=shape,
+                      preprocess={"kind": "image", "mean": [0.0], "std": [1.0], "size": list(shape[1:]), "channels": shape[0]},
+                      eval_batch_size=64)
+
+
+@pytest.fixture
+def bundle():
+    return make_bundle()
+
+
+def cli_env(tmp_path) -> dict:
+    env = dict(os.environ)
+    env["PRUNETUNE_CACHE"] = str(tmp_path / "cache")
+    env["KINETO_LOG_LEVEL"] = "5"
+    return env

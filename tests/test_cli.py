@@ -1,0 +1,130 @@
+"""End to end through the real command line, on a 2,000-image slice of the real Fashion-MNIST."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from safetensors.torch import save_file
+
+from conftest import cli_env, make_bundle
+from test_data import make_idx_folder
+
+PT = [sys.executable, "-m", "prunetune.cli"]
+QUICK = ["--set", "data.limit=2000", "--set", "data.test_limit=1000", "--set", "dense.epochs=2",
+         "--set", "finetune.epochs=1", "--set", "evaluate.min_run_time=0.05", "--set", "evaluate.latency_batch=16"]
+
+
+def cli(args, tmp_path, check=True):
+    p = subprocess.run(PT + args, capture_output=True, text=True, env=cli_env(tmp_path), timeout=600)
+    if check and p.returncode != 0:
+        raise AssertionError(p.stderr[-2000:])
+    return p
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("run")
+    p = cli(["run", *QUICK, "--out", str(tmp / "out")], tmp)
+    return tmp, tmp / "out", p
+
+
+def test_run_writes_a_complete_folder_and_report(quick_run):
+    tmp, out, proc = quick_run
+    names = {p.name for p in out.iterdir()}
+    assert {"recipe.resolved.yaml", "report.json", "report.md", "curves.png", "sparsity.png", "model"} <= names
+    assert {"model.safetensors", "manifest.json"} <= {p.name for p in (out / "model").iterdir()}
+    rep = json.loads((out / "report.json").read_text())
+    assert rep["recipe"]["data"]["limit"] == 2000
+    for stage in ("dense", "pruned", "finetuned"):
+        s = rep["stages"][stage]
+        for key in ("accuracy", "per_class_accuracy", "params", "nonzero_params", "sparsity", "prunable_sparsity",
+                    "macs", "size_bytes", "gzip_bytes", "latency_ms", "threads"):
+            assert key in s, (stage, key)
+        assert set(s["latency_ms"]) == {"batch_1", "batch_N"} and s["latency_ms"]["batch_N"]["batch"] == 16
+        assert s["latency_ms"]["batch_1"]["p50"] > 0 and s["latency_ms"]["batch_1"]["p90"] >= s["latency_ms"]["batch_1"]["p50"]
+        assert len(s["per_class_accuracy"]) == 10
+    d, f = rep["stages"]["dense"], rep["stages"]["finetuned"]
+    # Default job: 50% of channels removed structurally -> about 4x fewer MACs and parameters.
+    assert 3.0 < d["macs"] / f["macs"] < 5.0 and f["params"] < 0.4 * d["params"]
+    assert 0.70 < f["prunable_sparsity"] < 0.80 and d["sparsity"] == 0.0
+    assert d["accuracy"] > 70 and f["accuracy"] > 60  # 2 epochs on 1,800 images
+    assert rep["finetune"]["epochs_run"] == 1 and rep["finetune"]["wall_s"] > 0
+    plan = {p["layer"]: p for p in rep["plan"]}
+    assert plan["features.0"]["shape_before"] == [32, 1, 3, 3] and plan["features.0"]["shape_after"] == [16, 1, 3, 3]
+    assert plan["classifier"]["target"] is False and plan["classifier"]["shape_after"][0] == 10
+    assert "fine-tuned" in proc.stdout and "MACs" in proc.stdout
+    md = (out / "report.md").read_text()
+    assert "measured speedup" in md and "features.0" in md
+
+
+def test_eval_reproduces_reported_accuracy(quick_run):
+    tmp, out, _ = quick_run
+    rep = json.loads((out / "report.json").read_text())
+    p = cli(["eval", str(out / "model")], tmp)
+    res = json.loads(p.stdout)
+    assert res["accuracy"] == rep["stages"]["finetuned"]["accuracy"] and res["examples"] == 1000
+
+
+def test_dense_model_is_cached(quick_run):
+    tmp, out, _ = quick_run
+    p = cli(["run", *QUICK, "--set", "prune.method=unstructured", "--set", "prune.sparsity=0.8",
+             "--set", "evaluate.latency=false", "--out", str(tmp / "out2")], tmp)
+    assert "dense: loaded from cache" in p.stderr
+    a = json.loads((out / "report.json").read_text())["stages"]["dense"]["accuracy"]
+    b = json.loads((tmp / "out2" / "report.json").read_text())["stages"]["dense"]["accuracy"]
+    assert a == b
+
+
+def test_list_shows_every_registry(tmp_path):
+    out = cli(["list"], tmp_path).stdout
+    for name in ("fashion_mnist", "image_folder", "small_cnn", "lenet5", "lenet300", "taylor", "random",
+                 "structured", "unstructured", "nm", "oneshot", "iterative", "gradual", "full", "sgd", "cosine"):
+        assert f"  {name} " in out, name
+
+
+def _bad_cases(tmp_path):
+    bad_yaml = tmp_path / "bad.yaml"
+    bad_yaml.write_text("prune: [unclosed\n")
+    fm = make_idx_folder(tmp_path / "fm")
+    corrupt = make_idx_folder(tmp_path / "corrupt")
+    (corrupt / "train-labels-idx1-ubyte.gz").write_bytes(b"\x1f\x8bgarbage")
+    b = make_bundle(classes=5, shape=(1, 28, 28))
+    from prunetune.models import build_model
+    from prunetune.recipe import ModelSpec
+
+    w5 = tmp_path / "five.safetensors"
+    save_file(build_model(ModelSpec(), 5, (1, 28, 28)).state_dict(), str(w5))
+    pickled = tmp_path / "model.pt"
+    pickled.write_bytes(b"\x80\x04garbage-pickle")
+    small = ["--set", f"data.path={fm}", "--set", "data.val_size=10"]
+    return [
+        (["run", "--set", "prune.sparsityy=0.5"], "prune.sparsityy: unknown key"),
+        (["run", "--set", "prune.sparsity=half"], "prune.sparsity"),
+        (["run", "--set", "prune.sparsity=1"], "prune.sparsity"),
+        (["run", "--set", "prune.method=nm", "--set", "prune.n=4"], "n < m"),
+        (["run", str(bad_yaml)], "malformed YAML"),
+        (["run", str(tmp_path / "missing.yaml")], "recipe file not found"),
+        (["run", "--set", f"data.path={tmp_path / 'nowhere'}"], "data.path: folder"),
+        (["run", "--set", f"data.path={corrupt}"], "corrupt or truncated gzip"),
+        (["run", *small, "--set", "dense.source=file", "--set", f"dense.path={w5}"], "has 5 output classes but the data has 10"),
+        (["run", *small, "--set", "dense.source=file", "--set", f"dense.path={pickled}"], "pickled .pt/.pth files are refused"),
+        (["run", *small, "--set", "dense.epochs=0", "--set", "prune.include=[conv*]"], "pattern 'conv*' matches no prunable layer; available: features.0"),
+        (["eval", str(tmp_path / "no-model")], "model folder not found"),
+    ]
+
+
+def test_bad_input_exits_2_with_one_line_and_no_run_folder(tmp_path):
+    for args, needle in _bad_cases(tmp_path):
+        out = tmp_path / "runs" / "x"
+        extra = ["--out", str(out)] if args[0] == "run" else []
+        p = cli(args + extra, tmp_path, check=False)
+        err = [line for line in p.stderr.strip().splitlines() if line.startswith("error:")]
+        assert p.returncode == 2, (args, p.stderr[-1500:])
+        assert len(err) == 1 and needle in err[0], (needle, p.stderr[-1500:])
+        assert "Traceback" not in p.stderr
+        assert not out.exists()
+        assert not list(tmp_path.glob("runs/.x.tmp-*")), "a temporary run folder was left behind"
