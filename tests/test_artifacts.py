@@ -79,3 +79,37 @@ def test_save_refuses_to_overwrite(saved):
     folder, model, bundle = saved
     with pytest.raises(PrunetuneError, match="already exists"):
         save_model(model, folder, _info(bundle))
+
+
+def test_peak_memory_counts_weights_and_live_activations():
+    from prunetune.measure import peak_memory_bytes
+    from prunetune.models.builtin import SmallCNN
+
+    model = SmallCNN(10, (1, 28, 28)).eval()
+    fwd = lambda m, x: m(x)  # noqa: E731
+    weights = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    first_act = 64 * 32 * 28 * 28 * 4  # the first conv's output at batch 64
+    peak = peak_memory_bytes(model, fwd, torch.randn(64, 1, 28, 28), torch.device("cpu"))
+    assert weights + first_act <= peak < weights + 6 * first_act
+    assert peak_memory_bytes(model, fwd, torch.randn(8, 1, 28, 28), torch.device("cpu")) < peak
+
+
+def test_vision_models_without_the_extra_say_how_to_install(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "torchvision", None)
+    monkeypatch.setitem(sys.modules, "torchvision.models", None)
+    monkeypatch.setitem(sys.modules, "timm", None)
+    for name in ("torchvision:resnet18", "timm:resnet18"):
+        with pytest.raises(PrunetuneError, match=r"prunetune\[vision\]"):
+            build_model(ModelSpec(name=name), 10, (3, 32, 32))
+
+
+def test_model_with_wrong_class_count_is_refused():
+    from prunetune.cache import check_outputs
+    from prunetune.tasks import Classification
+
+    bundle = make_bundle(classes=3)
+    wrong = build_model(ModelSpec(name="tiny_mlp"), 5, bundle.input_shape)
+    with pytest.raises(PrunetuneError, match="outputs 5 classes but the data has 3"):
+        check_outputs(wrong, Classification(), bundle, "model")

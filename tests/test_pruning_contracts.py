@@ -107,3 +107,14 @@ def test_contract(model_name, method, importance, schedule):
         loaded, manifest = load_model(Path(d) / "m")
         assert torch.equal(loaded(x), model(x))
         assert set(masked_layers(loaded)) == set(masked_layers(model))
+
+
+def test_round_to_keeps_channel_multiples():
+    bundle = make_bundle()
+    recipe = Recipe.model_validate({"model": {"name": "tiny_cnn"}, "prune": {"sparsity": 0.3, "round_to": 4}})
+    dense = build_model(recipe.model, bundle.num_classes, bundle.input_shape)
+    targets = select_targets(dense, ["*"], [], ["classifier"])
+    ctl = PruningController(recipe.prune, Classification(), bundle, torch.device("cpu"), targets, 1, 0)
+    model, _ = ctl.one_shot_copy(dense)
+    widths = [dict(model.named_modules())[n].weight.shape[0] for n in targets]
+    assert all(w % 4 == 0 for w in widths) and widths != [8, 16, 32]

@@ -7,6 +7,9 @@ from MACs. Masked models are measured after `realise`, i.e. as they would be shi
 from __future__ import annotations
 
 import gzip
+import os
+import sys
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -72,8 +75,8 @@ def latency_ms(model: nn.Module, forward, x: Any, threads: int, min_run_time: fl
 def peak_memory_bytes(model: nn.Module, forward, x: Any, device: torch.device) -> int:
     """Parameters and buffers plus the peak of live allocations during one forward pass.
 
-    On CUDA: max_memory_allocated. On CPU: the running sum of the profiler's allocation and
-    free events ([memory] events), whose maximum is the peak of activations.
+    On CUDA: max_memory_allocated. On CPU: the maximum of the running sum of the profiler's
+    allocation and free events.
     """
     model.eval()
     if device.type == "cuda":
@@ -83,14 +86,31 @@ def peak_memory_bytes(model: nn.Module, forward, x: Any, device: torch.device) -
         return int(torch.cuda.max_memory_allocated(device) - base) + _state_bytes(model)
     from torch.profiler import ProfilerActivity, profile
 
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+    with _quiet_stderr(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         forward(model, x)
-    events = sorted((e for e in prof.events() if e.name == "[memory]"), key=lambda e: e.time_range.start)
+    # Allocations are attributed to the op that made them (self memory); frees made outside an
+    # op appear as "[memory]" events. In time order, their running sum peaks at the live maximum.
+    events = sorted((e for e in prof.events() if e.self_cpu_memory_usage), key=lambda e: e.time_range.start)
     running, peak = 0, 0
     for e in events:
-        running += e.cpu_memory_usage
+        running += e.self_cpu_memory_usage
         peak = max(peak, running)
     return int(peak) + _state_bytes(model)
+
+
+@contextmanager
+def _quiet_stderr():
+    """Silence file descriptor 2: Kineto prints profiler start/stop lines from C++ on every use."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
 
 
 def _state_bytes(model: nn.Module) -> int:

@@ -45,6 +45,17 @@ def default_out(recipe: Recipe) -> Path:
     return Path("runs") / f"{recipe.name}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
+def format_plan(plan: list[dict[str, Any]]) -> str:
+    """The per-layer plan as aligned text lines."""
+    width = max(len(r["layer"]) for r in plan)
+    lines = ["plan:"]
+    for r in plan:
+        mark = "" if r["target"] else "  (kept)"
+        lines.append(f"  {r['layer']:<{width}}  {str(r['shape_before']):>18} -> {str(r['shape_after']):<18} "
+                     f"sparsity {r['sparsity']:.3f}{mark}")
+    return "\n".join(lines)
+
+
 def run(recipe: Recipe, out: str | Path | None = None, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Run a recipe end to end and return its report (also written to `out`)."""
     load_builtins()
@@ -71,6 +82,12 @@ def run(recipe: Recipe, out: str | Path | None = None, log: Callable[[str], None
         stages = {"dense": measure_stage(dense, task, bundle, recipe.evaluate, device, ref)}
 
         pruned, pruner = controller.one_shot_copy(dense)
+        plan = plan_rows(dense, pruned, targets)
+        if not any(row["sparsity"] > 0 for row in plan):
+            raise PrunetuneError(
+                f"prune.sparsity: {p.sparsity} prunes nothing in the selected layers ({', '.join(targets)}); raise it"
+            )
+        log(format_plan(plan))
         log(f"measure: pruned to {controller.final_sparsity:.3f} before fine-tuning")
         stages["pruned"] = measure_stage(pruned, task, bundle, recipe.evaluate, device, ref)
         oneshot = len(controller.sparsities) == 1

@@ -117,6 +117,7 @@ class PruneSpec(_Section):
     exclude: list[str] = Field(default_factory=list, description="layer name patterns to keep")
     keep_classifier: bool = Field(True, description="never prune the final classifier's outputs")
     calibration_batches: int = Field(8, ge=1, description="batches for gradient-based importance")
+    round_to: int | None = Field(None, ge=1, description="structured: keep channel counts multiples of this")
     schedule: ScheduleSpec = Field(default_factory=ScheduleSpec)
 
     @model_validator(mode="after")

@@ -144,6 +144,7 @@ class Structured(Pruner):
             ignored_layers=ignored,
             global_pruning=self.spec.scope == "global",
             max_pruning_ratio=0.95,
+            round_to=self.spec.round_to,
             forward_fn=self._forward_fn,
         )
 
