@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from prunetune.data.base import DataBundle, TensorData
-from prunetune.registry import MODELS, load_builtins
+from prunetune.registry import DATA_SOURCES, MODELS, load_builtins
 
 FMNIST = Path("/usr/share/datasets/fashion-mnist")
 ROOT = Path(__file__).resolve().parents[1]
@@ -52,6 +52,10 @@ def _register_tiny():
     for name, cls in (("tiny_mlp", TinyMLP), ("tiny_cnn", TinyCNN)):
         if name not in MODELS:
             MODELS.register(name, f"test model {cls.__name__}")(cls)
+    if "synthetic" not in DATA_SOURCES:
+        # In-process only: lets pipeline tests run in milliseconds without files.
+        DATA_SOURCES.register("synthetic", "test data: 3 learnable classes of 8x8 noise")(
+            lambda spec, seed: make_bundle(n=int(spec.limit or 96), seed=seed))
 
 
 _register_tiny()

@@ -24,6 +24,7 @@ from . import __version__
 from .artifacts import atomic_dir, commit_dir, save_model
 from .cache import model_info, obtain_dense
 from .data import build_data
+from .distill import Distiller, load_teacher
 from .errors import PrunetuneError
 from .measure import measure_stage, plan_rows, reference_counts
 from .models import classifier_name
@@ -100,9 +101,18 @@ def run(recipe: Recipe, out: str | Path | None = None, log: Callable[[str], None
             model = copy.deepcopy(dense)
             pruner = controller.make_pruner(model, controller.sparsities)
 
+        ft = recipe.finetune
+        distiller = None
+        if ft.distill is not None:
+            teacher, teacher_name = load_teacher(ft.distill, dense, bundle, recipe.model.trust_code)
+            log(f"distill: teacher {teacher_name}, alpha {ft.distill.alpha}, T {ft.distill.temperature}")
+            distiller = Distiller(ft.distill, task, teacher, bundle, device, ft.label_smoothing, ft.augment.active)
+            teacher_acc = (stages["dense"]["accuracy"] if teacher_name == "dense" else
+                           task.evaluate(distiller.teacher, bundle.test, bundle.eval_batch_size, device, bundle.class_names)["accuracy"])
+
         torch.manual_seed(recipe.seed + 1)
-        trainer = Trainer(model, task, bundle, recipe.finetune, device, recipe.seed + 1, desc="finetune", log=log,
-                          method=recipe.finetune.method)
+        trainer = Trainer(model, task, bundle, ft, device, recipe.seed + 1, desc="finetune", log=log,
+                          method=ft.method, loss_fn=distiller.loss if distiller else None)
         history = controller.finetune(model, pruner, trainer, already_pruned=oneshot, log=log)
         log("measure: fine-tuned")
         stages["finetuned"] = measure_stage(model, task, bundle, recipe.evaluate, device, ref)
@@ -116,6 +126,7 @@ def run(recipe: Recipe, out: str | Path | None = None, log: Callable[[str], None
             "finetune": {"epochs_run": len(history), "best_epoch": trainer.best_epoch,
                          "wall_s": round(trainer.wall_s, 2), "history": history},
             "dense": dense_info,
+            "distill": distiller.summary(teacher_name, teacher_acc) if distiller else None,
             "notes": pruner.notes,
             "torch_version": torch.__version__,
         }

@@ -52,6 +52,26 @@ class EarlyStopping(_Section):
     min_delta: float = Field(0.0, ge=0)
 
 
+class AugmentSpec(_Section):
+    """Random image augmentation of training batches (none by default)."""
+
+    crop_padding: int = Field(0, ge=0, description="random crop after zero-padding each side by this many pixels")
+    hflip: bool = Field(False, description="flip half the images horizontally")
+
+    @property
+    def active(self) -> bool:
+        return self.crop_padding > 0 or self.hflip
+
+
+class DistillSpec(_Section):
+    """Knowledge distillation from a teacher while fine-tuning."""
+
+    teacher: str = Field("dense", description="'dense' (the run's dense model) or a saved model folder")
+    alpha: float = Field(0.5, ge=0, le=1, description="weight of the distillation term")
+    temperature: float = Field(4.0, gt=0, description="softmax temperature T")
+    cache_logits: bool = Field(True, description="compute the teacher's logits once per example (not with augmentation)")
+
+
 class TrainSpec(_Section):
     """How to train (dense) or fine-tune."""
 
@@ -67,6 +87,7 @@ class TrainSpec(_Section):
     grad_clip: float | None = Field(None, gt=0, description="clip the gradient norm to this value")
     dropout: float | None = Field(None, ge=0, lt=1, description="override every dropout layer's rate")
     early_stopping: EarlyStopping | None = None
+    augment: AugmentSpec = Field(default_factory=AugmentSpec)
 
 
 class DenseSpec(TrainSpec):
@@ -133,6 +154,7 @@ class FinetuneSpec(TrainSpec):
     method: str = "full"
     lr: float = Field(1e-3, gt=0)
     epochs: int = Field(3, ge=0)
+    distill: DistillSpec | None = Field(None, description="distil from a teacher (default: the dense model)")
 
 
 class EvaluateSpec(_Section):

@@ -39,6 +39,11 @@ def markdown(report: dict[str, Any]) -> str:
         f"(best {report['finetune']['best_epoch']}, {report['finetune']['wall_s']:.1f} s).",
         "",
     ]
+    if report.get("distill"):
+        d = report["distill"]
+        lines += [f"Distilled from `{d['teacher']}` (test accuracy {d['teacher_test_accuracy']:.2f}), alpha {d['alpha']}, "
+                  f"T {d['temperature']}; teacher logits {'cached per example' if d['cached_logits'] else 'per batch'}, "
+                  f"teacher time {d['teacher_s']:.1f} s.", ""]
     any_lat = "latency_ms" in stages["dense"]
     n = stages["dense"].get("latency_ms", {}).get("batch_N", {}).get("batch", "N")
     head = "| stage | test acc | Δ pt | params | non-zero | sparsity | prunable sparsity | MACs (÷) | size | gzip |"

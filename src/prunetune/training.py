@@ -18,7 +18,8 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from .data.base import batches
+from .data.augment import augment
+from .data.base import indexed_batches
 from .errors import RuntimeFault
 from .registry import FINETUNE_METHODS, LR_SCHEDULES, OPTIMIZERS
 from .tasks import to_device
@@ -83,8 +84,11 @@ class Trainer:
     """
 
     def __init__(self, model: nn.Module, task, bundle, spec, device: torch.device, seed: int,
-                 desc: str = "train", log: Callable[[str], None] = print, method: str = "full") -> None:
+                 desc: str = "train", log: Callable[[str], None] = print, method: str = "full",
+                 loss_fn: Callable[..., torch.Tensor] | None = None) -> None:
         self.model, self.task, self.bundle, self.spec = model, task, bundle, spec
+        # loss_fn(logits, y, x, idx) replaces the task loss (e.g. distillation); x is the augmented batch.
+        self.loss_fn = loss_fn or (lambda logits, y, x, idx: task.loss(logits, y, spec.label_smoothing))
         self.device, self.desc, self.log = device, desc, log
         self.method = FINETUNE_METHODS.get(method, "finetune.method")
         self.gen = torch.Generator().manual_seed(seed)
@@ -119,9 +123,9 @@ class Trainer:
         for epoch in range(1, epochs + 1):
             model.train()
             t0, loss_sum, seen = time.perf_counter(), 0.0, 0
-            it = batches(self.bundle.train, spec.batch_size, shuffle=True, generator=self.gen)
+            it = indexed_batches(self.bundle.train, spec.batch_size, shuffle=True, generator=self.gen)
             bar = _progress(it, steps_per_epoch, f"{self.desc} {epoch}/{epochs}")
-            for x, y in bar:
+            for x, y, idx in bar:
                 while pending and pending[0][0] <= step:
                     _, s = pending.pop(0)
                     if on_event is not None and on_event(s):
@@ -129,9 +133,10 @@ class Trainer:
                 lr = spec.lr * lr_fn(step, total, warmup)
                 for g in self.opt.param_groups:
                     g["lr"] = lr
-                x, y = to_device(x, self.device), y.to(self.device)
+                x = to_device(augment(x, spec.augment, self.gen), self.device)
+                y = y.to(self.device)
                 with self._autocast():
-                    loss = self.task.loss(self.task.forward(model, x), y, spec.label_smoothing)
+                    loss = self.loss_fn(self.task.forward(model, x), y, x, idx)
                 if not torch.isfinite(loss):
                     raise RuntimeFault(
                         f"{self.desc}: non-finite loss at step {self.global_step + 1} (epoch {epoch}, lr {lr:.3g}); "

@@ -97,14 +97,22 @@ def batches(
     data: TensorData, batch_size: int, shuffle: bool = False, generator: torch.Generator | None = None
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Yield (x, y) mini-batches; slicing in-memory tensors is far faster than a DataLoader here."""
+    for x, y, _ in indexed_batches(data, batch_size, shuffle, generator):
+        yield x, y
+
+
+def indexed_batches(
+    data: TensorData, batch_size: int, shuffle: bool = False, generator: torch.Generator | None = None
+) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """Yield (x, y, example indices); the indices let per-example caches (teacher logits) be used."""
     n = len(data)
-    order = torch.randperm(n, generator=generator) if shuffle else None
+    order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
     for i in range(0, n, batch_size):
-        if order is None:
-            yield data.x[i : i + batch_size], data.y[i : i + batch_size]
+        idx = order[i : i + batch_size]
+        if not shuffle:
+            yield data.x[i : i + batch_size], data.y[i : i + batch_size], idx
         else:
-            idx = order[i : i + batch_size]
-            yield data.x[idx], data.y[idx]
+            yield data.x[idx], data.y[idx], idx
 
 
 def finish_bundle(

@@ -1,0 +1,81 @@
+"""Knowledge distillation while fine-tuning the pruned model (Hinton et al. 2015).
+
+loss = (1 - alpha) * task loss + alpha * T^2 * KL(softmax(teacher / T) || softmax(student / T))
+
+The teacher runs in inference mode once per batch, or, when the training data is not augmented,
+once per example before fine-tuning starts (its logits are cached), so a run or a sweep trial
+pays the teacher's cost once.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from .errors import PrunetuneError
+from .pruning.masks import realise
+from .tasks import to_device
+
+
+def load_teacher(spec, dense: nn.Module, bundle, trust_code: bool) -> tuple[nn.Module, str]:
+    """The teacher model: the run's dense model, or a saved model folder with the same classes."""
+    if spec.teacher == "dense":
+        return dense, "dense"
+    from .artifacts import load_model
+
+    folder = Path(spec.teacher)
+    if not folder.is_dir():
+        raise PrunetuneError(f"finetune.distill.teacher: {folder} is not a model folder; use 'dense' or a run's model/ folder")
+    teacher, manifest = load_model(folder, trust_code=trust_code)
+    if manifest.class_names != bundle.class_names:
+        raise PrunetuneError(
+            f"finetune.distill.teacher: {folder} predicts classes {manifest.class_names[:3]}... but the data has "
+            f"{bundle.class_names[:3]}...; use a teacher trained on the same labels"
+        )
+    return teacher, str(folder)
+
+
+class Distiller:
+    """Builds the distillation loss for the Trainer (`loss_fn`)."""
+
+    def __init__(self, spec, task, teacher: nn.Module, bundle, device: torch.device, label_smoothing: float,
+                 augmented: bool) -> None:
+        self.spec, self.task, self.device, self.label_smoothing = spec, task, device, label_smoothing
+        self.teacher = realise(teacher).to(device).eval()
+        for p in self.teacher.parameters():
+            p.requires_grad_(False)
+        self.cached: torch.Tensor | None = None
+        self.teacher_s = 0.0
+        if spec.cache_logits and not augmented:
+            t0 = time.perf_counter()
+            self.cached, _ = task.predict(self.teacher, bundle.train, bundle.eval_batch_size, device)
+            self.teacher_s += time.perf_counter() - t0
+
+    def teacher_logits(self, x: Any, idx: torch.Tensor) -> torch.Tensor:
+        if self.cached is not None:
+            return self.cached[idx].to(self.device)
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            out = self.task.forward(self.teacher, to_device(x, self.device)).float()
+        self.teacher_s += time.perf_counter() - t0
+        return out.clone()  # leave inference mode: the loss needs a normal tensor
+
+    def loss(self, logits: torch.Tensor, y: torch.Tensor, x: Any, idx: torch.Tensor) -> torch.Tensor:
+        a, t = self.spec.alpha, self.spec.temperature
+        task_loss = self.task.loss(logits, y, self.label_smoothing)
+        if a == 0:
+            return task_loss
+        teacher = self.teacher_logits(x, idx)
+        kd = F.kl_div(F.log_softmax(logits.float() / t, dim=-1), F.log_softmax(teacher / t, dim=-1),
+                      reduction="batchmean", log_target=True) * (t * t)
+        return (1 - a) * task_loss + a * kd
+
+    def summary(self, teacher_name: str, teacher_accuracy: float | None) -> dict[str, Any]:
+        return {"teacher": teacher_name, "alpha": self.spec.alpha, "temperature": self.spec.temperature,
+                "teacher_test_accuracy": teacher_accuracy, "cached_logits": self.cached is not None,
+                "teacher_s": round(self.teacher_s, 2)}

@@ -1,0 +1,103 @@
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.nn import functional as F
+
+from prunetune.data.augment import augment
+from prunetune.distill import Distiller, load_teacher
+from prunetune.errors import PrunetuneError
+from prunetune.models import build_model
+from prunetune.pipeline import run
+from prunetune.recipe import AugmentSpec, DistillSpec, ModelSpec, load_recipe
+from prunetune.tasks import Classification
+
+from conftest import make_bundle
+
+
+def _teacher(bundle):
+    torch.manual_seed(0)
+    return build_model(ModelSpec(name="tiny_mlp"), bundle.num_classes, bundle.input_shape).eval()
+
+
+def test_loss_is_the_hinton_formula():
+    bundle = make_bundle()
+    teacher = _teacher(bundle)
+    d = Distiller(DistillSpec(alpha=0.3, temperature=2.0), Classification(), teacher, bundle, torch.device("cpu"), 0.0, False)
+    idx = torch.arange(8)
+    x, y = bundle.train.x[idx], bundle.train.y[idx]
+    student = torch.randn(8, 3)
+    t = teacher(x).detach()
+    p_t = F.softmax(t / 2, -1)
+    kl = (p_t * (p_t.log() - F.log_softmax(student / 2, -1))).sum(-1).mean()
+    want = 0.7 * F.cross_entropy(student, y) + 0.3 * 4 * kl
+    assert d.loss(student, y, x, idx).item() == pytest.approx(want.item(), rel=1e-5)
+    # A student that matches the teacher pays only the task term.
+    assert d.loss(t, y, x, idx).item() == pytest.approx(0.7 * F.cross_entropy(t, y).item(), rel=1e-5)
+
+
+def test_cached_logits_equal_per_batch_logits():
+    bundle = make_bundle()
+    teacher = _teacher(bundle)
+    cached = Distiller(DistillSpec(), Classification(), teacher, bundle, torch.device("cpu"), 0.0, False)
+    live = Distiller(DistillSpec(cache_logits=False), Classification(), teacher, bundle, torch.device("cpu"), 0.0, False)
+    assert cached.cached is not None and live.cached is None
+    idx = torch.tensor([5, 1, 17])
+    assert torch.allclose(cached.teacher_logits(bundle.train.x[idx], idx), live.teacher_logits(bundle.train.x[idx], idx), atol=1e-6)
+    # With augmentation the inputs differ every epoch: no cache.
+    aug = Distiller(DistillSpec(), Classification(), teacher, bundle, torch.device("cpu"), 0.0, True)
+    assert aug.cached is None
+
+
+def test_teacher_with_other_classes_is_refused(tmp_path):
+    from prunetune.artifacts import save_model
+
+    other = make_bundle(classes=4)
+    m = build_model(ModelSpec(name="tiny_mlp"), 4, other.input_shape)
+    folder = save_model(m, tmp_path / "t", {"task": "classification", "model": {"name": "tiny_mlp"}, "num_classes": 4,
+                                             "class_names": other.class_names, "input_shape": list(other.input_shape),
+                                             "preprocess": {}})
+    with pytest.raises(PrunetuneError, match="finetune.distill.teacher: .* predicts classes"):
+        load_teacher(DistillSpec(teacher=str(folder)), None, make_bundle(classes=3), False)
+    with pytest.raises(PrunetuneError, match="not a model folder"):
+        load_teacher(DistillSpec(teacher=str(tmp_path / "none")), None, make_bundle(), False)
+
+
+@pytest.mark.parametrize("overrides,needle", [
+    (["finetune.distill.alpha=1.5"], "finetune.distill.alpha"),
+    (["finetune.distill.temperature=0"], "finetune.distill.temperature"),
+    (["finetune.distill.teacherr=dense"], "finetune.distill.teacherr: unknown key"),
+])
+def test_bad_distill_settings(overrides, needle):
+    with pytest.raises(PrunetuneError, match=needle):
+        load_recipe(None, overrides)
+
+
+@pytest.mark.parametrize("method,schedule", [("structured", "oneshot"), ("structured", "gradual"), ("unstructured", "iterative"),
+                                             ("unstructured", "gradual"), ("nm", "oneshot")])
+def test_distillation_runs_with_every_pruner_and_schedule(tmp_path, method, schedule):
+    recipe = load_recipe(None, [
+        "model.name=tiny_cnn", "data.source=synthetic", "dense.epochs=2", "dense.lr=0.01", "finetune.epochs=2",
+        f"prune.method={method}", f"prune.schedule.kind={schedule}", "prune.schedule.steps=2",
+        "finetune.distill.alpha=0.5", "evaluate.latency=false", "evaluate.memory=false", "finetune.batch_size=16",
+    ])
+    report = run(recipe, tmp_path / "r", log=lambda m: None)
+    d = report["distill"]
+    assert d["teacher"] == "dense" and d["alpha"] == 0.5 and d["cached_logits"] is True
+    assert d["teacher_test_accuracy"] == report["stages"]["dense"]["accuracy"]
+    assert report["stages"]["finetuned"]["prunable_sparsity"] > 0.45
+    assert "Distilled from `dense`" in (tmp_path / "r" / "report.md").read_text()
+
+
+def test_augment_crops_and_flips_reproducibly():
+    x = torch.arange(2 * 1 * 6 * 6, dtype=torch.float32).view(2, 1, 6, 6) + 1
+    spec = AugmentSpec(crop_padding=2, hflip=True)
+    a = augment(x, spec, torch.Generator().manual_seed(3))
+    b = augment(x, spec, torch.Generator().manual_seed(3))
+    assert torch.equal(a, b) and a.shape == x.shape and not torch.equal(a, x)
+    # Every output pixel is either padding (0) or a pixel of the same image.
+    for i in range(2):
+        assert set(a[i].unique().tolist()) <= set(x[i].unique().tolist()) | {0.0}
+    assert augment(x, AugmentSpec(), torch.Generator()) is x
+    with pytest.raises(PrunetuneError, match="image batches only"):
+        augment(torch.ones(4, 10), spec, torch.Generator())
