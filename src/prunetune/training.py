@@ -69,9 +69,17 @@ def set_dropout(model: nn.Module, p: float | None) -> None:
 
 
 def pick_device(name: str | None) -> torch.device:
-    if name:
-        return torch.device(name)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    from .errors import PrunetuneError
+
+    if not name:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise PrunetuneError(f"evaluate.device: {name!r} is not a device; use cpu or cuda") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise PrunetuneError("evaluate.device: cuda was asked for but no CUDA device is available; use cpu")
+    return device
 
 
 class Trainer:
