@@ -74,6 +74,52 @@ def eval_(
     _guard(go)
 
 
+@app.command("export")
+def export(
+    model_dir: Path = typer.Argument(..., help="a run's model/ folder"),
+    format_: str = typer.Option("onnx", "--format", help="export format (onnx)"),
+    out: Optional[Path] = typer.Option(None, "--out", help="output file (default model.onnx beside the model folder); must not exist"),
+    opset: Optional[int] = typer.Option(None, "--opset", help="ONNX opset (default: the exporter's)"),
+    threads: Optional[int] = typer.Option(None, "--threads", help="onnxruntime threads for the latency check (default: its own)"),
+    min_run_time: float = typer.Option(1.0, "--min-run-time", help="seconds of timed calls per latency batch size"),
+    trust_code: bool = typer.Option(False, "--trust-code", help="allow the model's own code (import-path models)"),
+) -> None:
+    """Export a saved model, check it against PyTorch, time it; print the export report as JSON."""
+
+    def go():
+        from .export import FORMATS, export_onnx
+
+        if format_ not in FORMATS:
+            raise PrunetuneError(f"--format {format_}: unknown export format; choose one of: {', '.join(FORMATS)}")
+        print(json.dumps(export_onnx(model_dir, out, opset=opset, threads=threads,
+                                     min_run_time=min_run_time, trust_code=trust_code), indent=2))
+
+    _guard(go)
+
+
+@app.command("predict")
+def predict(
+    model_dir: Path = typer.Argument(..., help="a run's model/ folder"),
+    inputs: List[Path] = typer.Argument(..., help="image files or folders of images (searched recursively)"),
+    out: Optional[Path] = typer.Option(None, "--out", help="write JSON Lines here (default stdout); must not exist"),
+    batch_size: int = typer.Option(64, "--batch-size", help="images per forward pass"),
+    trust_code: bool = typer.Option(False, "--trust-code", help="allow the model's own code (import-path models)"),
+) -> None:
+    """Classify images with a saved model; one JSON line per image: input, label, probabilities."""
+
+    def go():
+        from .predict import predict as run_predict
+        from .predict import write_predictions
+
+        if out is not None and out.exists():  # refuse before loading anything
+            raise PrunetuneError(f"{out}: already exists; choose another --out or remove it")
+        n = write_predictions(run_predict(model_dir, list(inputs), batch_size=batch_size, trust_code=trust_code), out)
+        if out is not None:
+            _log(f"predict: {n} predictions written to {out}")
+
+    _guard(go)
+
+
 @app.command("list")
 def list_() -> None:
     """Print every registered data source, model, task, importance, pruner, schedule and method."""
@@ -84,6 +130,28 @@ def list_() -> None:
         print(f"{title}:")
         for name, doc in reg.describe().items():
             print(f"  {name:<16} {doc}")
+
+
+@app.command("refine")
+def refine_(
+    model_dir: Path = typer.Argument(..., help="a saved model folder (a run's model/)"),
+    data_path: str = typer.Option(..., "--data", "--data-path", help="the newly collected labelled data (same classes as the model)"),
+    set_: List[str] = typer.Option([], "--set", help="data.* or finetune.* override, e.g. finetune.epochs=2 (repeatable)"),
+    out: Optional[Path] = typer.Option(None, "--out", help="output folder (default: MODEL_DIR-v2, -v3, ... beside it); must not exist"),
+    trust_code: bool = typer.Option(False, "--trust-code", help="allow the model's own code (import-path models)"),
+) -> None:
+    """Re-fine-tune a saved model on new labelled data, keeping its architecture and masks; write a new version."""
+
+    def go():
+        from .refine import refine
+
+        rep = refine(model_dir, set_, out, log=_log, data_path=data_path, trust_code=trust_code)
+        b, a = rep["stages"]["before"], rep["stages"]["after"]
+        print(f"new data {b['new_data']['accuracy']:.2f}% -> {a['new_data']['accuracy']:.2f}%; original test "
+              f"{b['original_test']['accuracy']:.2f}% -> {a['original_test']['accuracy']:.2f}%; "
+              f"{rep['nonzero_params']:,} non-zero parameters kept; wrote {rep['folder']}")
+
+    _guard(go)
 
 
 def main() -> None:

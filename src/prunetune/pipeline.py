@@ -11,6 +11,7 @@ Example:
 
 from __future__ import annotations
 
+import copy
 import random
 import shutil
 import time
@@ -95,8 +96,6 @@ def run(recipe: Recipe, out: str | Path | None = None, log: Callable[[str], None
         if oneshot:
             model = pruned
         else:
-            import copy
-
             del pruned
             model = copy.deepcopy(dense)
             pruner = controller.make_pruner(model, controller.sparsities)

@@ -78,13 +78,25 @@ def markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plots(report: dict[str, Any], folder: Path) -> list[str]:
+def figures(report: dict[str, Any]) -> dict[str, bytes]:
+    """The plots as PNG bytes, rendered in memory: {"curves.png": ..., "sparsity.png": ...}.
+
+    sparsity.png needs a per-layer plan (run reports); a report without one gets only the curves.
+    """
+    import io
+
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    written = []
+    def png(fig) -> bytes:
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=110)
+        plt.close(fig)
+        return buf.getvalue()
+
+    out = {}
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
     for label, hist in (("dense", report.get("dense", {}).get("history", [])), ("fine-tune", report["finetune"]["history"])):
         if not hist:
@@ -100,23 +112,32 @@ def plots(report: dict[str, Any], folder: Path) -> list[str]:
         if ax.lines:
             ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(folder / "curves.png", dpi=110)
-    plt.close(fig)
-    written.append("curves.png")
+    out["curves.png"] = png(fig)
 
-    plan = report["plan"]
-    fig, ax = plt.subplots(figsize=(max(5, 0.5 * len(plan) + 2), 3.8))
-    ax.bar(range(len(plan)), [p["sparsity"] for p in plan], color=["tab:blue" if p["target"] else "tab:gray" for p in plan])
-    ax.set_xticks(range(len(plan)), [p["layer"] for p in plan], rotation=60, ha="right", fontsize=7)
-    ax.set(ylim=(0, 1), ylabel="sparsity vs dense", title="per-layer sparsity (grey: not pruned)")
-    fig.tight_layout()
-    fig.savefig(folder / "sparsity.png", dpi=110)
-    plt.close(fig)
-    written.append("sparsity.png")
-    return written
+    plan = report.get("plan")
+    if plan:
+        fig, ax = plt.subplots(figsize=(max(5, 0.5 * len(plan) + 2), 3.8))
+        ax.bar(range(len(plan)), [p["sparsity"] for p in plan], color=["tab:blue" if p["target"] else "tab:gray" for p in plan])
+        ax.set_xticks(range(len(plan)), [p["layer"] for p in plan], rotation=60, ha="right", fontsize=7)
+        ax.set(ylim=(0, 1), ylabel="sparsity vs dense", title="per-layer sparsity (grey: not pruned)")
+        fig.tight_layout()
+        out["sparsity.png"] = png(fig)
+    return out
+
+
+def plots(report: dict[str, Any], folder: Path, images: dict[str, bytes] | None = None) -> list[str]:
+    """Write the plots into `folder` (rendered now unless `images` from `figures` is given)."""
+    images = figures(report) if images is None else images
+    for name, data in images.items():
+        (folder / name).write_bytes(data)
+    return list(images)
 
 
 def write_reports(report: dict[str, Any], folder: Path) -> None:
     (folder / "report.json").write_text(json.dumps(report, indent=2))
     (folder / "report.md").write_text(markdown(report))
-    plots(report, folder)
+    images = figures(report)
+    plots(report, folder, images)
+    from .html_report import write_html
+
+    write_html(report, folder, images)

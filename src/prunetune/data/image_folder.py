@@ -14,13 +14,17 @@ from .base import DataBundle, balanced_subset, finish_bundle
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 
 
-def load_image(path: Path, size: int, channels: int) -> np.ndarray:
-    """Read one image as float32 [C, H, W] in [0, 1]; unreadable files raise PrunetuneError."""
+def load_image(path: Path, size: int | tuple[int, int] | list[int], channels: int) -> np.ndarray:
+    """Read one image as float32 [C, H, W] in [0, 1]; unreadable files raise PrunetuneError.
+
+    `size` is a square side or (H, W); any image mode is converted to grey (1) or RGB (3).
+    """
     from PIL import Image, UnidentifiedImageError
 
+    h, w = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
     try:
         with Image.open(path) as im:
-            im = im.convert("L" if channels == 1 else "RGB").resize((size, size))
+            im = im.convert("L" if channels == 1 else "RGB").resize((w, h))  # PIL takes (width, height)
             arr = np.asarray(im, dtype=np.float32) / 255.0
     except (UnidentifiedImageError, OSError, ValueError) as e:
         raise PrunetuneError(f"{path}: unreadable image ({e.__class__.__name__}); remove or replace the file") from None

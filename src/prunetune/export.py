@@ -1,0 +1,184 @@
+"""`export_onnx`: a saved model folder to one ONNX file, checked against PyTorch and timed in onnxruntime.
+
+The ONNX file is written to a temporary file beside its destination, checked with onnxruntime
+(outputs within `TOLERANCE` of PyTorch on `check_inputs` seeded random inputs, at several batch
+sizes so the dynamic batch axis is proven), timed, and only then renamed into place: a failed
+export leaves nothing at the output path. A report `<stem>.export.json` is written beside it.
+
+Example:
+    >>> # export_onnx("runs/x/model")            # -> runs/x/model.onnx   # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .artifacts import load_model, read_manifest
+from .errors import PrunetuneError, RuntimeFault
+from .pruning.masks import realise
+
+FORMATS = ("onnx",)
+TOLERANCE = 1e-4  # max abs difference allowed between onnxruntime and PyTorch logits
+SEED = 20240607
+
+
+def temp_beside(final: Path, suffix: str = "") -> Path:
+    """An empty temporary file in `final`'s folder (so os.replace is atomic), with umask permissions."""
+    fd, name = tempfile.mkstemp(prefix=f".{final.name}.tmp-", suffix=suffix, dir=final.parent)
+    os.close(fd)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(name, 0o666 & ~umask)  # mkstemp makes 0600 files; the result should look like any other
+    return Path(name)
+
+
+def _check_batches(n: int) -> list[int]:
+    """Batch sizes summing to n: 1, then up to 64 at a time (so at least two sizes once n >= 3)."""
+    sizes = [1] if n >= 1 else []
+    left = n - 1
+    while left > 0:
+        sizes.append(min(64, left))
+        left -= sizes[-1]
+    return sizes
+
+
+def _ort_session(path: Path, threads: int | None):
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    if threads:
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+    sess = ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+    return sess, opts
+
+
+def _ort_latency_ms(sess, x: np.ndarray, min_run_time: float) -> float:
+    """p50 of per-call latency (ms) over a time.perf_counter loop of about `min_run_time` seconds."""
+    feed = {"input": x}
+    for _ in range(3):  # warm-up: first calls allocate and pick kernels
+        sess.run(None, feed)
+    times: list[float] = []
+    start = time.perf_counter()
+    while len(times) < 5 or time.perf_counter() - start < min_run_time:
+        t0 = time.perf_counter()
+        sess.run(None, feed)
+        times.append(time.perf_counter() - t0)
+    return round(float(np.median(times)) * 1000.0, 4)
+
+
+def export_onnx(model_dir: str | Path, out_file: str | Path | None = None, opset: int | None = None,
+                check_inputs: int = 100, threads: int | None = None, min_run_time: float = 1.0,
+                trust_code: bool = False) -> dict[str, Any]:
+    """Export a saved model folder to ONNX; return (and write beside it) the export report.
+
+    `out_file` defaults to `model.onnx` beside the model folder (the run folder), so the model folder
+    stays exactly as saved. `threads` None leaves onnxruntime's thread settings at its defaults.
+    """
+    model_dir = Path(model_dir)
+    if read_manifest(model_dir).preprocess.get("kind") == "text":  # before building a model that may not build yet
+        raise PrunetuneError(f"{model_dir}: text models cannot be exported yet; ONNX export of text models arrives with transformer support")
+    if opset is not None:
+        from torch.onnx import _constants as C  # private, but the only place torch states the range
+
+        lo = getattr(C, "ONNX_MIN_OPSET", 7)
+        hi = getattr(C, "ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET", getattr(C, "ONNX_MAX_OPSET", 20))
+        if not lo <= opset <= hi:
+            raise PrunetuneError(f"--opset {opset}: the exporter supports opsets {lo} to {hi}")
+    if check_inputs < 1:
+        raise PrunetuneError(f"check_inputs: {check_inputs}; check at least 1 input")
+    out = Path(out_file) if out_file is not None else model_dir.resolve().parent / "model.onnx"
+    if out.suffix.lower() != ".onnx":
+        raise PrunetuneError(f"--out {out}: an ONNX file name must end in .onnx")
+    if model_dir.resolve() in out.resolve().parents:
+        raise PrunetuneError(f"--out {out}: inside the model folder; the model folder stays as saved, write beside it")
+    report_path = out.with_name(f"{out.stem}.export.json")
+    for p in (out, report_path):
+        if p.exists():
+            raise PrunetuneError(f"{p}: already exists; choose another --out or remove it")
+    if not out.parent.is_dir():
+        raise PrunetuneError(f"--out {out}: folder {out.parent} not found; create it first")
+
+    model, manifest = load_model(model_dir, trust_code=trust_code)
+    plain = realise(model).cpu().eval()  # masks baked in: the zeros are plain weights in the ONNX file
+    shape = tuple(manifest.input_shape)
+    g = torch.Generator().manual_seed(SEED)
+    tmp = temp_beside(out, ".onnx")
+    tmp_report = temp_beside(report_path, ".json")
+    try:
+        # Exporter choice: the TorchScript-based exporter (dynamo=False). The torch.export-based
+        # exporter (dynamo=True, the default since torch 2.9) needs the `onnxscript` package, which
+        # is not a prunetune dependency and is absent offline; the TorchScript exporter needs only
+        # torch and `onnx`, handles every built-in model with a dynamic batch axis, and its
+        # deprecation warning is silenced here.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            try:
+                torch.onnx.export(
+                    plain, (torch.randn(2, *shape, generator=g),), str(tmp),
+                    input_names=["input"], output_names=["logits"],
+                    dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+                    opset_version=opset, do_constant_folding=True, dynamo=False,
+                )
+            except Exception as e:  # the exporter raises many types for unsupported ops
+                line = (str(e).strip().splitlines() or [e.__class__.__name__])[0][:200]
+                raise RuntimeFault(f"{model_dir}: ONNX export failed ({line})") from None
+        import onnx
+
+        opset_used = next((o.version for o in onnx.load(str(tmp), load_external_data=False).opset_import
+                           if o.domain in ("", "ai.onnx")), None)
+        try:
+            sess, opts = _ort_session(tmp, threads)
+        except Exception as e:  # onnxruntime raises its own types for graphs it cannot run
+            raise RuntimeFault(f"{model_dir}: onnxruntime cannot load the exported file ({str(e)[:200]}); "
+                               "the exported file was deleted") from None
+        worst, sizes = 0.0, _check_batches(check_inputs)
+        with torch.inference_mode():
+            for b in sizes:
+                x = torch.randn(b, *shape, generator=g)
+                want = plain(x).float().numpy()
+                got = sess.run(["logits"], {"input": x.numpy()})[0]
+                if got.shape != want.shape:
+                    raise RuntimeFault(f"{model_dir}: onnxruntime gave shape {list(got.shape)} for batch {b}, PyTorch {list(want.shape)}; "
+                                       "the exported file was deleted")
+                worst = max(worst, float(np.abs(got - want).max()))
+        if not worst <= TOLERANCE:  # also catches NaN
+            raise RuntimeFault(f"{model_dir}: onnxruntime and PyTorch differ by {worst:.3g} (> {TOLERANCE}) on "
+                               f"{check_inputs} inputs; the exported file was deleted")
+        latency = {f"batch_{b}": _ort_latency_ms(sess, torch.randn(b, *shape, generator=g).numpy(), min_run_time)
+                   for b in (1, 64)}
+        del sess
+        report = {
+            "file": str(out),
+            "bytes": tmp.stat().st_size,
+            "max_abs_diff": worst,
+            "inputs_checked": check_inputs,
+            "batch_sizes_checked": sizes,
+            "opset": opset_used,
+            "exporter": "torch.onnx.export(dynamo=False)",
+            "ort_latency_ms": latency,
+            # 0 means onnxruntime's default (one intra-op thread per physical core).
+            "ort_threads": {"intra_op": opts.intra_op_num_threads, "inter_op": opts.inter_op_num_threads,
+                            "cpu_count": os.cpu_count()},
+            "onnxruntime_version": __import__("onnxruntime").__version__,
+            "torch_version": torch.__version__,
+        }
+        tmp_report.write_text(json.dumps(report, indent=2) + "\n")
+        if out.exists() or report_path.exists():
+            raise PrunetuneError(f"{out}: appeared while exporting; choose another --out or remove it")
+        os.replace(tmp, out)
+        os.replace(tmp_report, report_path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        tmp_report.unlink(missing_ok=True)
+        raise
+    return report

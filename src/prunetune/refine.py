@@ -1,0 +1,261 @@
+"""`refine`: re-fine-tune a saved (compressed) model on newly collected labelled data.
+
+The architecture and the masks are kept: the model is loaded from its folder with `load_model`
+(masks come back as parametrizations, so pruned weights stay exactly zero while training), trained
+with the saved recipe's `finetune` section, and checked afterwards: identical masks and the same
+number of non-zero parameters, else nothing is written. Accuracy is measured before and after on the
+new data's test split and on the original test set (the saved recipe's data), so forgetting shows.
+
+The result is a new version folder beside the old one (`run/model` -> `run/model-v2`, then `-v3`,
+...), written atomically; the source folder is only read.
+
+Example:
+    >>> report = refine("runs/quick/model", ["finetune.epochs=2"], data_path="/data/new")   # doctest: +SKIP
+    >>> report["stages"]["after"]["new_data"]["accuracy"]                                 # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+import shutil
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from . import __version__
+from .artifacts import atomic_dir, commit_dir, load_model, read_manifest, save_model
+from .cache import model_info
+from .data import build_data
+from .errors import PrunetuneError, RuntimeFault
+from .measure import count_params, measure_stage, reference_counts
+from .pruning.masks import masked_layers, realise
+from .recipe import Recipe, apply_overrides, dump_recipe, format_validation_error
+from .registry import TASKS, load_builtins
+from .training import Trainer, pick_device
+
+ALLOWED = ("data.", "finetune.")
+
+
+def model_folder(path: str | Path) -> Path:
+    """The saved model's folder; a run folder (holding model/) is accepted too."""
+    path = Path(path)
+    if not (path / "manifest.json").exists() and (path / "model" / "manifest.json").exists():
+        return path / "model"
+    return path
+
+
+def next_version(model_dir: Path) -> Path:
+    """`run/model` -> `run/model-v2` (or the next free number); `run/model-v2/model` -> `run/model-v3`."""
+    m = re.fullmatch(r"(.+)-v(\d+)", model_dir.parent.name)
+    if model_dir.name == "model" and m:
+        where, stem = model_dir.parent.parent, m.group(1)
+    else:
+        where, stem = model_dir.parent, model_dir.name
+    pattern = re.compile(re.escape(stem) + r"-v(\d+)")
+    taken = [int(g.group(1)) for p in where.iterdir() if (g := pattern.fullmatch(p.name))] if where.is_dir() else []
+    return where / f"{stem}-v{max([1, *taken]) + 1}"
+
+
+def _check_overrides(overrides: list[str]) -> None:
+    for o in overrides:
+        key = o.split("=", 1)[0].strip()
+        if not key.startswith(ALLOWED):
+            raise PrunetuneError(
+                f"--set {o}: refine only takes data.* and finetune.* overrides; the architecture, masks and "
+                "evaluation settings of the saved model are kept"
+            )
+        if key.startswith("finetune.distill"):
+            raise PrunetuneError(f"--set {o}: refine does not distil (there is no dense teacher); remove this override")
+        if key == "finetune.method" and o.split("=", 1)[-1].strip() != "full":
+            raise PrunetuneError(f"--set {o}: refine trains every parameter (finetune.method=full); remove this override")
+
+
+def _validate(data: dict[str, Any], source: str) -> Recipe:
+    from pydantic import ValidationError
+
+    try:
+        return Recipe.model_validate(data)
+    except ValidationError as e:
+        raise PrunetuneError(format_validation_error(e, source)) from None
+
+
+def _names(xs: list[str], at_most: int = 8) -> str:
+    shown = ", ".join(repr(x) for x in xs[:at_most])
+    return shown + (f" and {len(xs) - at_most} more" if len(xs) > at_most else "")
+
+
+def check_classes(new: list[str], model: list[str], where: str) -> None:
+    """The new data must have exactly the model's classes, in the model's order."""
+    if new == model:
+        return
+    unknown = [c for c in new if c not in model]
+    missing = [c for c in model if c not in new]
+    if unknown:
+        raise PrunetuneError(f"{where}: labels unknown to the model: {_names(unknown)}; the model predicts "
+                             f"{_names(model)}; relabel the new data or train a new model")
+    if missing:
+        raise PrunetuneError(f"{where}: the new data lacks the model's classes {_names(missing)}; "
+                             "refine needs examples of every class the model predicts")
+    raise PrunetuneError(f"{where}: the new data orders its classes {_names(new)}, the model {_names(model)}; "
+                         "name the class folders so they sort in the model's order")
+
+
+def _reference(manifest, recipe: Recipe, model, trust_code: bool) -> dict[str, Any]:
+    """Dense counts as in the original run (sparsity is relative to the dense architecture)."""
+    from .models import build_model, classifier_name
+    from .pruning.targets import select_targets
+    from .recipe import ModelSpec
+
+    try:
+        spec = ModelSpec.model_validate(manifest.model)
+        if ":" in spec.name and not spec.name.startswith(("torchvision:", "timm:")):
+            spec = spec.model_copy(update={"trust_code": trust_code})
+        dense = build_model(spec, manifest.num_classes, tuple(manifest.input_shape))
+        p = recipe.prune
+        keep = [classifier_name(dense)] if p.keep_classifier else []
+        return reference_counts(dense, select_targets(dense, p.include, p.exclude, [k for k in keep if k]))
+    except PrunetuneError:
+        return reference_counts(model, list(masked_layers(model)))
+
+
+def refine(model_dir: str | Path, overrides: list[str] | None = None, out: str | Path | None = None,
+           log: Callable[[str], None] = print, *, data_path: str | Path | None = None,
+           trust_code: bool = False) -> dict[str, Any]:
+    """Re-fine-tune the model in `model_dir` on new data; return the report (also written, with `folder`)."""
+    from .pipeline import seed_everything
+
+    load_builtins()
+    overrides = list(overrides or [])
+    _check_overrides(overrides)
+    model_dir = model_folder(model_dir)
+    manifest = read_manifest(model_dir)
+    if not manifest.recipe:
+        raise PrunetuneError(f"{model_dir}: the manifest holds no recipe; refine needs the recipe the model was made with")
+    original = _validate(copy.deepcopy(manifest.recipe), f"{model_dir}/manifest.json recipe")
+    merged = apply_overrides(original.model_dump(mode="json"), overrides)
+    if data_path is not None:
+        merged["data"]["path"] = str(data_path)
+    if not any(o.split("=", 1)[0].strip() == "data.path" for o in overrides) and data_path is None:
+        raise PrunetuneError("refine: give the newly collected data with --data PATH (or --set data.path=PATH)")
+    notes = []
+    if merged["finetune"].get("distill") is not None:
+        merged["finetune"]["distill"] = None
+        notes.append("finetune.distill of the saved recipe dropped: refine has no dense teacher")
+    if merged["finetune"].get("method") != "full":
+        notes.append(f"finetune.method {merged['finetune'].get('method')!r} replaced by 'full'")
+        merged["finetune"]["method"] = "full"
+    recipe = _validate(merged, "refine")
+
+    out = Path(out) if out else next_version(model_dir)
+    if out.exists():
+        raise PrunetuneError(f"--out: {out} already exists; choose another folder or remove it")
+
+    model, manifest = load_model(model_dir, trust_code=trust_code)
+    seed_everything(recipe.seed)
+    device = pick_device(recipe.evaluate.device)
+    task = TASKS.get(recipe.task, "task")()
+    new = build_data(recipe.data, recipe.seed)
+    check_classes(new.class_names, manifest.class_names, f"data.path {recipe.data.path}")
+    if list(new.input_shape) != list(manifest.input_shape):
+        raise PrunetuneError(f"data.path {recipe.data.path}: inputs of shape {list(new.input_shape)} but the model takes "
+                             f"{manifest.input_shape}; set data.image_size / data.grayscale to match")
+    old = build_data(original.data, original.seed)
+    log(f"data: {len(new.train)} train / {len(new.val)} val / {len(new.test)} test new examples; "
+        f"original test set {len(old.test)}")
+
+    ref = _reference(manifest, original, model, trust_code)
+    quick = recipe.evaluate.model_copy(update={"latency": False, "memory": False})  # latency does not depend on the data
+
+    def measure(which: str) -> dict[str, dict[str, Any]]:
+        log(f"measure: {which}")
+        res = {"new_data": measure_stage(model, task, new, recipe.evaluate, device, ref),
+               "original_test": measure_stage(model, task, old, quick, device, ref)}
+        res["new_data"]["examples"], res["original_test"]["examples"] = len(new.test), len(old.test)
+        return res
+
+    masks_before = {k: v.detach().cpu().clone() for k, v in masked_layers(model).items()}
+    nonzero_before = count_params(realise(model))[1]
+    stages = {"before": measure("before")}
+
+    torch.manual_seed(recipe.seed + 1)
+    ft = recipe.finetune
+    trainer = Trainer(model, task, new, ft, device, recipe.seed + 1, desc="refine", log=log, method="full")
+    history = trainer.fit(ft.epochs)
+
+    masks_after = {k: v.detach().cpu() for k, v in masked_layers(model).items()}
+    changed = [k for k in masks_before if k not in masks_after or not torch.equal(masks_before[k], masks_after[k])]
+    if changed or set(masks_after) != set(masks_before):
+        raise RuntimeFault(f"refine: the masks of {', '.join(changed) or 'the model'} changed while training; nothing was written")
+    nonzero_after = count_params(realise(model))[1]
+    if nonzero_after != nonzero_before:
+        raise RuntimeFault(f"refine: {nonzero_before:,} non-zero parameters before but {nonzero_after:,} after; "
+                           "the sparsity was not kept, nothing was written")
+    stages["after"] = measure("after")
+
+    report = {
+        "prunetune_version": __version__,
+        "source_model": str(model_dir),
+        "stages": stages,
+        "finetune": {"epochs_run": len(history), "best_epoch": trainer.best_epoch,
+                     "wall_s": round(trainer.wall_s, 2), "history": history},
+        "sparsity_kept": True,
+        "nonzero_params": nonzero_after,
+        "data": {"new": {"path": recipe.data.path, "train": len(new.train), "val": len(new.val), "test": len(new.test)},
+                 "original": {"path": original.data.path, "test": len(old.test)}},
+        "notes": notes,
+        "recipe": recipe.model_dump(mode="json"),
+        "torch_version": torch.__version__,
+    }
+    tmp = atomic_dir(out)
+    try:
+        (tmp / "recipe.resolved.yaml").write_text(dump_recipe(recipe))
+        save_model(model, tmp / "model", {**model_info(recipe, new), "refined_from": str(model_dir)})
+        write_reports(report, tmp)
+        commit_dir(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    log(f"done: {out}")
+    return {**report, "folder": str(out)}
+
+
+def markdown(report: dict[str, Any]) -> str:
+    st, ft, r = report["stages"], report["finetune"], report["recipe"]
+    lines = [
+        f"# prunetune refine: {r['name']}",
+        "",
+        f"Re-fine-tuned `{report['source_model']}` on `{r['data']['source']}` data at `{r['data']['path']}`: "
+        f"{ft['epochs_run']} epochs (best {ft['best_epoch']}, {ft['wall_s']:.1f} s). Architecture and masks kept: "
+        f"{'yes' if report['sparsity_kept'] else 'NO'} ({report['nonzero_params']:,} non-zero parameters).",
+        "",
+        "| stage | test set | examples | test acc | Δ pt | non-zero | sparsity | size | gzip |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    from .report import _fmt_bytes
+
+    for data, label in (("new_data", "new data"), ("original_test", "original test")):
+        for stage in ("before", "after"):
+            s = st[stage][data]
+            lines.append(f"| {stage} | {label} | {s['examples']:,} | {s['accuracy']:.2f} | "
+                         f"{s['accuracy'] - st['before'][data]['accuracy']:+.2f} | {s['nonzero_params']:,} | "
+                         f"{s['sparsity']:.3f} | {_fmt_bytes(s['size_bytes'])} | {_fmt_bytes(s['gzip_bytes'])} |")
+    lines += ["", "The original test set shows what the new data made the model forget.", ""]
+    if report.get("notes"):
+        lines += ["Notes:", *[f"- {x}" for x in report["notes"]], ""]
+    return "\n".join(lines)
+
+
+def write_reports(report: dict[str, Any], folder: Path) -> None:
+    """report.json, report.md, curves.png and report.html of a refine folder."""
+    import json
+
+    from .html_report import write_html
+    from .report import figures, plots
+
+    (folder / "report.json").write_text(json.dumps(report, indent=2))
+    (folder / "report.md").write_text(markdown(report))
+    images = figures(report)
+    plots(report, folder, images)
+    write_html(report, folder, images)

@@ -1,0 +1,156 @@
+"""`refine`: re-fine-tune a saved, pruned model on new data; architecture and masks kept, nothing overwritten."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+import zlib
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from prunetune.artifacts import load_model
+from prunetune.data.base import DataBundle, TensorData
+from prunetune.errors import PrunetuneError
+from prunetune.measure import count_params
+from prunetune.pipeline import run
+from prunetune.pruning.masks import masked_layers, realise
+from prunetune.recipe import load_recipe
+from prunetune.refine import next_version, refine
+from prunetune.registry import DATA_SOURCES
+
+from conftest import FMNIST, cli_env
+
+
+def path_bundle(spec, seed: int) -> DataBundle:
+    """In-process data whose content follows data.path: 'shift...' moves the inputs (a new batch of data
+    that differs from the original), 'other' has a class the model does not know."""
+    path = spec.path or "orig"
+    names = ["c0", "c1", "zebra"] if path == "other" else ["c0", "c1", "c2"]
+    g = torch.Generator().manual_seed(seed + zlib.crc32(path.encode()))
+    n = int(spec.limit or 150)
+    y = torch.arange(n) % 3
+    x = torch.randn(n, 1, 8, 8, generator=g) + 0.8 * y.view(-1, 1, 1, 1).float() + (0.7 if path.startswith("shift") else 0.0)
+    perm = torch.randperm(n, generator=g)
+    data = TensorData(x, y)
+    a, b = n * 3 // 5, n * 4 // 5
+    return DataBundle(train=data.subset(perm[:a]), val=data.subset(perm[a:b]), test=data.subset(perm[b:]),
+                      class_names=names, input_shape=(1, 8, 8),
+                      preprocess={"kind": "image", "mean": [0.0], "std": [1.0], "size": [8, 8], "channels": 1},
+                      eval_batch_size=64)
+
+
+if "by_path" not in DATA_SOURCES:
+    DATA_SOURCES.register("by_path", "test data whose content follows data.path")(path_bundle)
+
+
+def digest(folder: Path) -> dict[str, str]:
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def pruned_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("refine") / "run"
+    recipe = load_recipe(None, [
+        "model.name=tiny_cnn", "data.source=by_path", "data.path=orig", "dense.epochs=3", "dense.lr=0.01",
+        "finetune.epochs=2", "finetune.batch_size=16", "prune.method=unstructured", "prune.sparsity=0.5",
+        "evaluate.min_run_time=0.05", "evaluate.latency_batch=16", "evaluate.memory=false",
+    ])
+    run(recipe, out, log=lambda m: None)
+    return out
+
+
+def test_refine_writes_a_new_version_and_keeps_masks(pruned_run):
+    model_dir = pruned_run / "model"
+    before = digest(model_dir)
+    old_model, _ = load_model(model_dir)
+    old_masks = {k: v.clone() for k, v in masked_layers(old_model).items()}
+    assert old_masks, "the unstructured run should save masks"
+
+    rep = refine(model_dir, ["finetune.epochs=2", "finetune.lr=0.003"], log=lambda m: None, data_path="shift-batch-2")
+
+    out = pruned_run / "model-v2"
+    assert rep["folder"] == str(out) and out.is_dir()
+    assert {"model", "report.json", "report.md", "report.html", "curves.png", "recipe.resolved.yaml"} <= {p.name for p in out.iterdir()}
+    assert digest(model_dir) == before  # the source model is only read
+    # Masks identical, non-zeros unchanged, weights actually trained.
+    new_model, manifest = load_model(out / "model")
+    new_masks = masked_layers(new_model)
+    assert set(new_masks) == set(old_masks) and all(torch.equal(old_masks[k], new_masks[k]) for k in old_masks)
+    assert count_params(realise(new_model))[1] == count_params(realise(old_model))[1] == rep["nonzero_params"]
+    assert not torch.equal(load_file(str(out / "model" / "model.safetensors"))["head.0.weight"],
+                           load_file(str(model_dir / "model.safetensors"))["head.0.weight"])
+    assert manifest.refined_from == str(model_dir) and manifest.recipe["data"]["path"] == "shift-batch-2"
+
+    saved = json.loads((out / "report.json").read_text())
+    assert saved["source_model"] == str(model_dir) and saved["sparsity_kept"] is True
+    assert saved["recipe"]["finetune"]["lr"] == 0.003 and saved["recipe"]["data"]["path"] == "shift-batch-2"
+    assert saved["finetune"]["epochs_run"] == 2 and len(saved["finetune"]["history"]) == 2
+    for stage in ("before", "after"):
+        for data in ("new_data", "original_test"):
+            s = saved["stages"][stage][data]
+            assert 0 <= s["accuracy"] <= 100 and s["examples"] == 30 and abs(s["prunable_sparsity"] - 0.5) < 0.01
+        assert saved["stages"][stage]["new_data"]["nonzero_params"] == rep["nonzero_params"]
+    assert "latency_ms" in saved["stages"]["before"]["new_data"]
+    # The original test set is the run's own (data.path=orig), so "before" matches the run's fine-tuned stage.
+    run_rep = json.loads((pruned_run / "report.json").read_text())
+    assert saved["stages"]["before"]["original_test"]["accuracy"] == run_rep["stages"]["finetuned"]["accuracy"]
+    assert "original test" in (out / "report.md").read_text()
+    page = (out / "report.html").read_text()
+    assert "prunetune refine" in page and f"{saved['stages']['after']['original_test']['accuracy']:.2f}" in page
+
+    # A second refine (of the run folder, or of the new version) goes beside them as v3, v4.
+    rep3 = refine(pruned_run, ["finetune.epochs=1"], log=lambda m: None, data_path="shift-batch-3")
+    assert rep3["folder"] == str(pruned_run / "model-v3")
+    assert next_version(out / "model") == pruned_run / "model-v4"
+    assert digest(model_dir) == before
+
+
+@pytest.mark.parametrize("overrides,data_path,needle", [
+    ([], "other", r"labels unknown to the model: 'zebra'; the model predicts 'c0', 'c1', 'c2'"),
+    (["prune.sparsity=0.3"], "shift", r"--set prune.sparsity=0.3: refine only takes data\.\* and finetune\.\* overrides"),
+    (["finetune.lr=-1"], "shift", r"refine: finetune.lr: Input should be greater than 0"),
+    ([], None, r"--data PATH"),
+])
+def test_refine_refuses_bad_input_and_writes_nothing(pruned_run, overrides, data_path, needle):
+    model_dir = pruned_run / "model"
+    before_dir, before_model = sorted(p.name for p in pruned_run.iterdir()), digest(model_dir)
+    with pytest.raises(PrunetuneError, match=needle) as e:
+        refine(model_dir, overrides, out=pruned_run / "refused", log=lambda m: None, data_path=data_path)
+    assert "\n" not in str(e.value)
+    assert sorted(p.name for p in pruned_run.iterdir()) == before_dir and digest(model_dir) == before_model
+
+
+def test_refine_refuses_an_existing_out(pruned_run):
+    with pytest.raises(PrunetuneError, match="already exists"):
+        refine(pruned_run / "model", [], out=pruned_run, log=lambda m: None, data_path="shift")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not FMNIST.exists(), reason="Fashion-MNIST not installed (make data)")
+def test_cli_refine_on_fashion_mnist(tmp_path):
+    pt = [sys.executable, "-m", "prunetune.cli"]
+    env = cli_env(tmp_path)
+
+    def cli(*args):
+        return subprocess.run(pt + list(args), capture_output=True, text=True, env=env, timeout=300)
+
+    p = cli("run", "--set", "data.limit=600", "--set", "data.test_limit=300", "--set", "dense.epochs=1",
+            "--set", "finetune.epochs=1", "--set", "evaluate.latency=false", "--set", "evaluate.memory=false",
+            "--set", "prune.method=unstructured", "--out", str(tmp_path / "run"))
+    assert p.returncode == 0, p.stderr[-2000:]
+    p = cli("refine", str(tmp_path / "run" / "model"), "--data", str(FMNIST),
+            "--set", "data.limit=300", "--set", "finetune.epochs=1")
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert "new data" in p.stdout and "original test" in p.stdout and "model-v2" in p.stdout
+    rep = json.loads((tmp_path / "run" / "model-v2" / "report.json").read_text())
+    assert rep["sparsity_kept"] and rep["recipe"]["data"]["limit"] == 300 and rep["recipe"]["data"]["path"] == str(FMNIST)
+    assert rep["stages"]["after"]["original_test"]["examples"] == 300
+    # Bad input: one line on stderr, exit code 2, nothing written.
+    p = cli("refine", str(tmp_path / "run" / "model"), "--data", str(FMNIST), "--set", "dense.epochs=5")
+    assert p.returncode == 2 and p.stderr.count("\n") == 1 and p.stderr.startswith("error: --set dense.epochs=5: refine only")
+    assert not (tmp_path / "run" / "model-v3").exists()
