@@ -88,8 +88,11 @@ def _load_user_file(model: nn.Module, path: Path, bundle) -> None:
     model.load_state_dict(state)
 
 
-def obtain_dense(recipe, bundle, task, device: torch.device, log: Callable[[str], None]) -> tuple[nn.Module, dict[str, Any]]:
-    """Return the dense model and how it was obtained (source, cache path, training history)."""
+def obtain_dense(recipe, bundle, task, device: torch.device, log: Callable[[str], None],
+                 on_epoch: Callable[[dict[str, Any]], None] | None = None) -> tuple[nn.Module, dict[str, Any]]:
+    """Return the dense model and how it was obtained (source, cache path, training history).
+
+    `on_epoch` gets each training epoch's history row (only when the model is trained here)."""
     spec = recipe.dense
     if spec.source == "file":
         model = build_model(recipe.model, bundle.num_classes, bundle.input_shape)
@@ -106,7 +109,7 @@ def obtain_dense(recipe, bundle, task, device: torch.device, log: Callable[[str]
     model = build_model(recipe.model, bundle.num_classes, bundle.input_shape)
     check_outputs(model, task, bundle, "model")
     log(f"dense: training {recipe.model.name} for {spec.epochs} epochs")
-    trainer = Trainer(model, task, bundle, spec, device, recipe.seed, desc="dense", log=log)
+    trainer = Trainer(model, task, bundle, spec, device, recipe.seed, desc="dense", log=log, on_epoch=on_epoch)
     history = trainer.fit(spec.epochs)
     info = {"source": "train", "history": history, "best_epoch": trainer.best_epoch, "wall_s": round(trainer.wall_s, 2)}
     if spec.cache:

@@ -11,6 +11,9 @@ import typer
 
 from .errors import PrunetuneError
 
+TRACK_HELP = "log params, per-epoch metrics and the report to an experiment tracker: tensorboard or mlflow"
+TRACK_URI_HELP = "MLflow tracking URI (default $MLFLOW_TRACKING_URI, else a file store in mlruns/ beside the run folder)"
+
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Prune a trained model, fine-tune it back, measure what was gained.")
 
 
@@ -39,6 +42,8 @@ def run(
     recipe: Optional[Path] = typer.Argument(None, help="YAML recipe; the built-in default when omitted"),
     set_: List[str] = typer.Option([], "--set", help="override a field: section.key=value (repeatable)"),
     out: Optional[Path] = typer.Option(None, "--out", help="run folder (default runs/NAME-TIMESTAMP); must not exist"),
+    track: Optional[str] = typer.Option(None, "--track", help=TRACK_HELP),
+    track_uri: Optional[str] = typer.Option(None, "--track-uri", help=TRACK_URI_HELP),
 ) -> None:
     """Prune, fine-tune and measure as the recipe says; write a run folder."""
 
@@ -48,7 +53,7 @@ def run(
         from .report import speedups
 
         r = load_recipe(recipe, set_)
-        report = run_recipe(r, out, log=_log)
+        report = run_recipe(r, out, log=_log, track=track, track_uri=track_uri)
         s = report["stages"]
         sp = speedups(s)["finetuned"]
         lat = f", measured speedup {sp['speedup_batch_1']:.2f}x (b1) / {sp['speedup_batch_N']:.2f}x (b{r.evaluate.latency_batch})" if "speedup_batch_1" in sp else ""
@@ -139,13 +144,16 @@ def refine_(
     set_: List[str] = typer.Option([], "--set", help="data.* or finetune.* override, e.g. finetune.epochs=2 (repeatable)"),
     out: Optional[Path] = typer.Option(None, "--out", help="output folder (default: MODEL_DIR-v2, -v3, ... beside it); must not exist"),
     trust_code: bool = typer.Option(False, "--trust-code", help="allow the model's own code (import-path models)"),
+    track: Optional[str] = typer.Option(None, "--track", help=TRACK_HELP),
+    track_uri: Optional[str] = typer.Option(None, "--track-uri", help=TRACK_URI_HELP),
 ) -> None:
     """Re-fine-tune a saved model on new labelled data, keeping its architecture and masks; write a new version."""
 
     def go():
         from .refine import refine
 
-        rep = refine(model_dir, set_, out, log=_log, data_path=data_path, trust_code=trust_code)
+        rep = refine(model_dir, set_, out, log=_log, data_path=data_path, trust_code=trust_code,
+                     track=track, track_uri=track_uri)
         b, a = rep["stages"]["before"], rep["stages"]["after"]
         print(f"new data {b['new_data']['accuracy']:.2f}% -> {a['new_data']['accuracy']:.2f}%; original test "
               f"{b['original_test']['accuracy']:.2f}% -> {a['original_test']['accuracy']:.2f}%; "

@@ -34,6 +34,7 @@ from .pruning.targets import select_targets
 from .recipe import Recipe, dump_recipe
 from .registry import TASKS, load_builtins
 from .report import speedups, write_reports
+from .tracking import Tracker, make_tracker
 from .training import Trainer, pick_device
 
 
@@ -58,12 +59,16 @@ def format_plan(plan: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def run(recipe: Recipe, out: str | Path | None = None, log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Run a recipe end to end and return its report (also written to `out`)."""
+def run(recipe: Recipe, out: str | Path | None = None, log: Callable[[str], None] = print, *,
+        track: str | Tracker | None = None, track_uri: str | None = None) -> dict[str, Any]:
+    """Run a recipe end to end and return its report (also written to `out`).
+
+    `track` ("tensorboard", "mlflow" or a `Tracker`) logs the recipe, every epoch and the report."""
     load_builtins()
     out = Path(out) if out else default_out(recipe)
     if out.exists():
         raise PrunetuneError(f"--out: {out} already exists; choose another folder or remove it")
+    tracker = make_tracker(track, track_uri, log)
     seed_everything(recipe.seed)
     device = pick_device(recipe.evaluate.device)
     task = TASKS.get(recipe.task, "task")()
@@ -73,7 +78,12 @@ def run(recipe: Recipe, out: str | Path | None = None, log: Callable[[str], None
     tmp = atomic_dir(out)
     try:
         (tmp / "recipe.resolved.yaml").write_text(dump_recipe(recipe))
-        dense, dense_info = obtain_dense(recipe, bundle, task, device, log)
+        tracker.start(recipe.model_dump(mode="json"), out.name, tmp, folder=out)
+        dense, dense_info = obtain_dense(recipe, bundle, task, device, log,
+                                         on_epoch=lambda row: tracker.log_epoch("dense", row))
+        if dense_info.get("source") == "cache":  # the cached model's training curves
+            for row in dense_info.get("history") or []:
+                tracker.log_epoch("dense", row)
         keep = [classifier_name(dense)] if recipe.prune.keep_classifier else []
         p = recipe.prune
         targets = select_targets(dense, p.include, p.exclude, [k for k in keep if k])
@@ -111,7 +121,8 @@ def run(recipe: Recipe, out: str | Path | None = None, log: Callable[[str], None
 
         torch.manual_seed(recipe.seed + 1)
         trainer = Trainer(model, task, bundle, ft, device, recipe.seed + 1, desc="finetune", log=log,
-                          method=ft.method, loss_fn=distiller.loss if distiller else None)
+                          method=ft.method, loss_fn=distiller.loss if distiller else None,
+                          on_epoch=lambda row: tracker.log_epoch("finetune", row))
         history = controller.finetune(model, pruner, trainer, already_pruned=oneshot, log=log)
         log("measure: fine-tuned")
         stages["finetuned"] = measure_stage(model, task, bundle, recipe.evaluate, device, ref)
@@ -131,8 +142,10 @@ def run(recipe: Recipe, out: str | Path | None = None, log: Callable[[str], None
         }
         save_model(model, tmp / "model", model_info(recipe, bundle))
         write_reports(report, tmp)
+        tracker.finish(report, tmp)  # before the rename: tensorboard/ is inside tmp, mlflow copies the reports
         commit_dir(tmp, out)
     except BaseException:
+        tracker.abort()
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     log(f"done: {out}")

@@ -33,6 +33,7 @@ from .measure import count_params, measure_stage, reference_counts
 from .pruning.masks import masked_layers, realise
 from .recipe import Recipe, apply_overrides, dump_recipe, format_validation_error
 from .registry import TASKS, load_builtins
+from .tracking import Tracker, make_tracker
 from .training import Trainer, pick_device
 
 ALLOWED = ("data.", "finetune.")
@@ -122,8 +123,10 @@ def _reference(manifest, recipe: Recipe, model, trust_code: bool) -> dict[str, A
 
 def refine(model_dir: str | Path, overrides: list[str] | None = None, out: str | Path | None = None,
            log: Callable[[str], None] = print, *, data_path: str | Path | None = None,
-           trust_code: bool = False) -> dict[str, Any]:
-    """Re-fine-tune the model in `model_dir` on new data; return the report (also written, with `folder`)."""
+           trust_code: bool = False, track: str | Tracker | None = None, track_uri: str | None = None) -> dict[str, Any]:
+    """Re-fine-tune the model in `model_dir` on new data; return the report (also written, with `folder`).
+
+    `track` ("tensorboard", "mlflow" or a `Tracker`) logs the recipe, every epoch and the report."""
     from .pipeline import seed_everything
 
     load_builtins()
@@ -151,6 +154,7 @@ def refine(model_dir: str | Path, overrides: list[str] | None = None, out: str |
     out = Path(out) if out else next_version(model_dir)
     if out.exists():
         raise PrunetuneError(f"--out: {out} already exists; choose another folder or remove it")
+    tracker = make_tracker(track, track_uri, log)
 
     model, manifest = load_model(model_dir, trust_code=trust_code)
     seed_everything(recipe.seed)
@@ -179,42 +183,46 @@ def refine(model_dir: str | Path, overrides: list[str] | None = None, out: str |
     nonzero_before = count_params(realise(model))[1]
     stages = {"before": measure("before")}
 
-    torch.manual_seed(recipe.seed + 1)
-    ft = recipe.finetune
-    trainer = Trainer(model, task, new, ft, device, recipe.seed + 1, desc="refine", log=log, method="full")
-    history = trainer.fit(ft.epochs)
-
-    masks_after = {k: v.detach().cpu() for k, v in masked_layers(model).items()}
-    changed = [k for k in masks_before if k not in masks_after or not torch.equal(masks_before[k], masks_after[k])]
-    if changed or set(masks_after) != set(masks_before):
-        raise RuntimeFault(f"refine: the masks of {', '.join(changed) or 'the model'} changed while training; nothing was written")
-    nonzero_after = count_params(realise(model))[1]
-    if nonzero_after != nonzero_before:
-        raise RuntimeFault(f"refine: {nonzero_before:,} non-zero parameters before but {nonzero_after:,} after; "
-                           "the sparsity was not kept, nothing was written")
-    stages["after"] = measure("after")
-
-    report = {
-        "prunetune_version": __version__,
-        "source_model": str(model_dir),
-        "stages": stages,
-        "finetune": {"epochs_run": len(history), "best_epoch": trainer.best_epoch,
-                     "wall_s": round(trainer.wall_s, 2), "history": history},
-        "sparsity_kept": True,
-        "nonzero_params": nonzero_after,
-        "data": {"new": {"path": recipe.data.path, "train": len(new.train), "val": len(new.val), "test": len(new.test)},
-                 "original": {"path": original.data.path, "test": len(old.test)}},
-        "notes": notes,
-        "recipe": recipe.model_dump(mode="json"),
-        "torch_version": torch.__version__,
-    }
-    tmp = atomic_dir(out)
+    tmp = atomic_dir(out)  # written while training: tensorboard/ goes here
     try:
+        tracker.start(recipe.model_dump(mode="json"), f"{out.parent.name}/{out.name}", tmp, folder=out)
+        torch.manual_seed(recipe.seed + 1)
+        ft = recipe.finetune
+        trainer = Trainer(model, task, new, ft, device, recipe.seed + 1, desc="refine", log=log, method="full",
+                          on_epoch=lambda row: tracker.log_epoch("finetune", row))
+        history = trainer.fit(ft.epochs)
+
+        masks_after = {k: v.detach().cpu() for k, v in masked_layers(model).items()}
+        changed = [k for k in masks_before if k not in masks_after or not torch.equal(masks_before[k], masks_after[k])]
+        if changed or set(masks_after) != set(masks_before):
+            raise RuntimeFault(f"refine: the masks of {', '.join(changed) or 'the model'} changed while training; nothing was written")
+        nonzero_after = count_params(realise(model))[1]
+        if nonzero_after != nonzero_before:
+            raise RuntimeFault(f"refine: {nonzero_before:,} non-zero parameters before but {nonzero_after:,} after; "
+                               "the sparsity was not kept, nothing was written")
+        stages["after"] = measure("after")
+
+        report = {
+            "prunetune_version": __version__,
+            "source_model": str(model_dir),
+            "stages": stages,
+            "finetune": {"epochs_run": len(history), "best_epoch": trainer.best_epoch,
+                         "wall_s": round(trainer.wall_s, 2), "history": history},
+            "sparsity_kept": True,
+            "nonzero_params": nonzero_after,
+            "data": {"new": {"path": recipe.data.path, "train": len(new.train), "val": len(new.val), "test": len(new.test)},
+                     "original": {"path": original.data.path, "test": len(old.test)}},
+            "notes": notes,
+            "recipe": recipe.model_dump(mode="json"),
+            "torch_version": torch.__version__,
+        }
         (tmp / "recipe.resolved.yaml").write_text(dump_recipe(recipe))
         save_model(model, tmp / "model", {**model_info(recipe, new), "refined_from": str(model_dir)})
         write_reports(report, tmp)
+        tracker.finish(report, tmp)  # before the rename: tensorboard/ is inside tmp, mlflow copies the reports
         commit_dir(tmp, out)
     except BaseException:
+        tracker.abort()
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     log(f"done: {out}")

@@ -66,6 +66,7 @@ FINETUNE_METHODS: Registry = Registry("fine-tuning method")
 OPTIMIZERS: Registry = Registry("optimizer")
 LR_SCHEDULES: Registry = Registry("learning-rate schedule")
 LAYER_TYPES: Registry = Registry("prunable layer type")
+TRACKERS: Registry = Registry("tracker")
 
 ALL = {
     "data sources": DATA_SOURCES,
@@ -78,12 +79,13 @@ ALL = {
     "optimizers": OPTIMIZERS,
     "learning-rate schedules": LR_SCHEDULES,
     "prunable layer types": LAYER_TYPES,
+    "trackers": TRACKERS,
 }
 
 
 def load_builtins() -> None:
     """Import every module that registers something (kept lazy so `import prunetune` is fast)."""
-    from . import tasks, training  # noqa: F401
+    from . import tasks, tracking, training  # noqa: F401
     from .data import fashion_mnist, image_folder  # noqa: F401
     from .models import builtin, external  # noqa: F401
     from .pruning import importance, layers, pruners, schedules  # noqa: F401

@@ -93,8 +93,10 @@ class Trainer:
 
     def __init__(self, model: nn.Module, task, bundle, spec, device: torch.device, seed: int,
                  desc: str = "train", log: Callable[[str], None] = print, method: str = "full",
-                 loss_fn: Callable[..., torch.Tensor] | None = None) -> None:
+                 loss_fn: Callable[..., torch.Tensor] | None = None,
+                 on_epoch: Callable[[dict[str, Any]], None] | None = None) -> None:
         self.model, self.task, self.bundle, self.spec = model, task, bundle, spec
+        self.on_epoch = on_epoch  # called with each history row (e.g. experiment tracking)
         # loss_fn(logits, y, x, idx) replaces the task loss (e.g. distillation); x is the augmented batch.
         self.loss_fn = loss_fn or (lambda logits, y, x, idx: task.loss(logits, y, spec.label_smoothing))
         self.device, self.desc, self.log = device, desc, log
@@ -167,6 +169,8 @@ class Trainer:
             self.history.append(row)
             self.log(f"{self.desc} epoch {epoch}/{epochs}: loss {row['train_loss']:.4f}  "
                      f"val_acc {val['accuracy']:.2f}  ({row['epoch_s']:.1f}s)")
+            if self.on_epoch is not None:
+                self.on_epoch(row)
             if pending:  # still pruning: the model's shape may change; don't track a best yet
                 continue
             if val["accuracy"] > best_acc + (spec.early_stopping.min_delta if spec.early_stopping else 0.0):
