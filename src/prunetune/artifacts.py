@@ -15,8 +15,9 @@ import json
 import os
 import shutil
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterator
 
 import torch
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -60,6 +61,24 @@ def commit_dir(tmp: Path, final: Path) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
         raise PrunetuneError(f"{final}: already exists; choose another --out or remove it")
     os.replace(tmp, final)
+
+
+@contextmanager
+def staged_folder(final: Path, on_abort: Callable[[], None] | None = None) -> Iterator[Path]:
+    """Write into a temporary sibling folder, renamed to `final` only when the block succeeds.
+
+    On any failure (or Ctrl-C) `on_abort` runs and the temporary folder is removed, so nothing
+    that looks complete is left behind.
+    """
+    tmp = atomic_dir(final)
+    try:
+        yield tmp
+        commit_dir(tmp, final)
+    except BaseException:
+        if on_abort is not None:
+            on_abort()
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def save_model(model: nn.Module, folder: str | Path, info: dict[str, Any]) -> Path:

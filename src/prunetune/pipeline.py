@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import copy
 import random
-import shutil
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -22,7 +21,7 @@ import numpy as np
 import torch
 
 from . import __version__
-from .artifacts import atomic_dir, commit_dir, save_model
+from .artifacts import staged_folder, save_model
 from .cache import model_info, obtain_dense
 from .data import build_data
 from .distill import Distiller, load_teacher
@@ -75,8 +74,7 @@ def run(recipe: Recipe, out: str | Path | None = None, log: Callable[[str], None
     bundle = build_data(recipe.data, recipe.seed)
     log(f"data: {len(bundle.train)} train / {len(bundle.val)} val / {len(bundle.test)} test, {bundle.num_classes} classes")
 
-    tmp = atomic_dir(out)
-    try:
+    with staged_folder(out, on_abort=tracker.abort) as tmp:
         (tmp / "recipe.resolved.yaml").write_text(dump_recipe(recipe))
         tracker.start(recipe.model_dump(mode="json"), out.name, tmp, folder=out)
         dense, dense_info = obtain_dense(recipe, bundle, task, device, log,
@@ -143,10 +141,5 @@ def run(recipe: Recipe, out: str | Path | None = None, log: Callable[[str], None
         save_model(model, tmp / "model", model_info(recipe, bundle))
         write_reports(report, tmp)
         tracker.finish(report, tmp)  # before the rename: tensorboard/ is inside tmp, mlflow copies the reports
-        commit_dir(tmp, out)
-    except BaseException:
-        tracker.abort()
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     log(f"done: {out}")
     return report

@@ -18,14 +18,13 @@ from __future__ import annotations
 
 import copy
 import re
-import shutil
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 
 from . import __version__
-from .artifacts import atomic_dir, commit_dir, load_model, read_manifest, save_model
+from .artifacts import staged_folder, load_model, read_manifest, save_model
 from .cache import model_info
 from .data import build_data
 from .errors import PrunetuneError, RuntimeFault
@@ -33,6 +32,7 @@ from .measure import count_params, measure_stage, reference_counts
 from .pruning.masks import masked_layers, realise
 from .recipe import Recipe, apply_overrides, dump_recipe, format_validation_error
 from .registry import TASKS, load_builtins
+from .report import write_reports
 from .tracking import Tracker, make_tracker
 from .training import Trainer, pick_device
 
@@ -183,8 +183,7 @@ def refine(model_dir: str | Path, overrides: list[str] | None = None, out: str |
     nonzero_before = count_params(realise(model))[1]
     stages = {"before": measure("before")}
 
-    tmp = atomic_dir(out)  # written while training: tensorboard/ goes here
-    try:
+    with staged_folder(out, on_abort=tracker.abort) as tmp:  # written while training: tensorboard/ goes here
         tracker.start(recipe.model_dump(mode="json"), f"{out.parent.name}/{out.name}", tmp, folder=out)
         torch.manual_seed(recipe.seed + 1)
         ft = recipe.finetune
@@ -218,13 +217,8 @@ def refine(model_dir: str | Path, overrides: list[str] | None = None, out: str |
         }
         (tmp / "recipe.resolved.yaml").write_text(dump_recipe(recipe))
         save_model(model, tmp / "model", {**model_info(recipe, new), "refined_from": str(model_dir)})
-        write_reports(report, tmp)
+        write_reports(report, tmp, markdown)
         tracker.finish(report, tmp)  # before the rename: tensorboard/ is inside tmp, mlflow copies the reports
-        commit_dir(tmp, out)
-    except BaseException:
-        tracker.abort()
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     log(f"done: {out}")
     return {**report, "folder": str(out)}
 
@@ -253,17 +247,3 @@ def markdown(report: dict[str, Any]) -> str:
     if report.get("notes"):
         lines += ["Notes:", *[f"- {x}" for x in report["notes"]], ""]
     return "\n".join(lines)
-
-
-def write_reports(report: dict[str, Any], folder: Path) -> None:
-    """report.json, report.md, curves.png and report.html of a refine folder."""
-    import json
-
-    from .html_report import write_html
-    from .report import figures, plots
-
-    (folder / "report.json").write_text(json.dumps(report, indent=2))
-    (folder / "report.md").write_text(markdown(report))
-    images = figures(report)
-    plots(report, folder, images)
-    write_html(report, folder, images)

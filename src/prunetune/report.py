@@ -133,9 +133,10 @@ def plots(report: dict[str, Any], folder: Path, images: dict[str, bytes] | None 
     return list(images)
 
 
-def write_reports(report: dict[str, Any], folder: Path) -> None:
+def write_reports(report: dict[str, Any], folder: Path, to_markdown=None) -> None:
+    """report.json, report.md (by `to_markdown`, default the run's), the PNG plots and report.html."""
     (folder / "report.json").write_text(json.dumps(report, indent=2))
-    (folder / "report.md").write_text(markdown(report))
+    (folder / "report.md").write_text((to_markdown or markdown)(report))
     images = figures(report)
     plots(report, folder, images)
     from .html_report import write_html
