@@ -50,6 +50,10 @@ for s in (0.25, 0.5, 0.75):
 DISTILL = {"finetune": {"distill": {"alpha": 0.7, "temperature": 4.0}}}
 CONFIGS.append(("cnn-unstructured-98-oneshot",
                 {"prune": {"method": "unstructured", "importance": "l1", "scope": "global", "sparsity": 0.98, "schedule": {"kind": "oneshot"}}}))
+# LAMP (layer-adaptive magnitude) instead of plain global magnitude at the highest sparsities.
+for s in (0.95, 0.98):
+    CONFIGS.append((f"cnn-unstructured-{int(s * 100)}-lamp",
+                    {"prune": {"method": "unstructured", "importance": "lamp", "scope": "global", "sparsity": s, "schedule": {"kind": "oneshot"}}}))
 for base_name in ("cnn-channels-50-oneshot", "cnn-channels-75-oneshot", "cnn-unstructured-95-oneshot", "cnn-unstructured-98-oneshot"):
     cfg = dict(next(c for n, c in CONFIGS if n == base_name))
     CONFIGS.append((base_name.replace("oneshot", "distill"), {**cfg, **DISTILL}))
@@ -128,7 +132,7 @@ def table(rows: list[dict], machine: dict) -> str:
             f"{r['speedup_b1']:.2f}× / {r['speedup_b64']:.2f}× | {r['nonzero_ratio']:.1f} | {r['gzip_ratio']:.1f} | {r['finetune_s']:.0f} | {tgt} |"
         )
         peer = PEER.get(r["name"].rsplit("-", 1)[0])
-        if peer and r["name"].endswith("oneshot"):
+        if peer and r["name"].endswith("oneshot"):  # once per setting, under its plain one-shot row
             sp = f"{peer.get('speedup_b1', float('nan')):.2f}× / {peer['speedup_b64']:.2f}×" if "speedup_b1" in peer else f"— / {peer['speedup_b64']:.2f}×"
             lines.append(
                 f"| ↳ peer (ANCHORS.md) | {peer['dense']:.2f} | {peer['before']:.2f} | {peer['after']:.2f} | "

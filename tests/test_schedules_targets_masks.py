@@ -63,3 +63,12 @@ def test_masked_weights_are_zero_and_realise_keeps_outputs():
     # Realising a copy must leave the original masked and working (deepcopy shares classes).
     assert set(masked_layers(net)) == {"0"} and torch.equal(net(x), out)
     copy.deepcopy(net)(x)
+
+
+def test_lamp_scores_follow_lee_et_al():
+    from prunetune.pruning.importance import LAMP
+
+    s = LAMP().scores(torch.tensor([1.0, -3.0, 2.0]), None)
+    assert s.tolist() == pytest.approx([1 / 14, 1.0, 4 / 13])
+    # The largest weight of every layer scores exactly 1, whatever the layer's scale.
+    assert LAMP().scores(torch.randn(50) * 1e-3, None).max().item() == pytest.approx(1.0)

@@ -80,3 +80,26 @@ class RandomImportance(Importance):
         import torch_pruning as tp
 
         return tp.importance.RandomImportance()
+
+
+@IMPORTANCES.register("lamp")
+class LAMP(Importance):
+    """Layer-adaptive magnitude (Lee et al. 2021): w^2 over the sum of w^2 of the layer's larger weights.
+
+    Scores are comparable across layers, so a global ranking keeps every layer usable at high sparsity.
+    """
+
+    def scores(self, weight, grad):
+        sq = weight.detach().float().pow(2).flatten()
+        order = torch.argsort(sq)
+        sorted_sq = sq[order]
+        # Sum over this weight and every larger one in its layer (suffix sum of the ascending order).
+        suffix = sorted_sq.flip(0).cumsum(0).flip(0)
+        out = torch.empty_like(sq)
+        out[order] = sorted_sq / suffix.clamp_min(1e-30)
+        return out.view_as(weight)
+
+    def structured(self):
+        import torch_pruning as tp
+
+        return tp.importance.LAMPImportance(p=2)
