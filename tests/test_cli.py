@@ -128,3 +128,14 @@ def test_bad_input_exits_2_with_one_line_and_no_run_folder(tmp_path):
         assert "Traceback" not in p.stderr
         assert not out.exists()
         assert not list(tmp_path.glob("runs/.x.tmp-*")), "a temporary run folder was left behind"
+
+
+def test_dense_cache_key_ignores_new_default_options():
+    from prunetune.cache import dense_key
+    from prunetune.recipe import load_recipe
+
+    base = load_recipe(None, ["dense.epochs=10"])
+    assert dense_key(base) == dense_key(load_recipe(None, ["dense.epochs=10", "dense.augment.hflip=false", "dense.cache=false",
+                                                          "finetune.epochs=7", "data.test_limit=100"]))
+    for change in ("dense.epochs=9", "seed=1", "data.limit=100", "model.kwargs.hidden=512", "dense.augment.hflip=true"):
+        assert dense_key(load_recipe(None, ["dense.epochs=10", change])) != dense_key(base), change

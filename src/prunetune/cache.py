@@ -26,11 +26,20 @@ def cache_root() -> Path:
     return Path(os.environ.get("PRUNETUNE_CACHE") or Path.home() / ".cache" / "prunetune")
 
 
+# Bump when a default that changes how the dense model trains changes: keys hash only the values
+# a recipe sets away from the defaults, so adding a new option does not invalidate every cache.
+CACHE_DEFAULTS_VERSION = 1
+
+
 def dense_key(recipe) -> str:
-    d = recipe.model_dump(mode="json")
-    data = {k: v for k, v in d["data"].items() if k not in ("eval_batch_size", "test_limit")}
-    dense = {k: v for k, v in d["dense"].items() if k != "cache"}
-    payload = {"format": FORMAT, "task": d["task"], "seed": d["seed"], "model": d["model"], "data": data, "dense": dense}
+    """Hash of what determines the dense model: task, seed, model, data and dense (non-default values)."""
+    data = recipe.data.model_dump(mode="json", exclude_defaults=True)
+    for k in ("eval_batch_size", "test_limit"):
+        data.pop(k, None)
+    dense = recipe.dense.model_dump(mode="json", exclude_defaults=True)
+    dense.pop("cache", None)
+    payload = {"format": FORMAT, "defaults": CACHE_DEFAULTS_VERSION, "task": recipe.task, "seed": recipe.seed,
+               "model": recipe.model.model_dump(mode="json", exclude_defaults=True), "data": data, "dense": dense}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:20]
 
 
