@@ -250,12 +250,13 @@ def apply_overrides(data: dict[str, Any], overrides: list[str] | None) -> dict[s
 def format_validation_error(err: ValidationError, source: str) -> str:
     """One line: the first failing field, its problem and a hint."""
     e = err.errors()[0]
-    loc = ".".join(str(p) for p in e["loc"]) or "recipe"
+    loc = ".".join(str(p) for p in e["loc"])
     msg = e["msg"].removeprefix("Value error, ")
     if e["type"] == "extra_forbidden":
         msg = "unknown key; remove it or check its spelling (see README's recipe reference)"
     more = f" (and {len(err.errors()) - 1} more)" if len(err.errors()) > 1 else ""
-    return f"{source}: {loc}: {msg}{more}"
+    # Whole-recipe checks name their field in the message already.
+    return f"{source}: {loc}: {msg}{more}" if loc else f"{source}: {msg}{more}"
 
 
 def load_recipe(path: str | Path | None = None, overrides: list[str] | None = None) -> Recipe:
