@@ -171,7 +171,7 @@ class EvaluateSpec(_Section):
 class Recipe(_Section):
     """A whole run: model, data, dense, prune, finetune, evaluate."""
 
-    name: str = "run"
+    name: str = "default"
     seed: int = 0
     task: str = "classification"
     model: ModelSpec = Field(default_factory=ModelSpec)
