@@ -178,13 +178,7 @@ def render_run(report: dict[str, Any], folder: Path | None = None, images: dict[
     d = stages["dense"]
     body.append(f'<p class="note">Latency: <code>torch.utils.benchmark</code>, {esc(d["threads"])} thread(s), device '
                 f"{esc(d.get('device', 'cpu'))}; speedup = dense p50 / stage p50 (measured, never inferred from MACs).</p>")
-    if report.get("notes"):
-        body.append("<ul>" + "".join(f"<li>{esc(x)}</li>" for x in report["notes"]) + "</ul>")
-    body.append("</section>")
-    body += ['<section id="curves">', "<h2>Training curves</h2>"]
-    if "curves.png" in images:
-        body.append(img(images["curves.png"], "training curves: loss and validation accuracy per epoch"))
-    body.append("</section>")
+    body += _notes_and_curves(report, images)
     body += ['<section id="plan">', "<h2>Per-layer plan</h2>"]
     if "sparsity.png" in images:
         body.append(img(images["sparsity.png"], "per-layer sparsity"))
@@ -199,6 +193,18 @@ def render_run(report: dict[str, Any], folder: Path | None = None, images: dict[
     body.append(f'<p class="note">prunetune {esc(report.get("prunetune_version", ""))}, '
                 f"torch {esc(report.get('torch_version', ''))}</p>")
     return _page(title, body)
+
+
+def _notes_and_curves(report: dict[str, Any], images: dict[str, bytes]) -> list[str]:
+    """The notes closing the stage section, then the training-curves section (run and refine pages)."""
+    out = []
+    if report.get("notes"):
+        out.append("<ul>" + "".join(f"<li>{esc(x)}</li>" for x in report["notes"]) + "</ul>")
+    out += ["</section>", '<section id="curves">', "<h2>Training curves</h2>"]
+    if "curves.png" in images:
+        out.append(img(images["curves.png"], "training curves: loss and validation accuracy per epoch"))
+    out.append("</section>")
+    return out
 
 
 def render_refine(report: dict[str, Any], folder: Path | None = None, images: dict[str, bytes] | None = None) -> str:
@@ -225,13 +231,7 @@ def render_refine(report: dict[str, Any], folder: Path | None = None, images: di
              table(["stage", "test set", "examples", "test acc %", "Δ pt", "non-zero", "sparsity", "size", "gzip",
                     f"p50 ms b1 / b{n}"], rows, numeric=set(range(2, 10)), cls=cls),
              '<p class="note">The original test set shows what the new data made the model forget.</p>']
-    if report.get("notes"):
-        body.append("<ul>" + "".join(f"<li>{esc(x)}</li>" for x in report["notes"]) + "</ul>")
-    body.append("</section>")
-    body += ['<section id="curves">', "<h2>Training curves</h2>"]
-    if "curves.png" in images:
-        body.append(img(images["curves.png"], "training curves: loss and validation accuracy per epoch"))
-    body.append("</section>")
+    body += _notes_and_curves(report, images)
     body += ['<section id="per-class">', "<h2>Per-class test accuracy (%)</h2>",
              _per_class({f"{stage} / {label}": st[stage][data]["per_class_accuracy"]
                          for data, label in (("new_data", "new"), ("original_test", "original"))
