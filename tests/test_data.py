@@ -111,3 +111,21 @@ def test_real_fashion_mnist_shapes():
     b = DATA_SOURCES.get("fashion_mnist")(DataSpec(limit=1000), 0)
     assert (len(b.train), len(b.val), len(b.test)) == (900, 100, 10000)
     assert b.class_names[0] == "T-shirt/top" and b.num_classes == 10
+
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.binary(max_size=64) | st.builds(lambda dims, body: bytes([0, 0, 0x08, len(dims)]) + b"".join(
+    d.to_bytes(4, "big") for d in dims) + body, st.lists(st.integers(0, 6), max_size=3), st.binary(max_size=40)))
+def test_any_bytes_either_read_or_fail_with_our_error(tmp_path_factory, raw):
+    p = tmp_path_factory.mktemp("idx") / "x-idx"
+    p.write_bytes(raw)
+    try:
+        arr = read_idx(p)
+    except PrunetuneError as e:
+        assert "\n" not in str(e)
+    else:
+        assert arr.size * arr.itemsize == len(raw) - 4 - 4 * raw[3]
