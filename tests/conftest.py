@@ -61,20 +61,21 @@ def _register_tiny():
 _register_tiny()
 
 
-def make_bundle(n: int = 96, classes: int = 3, shape=(1, 8, 8), seed: int = 0) -> DataBundle:
+def make_bundle(n: int = 96, classes: int = 3, shape=(1, 8, 8), seed: int = 0, signal: float = 1.0,
+                shift: float = 0.0, class_names: list[str] | None = None) -> DataBundle:
+    """Learnable noise images (class c adds c * signal), split 60/20/20 with every class in every split."""
+    from prunetune.data.base import split_train_val
+
     g = torch.Generator().manual_seed(seed)
     y = torch.arange(n) % classes
-    x = torch.randn(n, *shape, generator=g) + y.view(-1, 1, 1, 1).float()  # learnable signal
+    x = torch.randn(n, *shape, generator=g) + signal * y.view(-1, 1, 1, 1).float() + shift
     data = TensorData(x, y)
-    return DataBundle(train=data, val=data.subset(torch.arange(0, n, 3)), test=data.subset(torch.arange(1, n, 3)),
-                      class_names=[f"c{i}" for i in range(classes)], input_shape=shape,
+    rest, test = split_train_val(y, 0.2, seed)
+    train, val = split_train_val(y[rest], 0.25, seed + 1)
+    return DataBundle(train=data.subset(rest[train]), val=data.subset(rest[val]), test=data.subset(test),
+                      class_names=class_names or [f"c{i}" for i in range(classes)], input_shape=tuple(shape),
                       preprocess={"kind": "image", "mean": [0.0], "std": [1.0], "size": list(shape[1:]), "channels": shape[0]},
                       eval_batch_size=64)
-
-
-@pytest.fixture
-def bundle():
-    return make_bundle()
 
 
 def cli_env(tmp_path) -> dict:

@@ -6,11 +6,10 @@ import json
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 from safetensors.torch import save_file
 
-from conftest import cli_env, make_bundle
+from conftest import cli_env
 from test_data import make_idx_folder
 
 PT = [sys.executable, "-m", "prunetune.cli"]
@@ -92,7 +91,6 @@ def _bad_cases(tmp_path):
     fm = make_idx_folder(tmp_path / "fm")
     corrupt = make_idx_folder(tmp_path / "corrupt")
     (corrupt / "train-labels-idx1-ubyte.gz").write_bytes(b"\x1f\x8bgarbage")
-    b = make_bundle(classes=5, shape=(1, 28, 28))
     from prunetune.models import build_model
     from prunetune.recipe import ModelSpec
 

@@ -84,7 +84,7 @@ def test_distillation_runs_with_every_pruner_and_schedule(tmp_path, method, sche
     report = run(recipe, tmp_path / "r", log=lambda m: None)
     d = report["distill"]
     assert d["teacher"] == "dense" and d["alpha"] == 0.5 and d["cached_logits"] is True
-    assert d["teacher_test_accuracy"] == report["stages"]["dense"]["accuracy"]
+    assert d["teacher_test_accuracy"] == report["stages"]["dense"]["accuracy"] > 50  # learnt beyond chance (33%)
     assert report["stages"]["finetuned"]["prunable_sparsity"] > 0.45
     assert "Distilled from `dense`" in (tmp_path / "r" / "report.md").read_text()
 

@@ -10,38 +10,16 @@ import subprocess
 from pathlib import Path
 
 import pytest
-import torch
 from PIL import Image
 
-from prunetune.data.base import DataBundle, TensorData
 from prunetune.html_report import render, write_html
 from prunetune.pipeline import run
 from prunetune.recipe import load_recipe
-from prunetune.registry import DATA_SOURCES
 from prunetune.report import speedups
 
 CHROMIUM = Path("/usr/bin/chromium")
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
          "--disable-component-update", "--disable-sync"]
-
-
-def mixed_bundle(n: int = 150, classes: int = 3, seed: int = 0) -> DataBundle:
-    """Like conftest's synthetic data, but every split holds every class (so accuracies mean something)."""
-    g = torch.Generator().manual_seed(seed)
-    y = torch.arange(n) % classes
-    x = torch.randn(n, 1, 8, 8, generator=g) + 0.6 * y.view(-1, 1, 1, 1).float()
-    perm = torch.randperm(n, generator=g)
-    data = TensorData(x, y)
-    a, b = n * 3 // 5, n * 4 // 5
-    return DataBundle(train=data.subset(perm[:a]), val=data.subset(perm[a:b]), test=data.subset(perm[b:]),
-                      class_names=[f"c{i}" for i in range(classes)], input_shape=(1, 8, 8),
-                      preprocess={"kind": "image", "mean": [0.0], "std": [1.0], "size": [8, 8], "channels": 1},
-                      eval_batch_size=64)
-
-
-if "synthetic_mixed" not in DATA_SOURCES:
-    DATA_SOURCES.register("synthetic_mixed", "test data: 3 classes of 8x8 noise, shuffled splits")(
-        lambda spec, seed: mixed_bundle(n=int(spec.limit or 150), seed=seed))
 
 
 def chromium(args: list[str], tmp: Path) -> subprocess.CompletedProcess:
@@ -58,7 +36,7 @@ def chromium(args: list[str], tmp: Path) -> subprocess.CompletedProcess:
 def run_folder(tmp_path_factory):
     out = tmp_path_factory.mktemp("html") / "run"
     recipe = load_recipe(None, [
-        "model.name=tiny_cnn", "data.source=synthetic_mixed", "dense.epochs=3", "dense.lr=0.01", "finetune.epochs=2",
+        "model.name=tiny_cnn", "data.source=synthetic", "data.limit=150", "dense.epochs=3", "dense.lr=0.01", "finetune.epochs=2",
         "finetune.batch_size=16", "prune.method=unstructured", "evaluate.min_run_time=0.05", "evaluate.latency_batch=16",
     ])
     report = run(recipe, out, log=lambda m: None)

@@ -14,7 +14,7 @@ import torch
 from safetensors.torch import load_file
 
 from prunetune.artifacts import load_model
-from prunetune.data.base import DataBundle, TensorData
+from prunetune.data.base import DataBundle
 from prunetune.errors import PrunetuneError
 from prunetune.measure import count_params
 from prunetune.pipeline import run
@@ -23,25 +23,16 @@ from prunetune.recipe import load_recipe
 from prunetune.refine import next_version, refine
 from prunetune.registry import DATA_SOURCES
 
-from conftest import FMNIST, cli_env
+from conftest import FMNIST, cli_env, make_bundle
 
 
 def path_bundle(spec, seed: int) -> DataBundle:
     """In-process data whose content follows data.path: 'shift...' moves the inputs (a new batch of data
     that differs from the original), 'other' has a class the model does not know."""
     path = spec.path or "orig"
-    names = ["c0", "c1", "zebra"] if path == "other" else ["c0", "c1", "c2"]
-    g = torch.Generator().manual_seed(seed + zlib.crc32(path.encode()))
-    n = int(spec.limit or 150)
-    y = torch.arange(n) % 3
-    x = torch.randn(n, 1, 8, 8, generator=g) + 0.8 * y.view(-1, 1, 1, 1).float() + (0.7 if path.startswith("shift") else 0.0)
-    perm = torch.randperm(n, generator=g)
-    data = TensorData(x, y)
-    a, b = n * 3 // 5, n * 4 // 5
-    return DataBundle(train=data.subset(perm[:a]), val=data.subset(perm[a:b]), test=data.subset(perm[b:]),
-                      class_names=names, input_shape=(1, 8, 8),
-                      preprocess={"kind": "image", "mean": [0.0], "std": [1.0], "size": [8, 8], "channels": 1},
-                      eval_batch_size=64)
+    return make_bundle(n=int(spec.limit or 150), seed=seed + zlib.crc32(path.encode()), signal=0.8,
+                       shift=0.7 if path.startswith("shift") else 0.0,
+                       class_names=["c0", "c1", "zebra"] if path == "other" else None)
 
 
 if "by_path" not in DATA_SOURCES:

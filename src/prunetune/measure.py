@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from .pruning.masks import realise
-from .tasks import slice_inputs, to_device
+from .tasks import to_device
 
 
 def count_params(model: nn.Module) -> tuple[int, int]:

@@ -22,12 +22,6 @@ def to_device(inputs: Any, device: torch.device) -> Any:
     return inputs
 
 
-def slice_inputs(x: Any, n: int) -> Any:
-    if isinstance(x, dict):
-        return {k: v[:n] for k, v in x.items()}
-    return x[:n]
-
-
 @TASKS.register("classification")
 class Classification:
     """Single-label classification: cross-entropy loss, accuracy and per-class accuracy."""

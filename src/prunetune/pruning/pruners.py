@@ -7,7 +7,7 @@ the structured pruner shrinks tensors in place.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -93,7 +93,7 @@ class NM(_MaskPruner):
     schedules = ("oneshot",)
 
     def setup(self, model, example_inputs, sparsities):
-        n, m = self.spec.n, self.spec.m
+        m = self.spec.m
         usable = []
         for name, mod in _modules(model, self.targets):
             rows = layer_type_of(mod).to_rows(mod.weight)
