@@ -106,9 +106,10 @@ class Trainer:
         self.best_epoch: int | None = None
         self.wall_s = 0.0
         self.global_step = 0
-        self._build_optimizer()
+        self.rebuild_optimizer()
 
-    def _build_optimizer(self) -> None:
+    def rebuild_optimizer(self) -> None:
+        """A fresh optimizer over the current parameters (after structural pruning replaced them)."""
         params = self.method(self.model, self.spec)
         self.opt = OPTIMIZERS.get(self.spec.optimizer)(params, self.spec)
 
@@ -139,7 +140,7 @@ class Trainer:
                 while pending and pending[0][0] <= step:
                     _, s = pending.pop(0)
                     if on_event is not None and on_event(s):
-                        self._build_optimizer()
+                        self.rebuild_optimizer()
                 lr = spec.lr * lr_fn(step, total, warmup)
                 for g in self.opt.param_groups:
                     g["lr"] = lr

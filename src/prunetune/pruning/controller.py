@@ -73,7 +73,7 @@ class PruningController:
             if phase.sparsity is not None and not (already_pruned and i == 0):
                 log(f"prune: {self.spec.method} to {phase.sparsity:.4f} ({self.spec.importance})")
                 if self.prune_step(pruner, model, phase.sparsity):
-                    trainer._build_optimizer()
+                    trainer.rebuild_optimizer()
             start = len(trainer.history)
 
             def on_event(s: float) -> bool:
