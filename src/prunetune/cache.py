@@ -59,7 +59,7 @@ def model_info(recipe, bundle) -> dict[str, Any]:
 def check_outputs(model: nn.Module, task, bundle, where: str) -> None:
     with torch.no_grad():
         model.eval()
-        out = task.forward(model, bundle.train.x[:2])
+        out = task.forward(model, bundle.train.head(2))
     if out.shape[-1] != bundle.num_classes:
         raise PrunetuneError(
             f"{where}: the model outputs {out.shape[-1]} classes but the data has {bundle.num_classes}; "

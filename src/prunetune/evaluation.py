@@ -31,6 +31,10 @@ def evaluate_model(folder: str | Path, overrides: list[str] | None = None, trust
     except ValidationError as e:
         err = e.errors()[0]
         raise PrunetuneError(f"data.{'.'.join(map(str, err['loc']))}: {err['msg']}") from None
+    if manifest.preprocess.get("kind") == "text" and not any(o.startswith("data.tokenizer=") for o in overrides or []):
+        from .artifacts import resolve_tokenizer
+
+        spec = spec.model_copy(update={"tokenizer": resolve_tokenizer(Path(folder), manifest.preprocess)})
     bundle = build_data(spec, recipe.get("seed", 0))
     if bundle.class_names != manifest.class_names:
         raise PrunetuneError(

@@ -23,16 +23,45 @@ if TYPE_CHECKING:
 
 @dataclass
 class TensorData:
-    """Inputs `x` (already preprocessed) and integer labels `y`, both tensors."""
+    """Inputs `x` (already preprocessed) and integer labels `y`.
 
-    x: torch.Tensor
+    `x` is one tensor [N, ...] (images) or a dict of [N, L] tensors (text: `input_ids`,
+    `attention_mask`, ... padded to the longest example). `take` cuts a batch and, for text, trims
+    the padding to the longest example in that batch (dynamic padding).
+    """
+
+    x: Any
     y: torch.Tensor
 
     def __len__(self) -> int:
         return int(self.y.shape[0])
 
+    @property
+    def is_text(self) -> bool:
+        return isinstance(self.x, dict)
+
+    def lengths(self) -> torch.Tensor:
+        """Real (unpadded) length of every text example; 1 for non-text inputs."""
+        if not self.is_text or "attention_mask" not in self.x:
+            return torch.ones(len(self), dtype=torch.long)
+        return self.x["attention_mask"].sum(1)
+
+    def take(self, idx: torch.Tensor | slice) -> Any:
+        if not self.is_text:
+            return self.x[idx]
+        out = {k: v[idx] for k, v in self.x.items()}
+        mask = out.get("attention_mask")
+        if mask is not None and mask.shape[0]:
+            longest = int(mask.sum(1).max())
+            out = {k: v[:, :max(1, longest)] for k, v in out.items()}
+        return out
+
+    def head(self, n: int) -> Any:
+        return self.take(slice(0, n))
+
     def subset(self, idx: torch.Tensor) -> "TensorData":
-        return TensorData(self.x[idx], self.y[idx])
+        x = {k: v[idx] for k, v in self.x.items()} if self.is_text else self.x[idx]
+        return TensorData(x, self.y[idx])
 
 
 @dataclass
@@ -103,59 +132,95 @@ def batches(
 
 def indexed_batches(
     data: TensorData, batch_size: int, shuffle: bool = False, generator: torch.Generator | None = None
-) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-    """Yield (x, y, example indices); the indices let per-example caches (teacher logits) be used."""
+) -> Iterator[tuple[Any, torch.Tensor, torch.Tensor]]:
+    """Yield (x, y, example indices); the indices let per-example caches (teacher logits) be used.
+
+    Text is shuffled in length-grouped batches: a random order is cut into chunks of 50 batches,
+    each chunk is sorted by length and split, and the batches are shuffled, so each batch pads to
+    similar lengths (as Hugging Face's LengthGroupedSampler does).
+    """
     n = len(data)
-    order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
-    for i in range(0, n, batch_size):
-        idx = order[i : i + batch_size]
-        if not shuffle:
-            yield data.x[i : i + batch_size], data.y[i : i + batch_size], idx
-        else:
-            yield data.x[idx], data.y[idx], idx
+    if not shuffle:
+        for i in range(0, n, batch_size):
+            yield data.take(slice(i, i + batch_size)), data.y[i : i + batch_size], torch.arange(i, min(n, i + batch_size))
+        return
+    order = torch.randperm(n, generator=generator)
+    if data.is_text:
+        lengths = data.lengths()
+        chunk = batch_size * 50
+        groups = []
+        for c in range(0, n, chunk):
+            part = order[c : c + chunk]
+            part = part[torch.argsort(lengths[part], descending=True, stable=True)]
+            groups.extend(part[i : i + batch_size] for i in range(0, len(part), batch_size))
+        perm = torch.randperm(len(groups), generator=generator)
+        batches_idx = [groups[int(j)] for j in perm]
+    else:
+        batches_idx = [order[i : i + batch_size] for i in range(0, n, batch_size)]
+    for idx in batches_idx:
+        yield data.take(idx), data.y[idx], idx
 
 
 def finish_bundle(
     spec: "DataSpec",
     seed: int,
-    train_x: torch.Tensor,
+    train_x: Any,
     train_y: torch.Tensor,
-    test_x: torch.Tensor,
+    test_x: Any,
     test_y: torch.Tensor,
     class_names: list[str],
     preprocess: dict[str, Any],
     where: str,
+    val: tuple[Any, torch.Tensor] | None = None,
 ) -> DataBundle:
-    """Common tail of every image source: checks, limits and the validation split."""
+    """Common tail of every source: checks, limits and the validation split.
+
+    `val` is the source's own validation set (e.g. SST-2 dev); without one, a seeded stratified
+    split is carved from train (`data.val_size`)."""
     if len(train_y) == 0:
         raise PrunetuneError(f"{where}: the training set is empty; point data.path at a folder with data")
     if len(test_y) == 0:
         raise PrunetuneError(f"{where}: the test set is empty; point data.path at a folder with data")
     k = len(class_names)
-    for name, y in (("training", train_y), ("test", test_y)):
+    splits = [("training", train_y), ("test", test_y)] + ([("validation", val[1])] if val is not None else [])
+    for name, y in splits:
         if int(y.min()) < 0 or int(y.max()) >= k:
             raise PrunetuneError(f"{where}: {name} labels outside 0..{k - 1}; check the label file")
     train = TensorData(train_x, train_y)
     if spec.limit:
         train = train.subset(balanced_subset(train.y, spec.limit, seed))
-    tr_idx, val_idx = split_train_val(train.y, spec.val_size, seed)
+    if val is not None:
+        val_data, train_data = TensorData(*val), train
+    else:
+        tr_idx, val_idx = split_train_val(train.y, spec.val_size, seed)
+        val_data, train_data = train.subset(val_idx), train.subset(tr_idx)
     test = TensorData(test_x, test_y)
     if spec.test_limit:
         test = test.subset(balanced_subset(test.y, spec.test_limit, seed + 1))
     return DataBundle(
-        train=train.subset(tr_idx),
-        val=train.subset(val_idx),
+        train=train_data,
+        val=val_data,
         test=test,
         class_names=class_names,
-        input_shape=tuple(train_x.shape[1:]),
+        input_shape=(tuple(train_x["input_ids"].shape[1:]) if isinstance(train_x, dict) else tuple(train_x.shape[1:])),
         preprocess=preprocess,
         eval_batch_size=spec.eval_batch_size,
     )
 
 
-def build_data(spec: "DataSpec", seed: int) -> DataBundle:
-    """Build the data bundle of the registered source named by `spec.source`."""
+def build_data(spec: "DataSpec", seed: int, model: Any = None) -> DataBundle:
+    """Build the data bundle of the registered source named by `spec.source`.
+
+    Sources that declare a `model` parameter (text: the tokenizer defaults to the model's) get the
+    recipe's model spec."""
+    import inspect
+
     from .. import registry as R
 
     R.load_builtins()
-    return R.DATA_SOURCES.get(spec.source, "data.source")(spec, seed)
+    source = R.DATA_SOURCES.get(spec.source, "data.source")
+    try:
+        wants_model = "model" in inspect.signature(source).parameters
+    except (TypeError, ValueError):
+        wants_model = False
+    return source(spec, seed, model=model) if wants_model else source(spec, seed)

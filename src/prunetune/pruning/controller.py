@@ -30,7 +30,7 @@ class PruningController:
 
     def make_pruner(self, model: nn.Module, sparsities: list[float]) -> Pruner:
         pruner = self.pruner_cls(self.spec, self.importance, list(self.targets))
-        example = to_device(self.bundle.train.x[:2], self.device)
+        example = to_device(self.bundle.train.head(2), self.device)
         model.to(self.device)
         pruner.setup(model, example, sparsities)
         return pruner
