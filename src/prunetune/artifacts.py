@@ -48,6 +48,8 @@ class Manifest(BaseModel):
     tensors: dict[str, list[int]]
     masks: dict[str, float] = {}
     recipe: dict[str, Any] = {}
+    # Modules a fine-tuning method added that loading must rebuild (adapters, a prompt).
+    modules: dict[str, Any] = {}
 
 
 def atomic_dir(final: Path) -> Path:
@@ -91,11 +93,12 @@ def save_model(model: nn.Module, folder: str | Path, info: dict[str, Any]) -> Pa
     tmp = atomic_dir(folder)
     try:
         plain = realise(model).cpu()
-        state = {k: v.detach().contiguous().clone() for k, v in plain.state_dict().items()}
+        state = {k: v.detach().contiguous().clone() for k, v in unique_state(plain).items()}
         save_file(state, str(tmp / "model.safetensors"))
         masks = {f"{name}.weight": m.detach().cpu().contiguous() for name, m in masked_layers(model).items()}
         if masks:
             save_file(masks, str(tmp / "masks.safetensors"))
+        info = _save_hf_files(plain, tmp, info)
         manifest = {
             "format": FORMAT,
             "prunetune_version": __version__,
@@ -111,6 +114,67 @@ def save_model(model: nn.Module, folder: str | Path, info: dict[str, Any]) -> Pa
         raise
     commit_dir(tmp, folder)
     return folder
+
+
+def _storage_key(t: torch.Tensor) -> tuple:
+    return (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), t.dtype)
+
+
+def unique_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The state dict with each shared tensor once (tied embeddings, peft's alias of the word
+    embeddings): safetensors refuses to store one tensor under two names."""
+    seen: set[tuple] = set()
+    out = {}
+    for k, v in model.state_dict().items():
+        key = _storage_key(v)
+        if key not in seen:
+            seen.add(key)
+            out[k] = v
+    return out
+
+
+def _load_state(model: nn.Module, state: dict[str, torch.Tensor], folder: Path) -> None:
+    """Load weights; a key may be absent only when it is an alias of a loaded tensor."""
+    fresh = model.state_dict()
+    first: dict[tuple, str] = {}
+    for k, v in fresh.items():
+        first.setdefault(_storage_key(v), k)
+    try:
+        result = model.load_state_dict(state, strict=False)
+    except RuntimeError as e:
+        raise PrunetuneError(f"{folder}: weights do not fit the architecture ({str(e).splitlines()[0]}); re-save the model") from None
+    orphans = [k for k in result.missing_keys if first.get(_storage_key(fresh[k])) not in state]
+    if orphans or result.unexpected_keys:
+        what = f"missing {orphans[:3]}" if orphans else f"unexpected {result.unexpected_keys[:3]}"
+        raise PrunetuneError(f"{folder}: weights do not fit the architecture ({what}); re-save the model")
+
+
+def _save_hf_files(model: nn.Module, folder: Path, info: dict[str, Any]) -> dict[str, Any]:
+    """A transformers model also gets `config.json` (labels named) and its tokenizer files, so the
+    folder is laid out like `save_pretrained`'s; the manifest records the per-layer widths."""
+    config = getattr(model, "config", None)
+    if config is None or not hasattr(config, "save_pretrained"):
+        return info
+    from .models.hf import head_counts, load_tokenizer
+
+    names = info.get("class_names") or []
+    config.id2label = {i: n for i, n in enumerate(names)}
+    config.label2id = {n: i for i, n in enumerate(names)}
+    config.save_pretrained(folder)
+    info = {**info, "widths": {"heads": head_counts(model), "linear_out": {
+        n: m.out_features for n, m in model.named_modules() if isinstance(m, nn.Linear) and "intermediate" in n}}}
+    pre = dict(info.get("preprocess") or {})
+    if pre.get("kind") == "text" and pre.get("tokenizer") not in (None, "."):
+        src = pre["tokenizer"]
+        load_tokenizer(src).save_pretrained(folder)
+        info["preprocess"] = {**pre, "tokenizer": "."}  # relative to the model folder
+    return info
+
+
+def resolve_tokenizer(folder: Path, preprocess: dict[str, Any]) -> str:
+    """Where a saved model's tokenizer lives ('.' means the model folder itself)."""
+    src = preprocess.get("tokenizer") or "."
+    return str(folder) if src == "." else src
 
 
 def read_manifest(folder: str | Path) -> Manifest:
@@ -165,6 +229,10 @@ def resize_to(model: nn.Module, shapes: dict[str, list[int]]) -> None:
                     changed = True
         if changed:
             sync_attributes(mod)
+    from .models.hf import attention_modules, sync_attention
+
+    for attn in attention_modules(model).values():
+        sync_attention(attn)
 
 
 def load_model(folder: str | Path, trust_code: bool = False) -> tuple[nn.Module, Manifest]:
@@ -187,12 +255,20 @@ def load_model(folder: str | Path, trust_code: bool = False) -> tuple[nn.Module,
     spec = ModelSpec.model_validate(manifest.model)
     if ":" in spec.name and not spec.name.startswith(("torchvision:", "timm:")):
         spec = spec.model_copy(update={"trust_code": trust_code})
-    model = build_model(spec, manifest.num_classes, tuple(manifest.input_shape))
+    from .models import hf
+
+    if hf.is_hf(spec.name):
+        # Built from the saved config (no weights fetched), then resized to the saved widths.
+        config = hf.load_config(str(folder), manifest.num_classes, spec.trust_code)
+        model = hf.hf_model(spec.name, manifest.num_classes, trust_code=spec.trust_code, pretrained=False, config=config)
+    else:
+        model = build_model(spec, manifest.num_classes, tuple(manifest.input_shape))
+    if manifest.modules:
+        from .finetune_methods import restore_structure
+
+        model = restore_structure(model, manifest.modules)
     resize_to(model, want)
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as e:
-        raise PrunetuneError(f"{folder}: weights do not fit the architecture ({str(e).splitlines()[0]}); re-save the model") from None
+    _load_state(model, state, folder)
     mask_file = folder / "masks.safetensors"
     if manifest.masks:
         masks = _load_tensors(mask_file)

@@ -6,7 +6,9 @@ from MACs. Masked models are measured after `realise`, i.e. as they would be shi
 
 from __future__ import annotations
 
+import contextlib
 import gzip
+import io
 import os
 import sys
 from contextlib import contextmanager
@@ -34,7 +36,8 @@ def layer_weights(model: nn.Module, names: list[str]) -> dict[str, torch.Tensor]
 def macs(model: nn.Module, example: Any) -> int:
     import torch_pruning as tp
 
-    m, _ = tp.utils.count_ops_and_params(model, example)
+    with contextlib.redirect_stdout(io.StringIO()):  # "No positional inputs found" for keyword inputs
+        m, _ = tp.utils.count_ops_and_params(model, example)
     return int(m)
 
 
@@ -42,18 +45,26 @@ def serialized_sizes(model: nn.Module) -> tuple[int, int]:
     """Bytes of the safetensors file, and of it gzip-compressed (where unstructured zeros pay)."""
     from safetensors.torch import save
 
-    data = save({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()})
+    from .artifacts import unique_state
+
+    data = save({k: v.detach().contiguous().cpu() for k, v in unique_state(model).items()})
     return len(data), len(gzip.compress(data, compresslevel=6))
 
 
-def example_batch(data, batch: int) -> Any:
-    """`batch` real inputs from `data` (repeated when it has fewer)."""
+def example_batch(data, batch: int, seq_len: int | None = None) -> Any:
+    """`batch` real inputs from `data` (repeated when it has fewer).
+
+    For text, `seq_len` gives every sequence exactly that many tokens (real tokens, padded with
+    repeats of the data when short), all attended: the fixed-shape input a latency figure names."""
     n = len(data)
     idx = torch.arange(batch) % n
-    x = data.x
-    if isinstance(x, dict):
-        return {k: v[idx] for k, v in x.items()}
-    return x[idx]
+    x = data.take(idx)
+    if seq_len is None or not isinstance(x, dict):
+        return x
+    ids = x["input_ids"]
+    reps = -(-seq_len // ids.shape[1])
+    ids = ids.repeat(1, reps)[:, :seq_len].contiguous()
+    return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
 
 
 @torch.inference_mode()
@@ -84,10 +95,15 @@ def peak_memory_bytes(model: nn.Module, forward, x: Any, device: torch.device) -
         base = torch.cuda.memory_allocated(device)
         forward(model, x)
         return int(torch.cuda.max_memory_allocated(device) - base) + _state_bytes(model)
+    return _cpu_peak(lambda: forward(model, x)) + _state_bytes(model)
+
+
+def _cpu_peak(fn) -> int:
+    """Peak of live CPU allocations while `fn` runs, from the profiler's memory events."""
     from torch.profiler import ProfilerActivity, profile
 
     with _quiet_stderr(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        forward(model, x)
+        fn()
     # Allocations are attributed to the op that made them (self memory); frees made outside an
     # op appear as "[memory]" events. In time order, their running sum peaks at the live maximum.
     events = sorted((e for e in prof.events() if e.self_cpu_memory_usage), key=lambda e: e.time_range.start)
@@ -95,7 +111,28 @@ def peak_memory_bytes(model: nn.Module, forward, x: Any, device: torch.device) -
     for e in events:
         running += e.self_cpu_memory_usage
         peak = max(peak, running)
-    return int(peak) + _state_bytes(model)
+    return int(peak)
+
+
+def training_memory(model: nn.Module, task, bundle, spec, device: torch.device) -> int:
+    """Peak memory of one training step at the fine-tuning batch size: the profiler's peak of live
+    allocations in a forward + backward pass (gradients included), plus parameters and buffers and
+    AdamW's two state tensors per trainable parameter (what an optimizer step adds)."""
+    x = to_device(example_batch(bundle.train, spec.batch_size), device)
+    y = bundle.train.y[torch.arange(spec.batch_size) % len(bundle.train)].to(device)
+    trainable = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
+    was = model.training
+    model.train()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+        task.loss(task.forward(model, x), y).backward()
+        peak = torch.cuda.max_memory_allocated(device) - base
+    else:
+        peak = _cpu_peak(lambda: task.loss(task.forward(model, x), y).backward())
+    model.zero_grad(set_to_none=True)
+    model.train(was)
+    return int(peak) + _state_bytes(model) + 2 * trainable
 
 
 @contextmanager
@@ -125,7 +162,8 @@ def measure_stage(model: nn.Module, task, bundle, spec, device: torch.device, re
     targets = layer_weights(shipped, reference["targets"])
     target_nonzero = sum(int(torch.count_nonzero(w)) for w in targets.values())
     threads = spec.threads or torch.get_num_threads()
-    one = to_device(example_batch(bundle.test, 1), device)
+    seq = spec.sequence_length
+    one = to_device(example_batch(bundle.test, 1, seq), device)
     size, gz = serialized_sizes(shipped)
     result.update({
         "params": params,
@@ -133,6 +171,7 @@ def measure_stage(model: nn.Module, task, bundle, spec, device: torch.device, re
         # Relative to the dense model, so structured removal and zeroed weights compare directly.
         "sparsity": round(1.0 - nonzero / reference["params"], 6),
         "prunable_sparsity": round(1.0 - target_nonzero / reference["target_numel"], 6),
+        **_encoder_sparsity(shipped, reference),
         "macs": macs(shipped, one),
         "size_bytes": size,
         "gzip_bytes": gz,
@@ -140,21 +179,34 @@ def measure_stage(model: nn.Module, task, bundle, spec, device: torch.device, re
         "device": str(device),
     })
     if spec.latency:
-        big = to_device(example_batch(bundle.test, spec.latency_batch), device)
+        big = to_device(example_batch(bundle.test, spec.latency_batch, seq), device)
         result["latency_ms"] = {
             "batch_1": latency_ms(shipped, task.forward, one, threads, spec.min_run_time),
             "batch_N": {"batch": spec.latency_batch, **latency_ms(shipped, task.forward, big, threads, spec.min_run_time)},
         }
     if spec.memory:
-        big = to_device(example_batch(bundle.test, spec.latency_batch), device)
+        big = to_device(example_batch(bundle.test, spec.latency_batch, seq), device)
         result["peak_memory_bytes"] = {"batch": spec.latency_batch, "bytes": peak_memory_bytes(shipped, task.forward, big, device)}
     return result
+
+
+def _encoder_linears(model: nn.Module) -> list[nn.Module]:
+    """The linear layers of a transformer's encoder blocks (embeddings, pooler and head excluded)."""
+    return [m for n, m in model.named_modules() if isinstance(m, nn.Linear) and ".encoder." in f".{n}"]
+
+
+def _encoder_sparsity(model: nn.Module, reference: dict[str, Any]) -> dict[str, Any]:
+    if not reference.get("encoder_numel"):
+        return {}
+    nz = sum(int(torch.count_nonzero(m.weight)) for m in _encoder_linears(model))
+    return {"encoder_linear_sparsity": round(1.0 - nz / reference["encoder_numel"], 6)}
 
 
 def reference_counts(model: nn.Module, targets: list[str]) -> dict[str, Any]:
     params, _ = count_params(model)
     return {"params": params, "targets": targets,
-            "target_numel": sum(w.numel() for w in layer_weights(model, targets).values())}
+            "target_numel": sum(w.numel() for w in layer_weights(model, targets).values()),
+            "encoder_numel": sum(m.weight.numel() for m in _encoder_linears(model))}
 
 
 def plan_rows(before: nn.Module, after: nn.Module, targets: list[str]) -> list[dict[str, Any]]:

@@ -18,6 +18,10 @@ from . import external
 def build_model(spec, num_classes: int, input_shape: tuple[int, ...]) -> nn.Module:
     load_builtins()
     name, kwargs = spec.name, dict(spec.kwargs)
+    from . import hf
+
+    if hf.is_hf(name):
+        return hf.hf_model(name, num_classes, trust_code=spec.trust_code, **kwargs)
     if name.startswith("torchvision:"):
         return external.torchvision_model(name.split(":", 1)[1], num_classes, input_shape, **kwargs)
     if name.startswith("timm:"):

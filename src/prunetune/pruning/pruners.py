@@ -39,7 +39,8 @@ class Pruner:
 
 def _modules(model: nn.Module, names: list[str]) -> list[tuple[str, nn.Module]]:
     d = dict(model.named_modules())
-    return [(n, d[n]) for n in names]
+    # A layer wrapped by peft (LoRA, IA3) keeps its weight in `base_layer`.
+    return [(n, getattr(d[n], "base_layer", d[n])) for n in names]
 
 
 def _original(mod: nn.Module) -> nn.Parameter:
@@ -132,26 +133,62 @@ class Structured(Pruner):
     def setup(self, model, example_inputs, sparsities):
         import torch_pruning as tp
 
+        from ..models.hf import attention_modules
+
         ignored = [m for n, m in prunable_layers(model) if n not in self.targets]
         steps = list(sparsities)
+        final = steps[-1]
+        heads: dict[nn.Module, int] = {}
+        head_ratio = 0.0
+        attn = {n: a for n, a in attention_modules(model).items()
+                if any(f"{n}.{p}" in self.targets for p in ("query", "key", "value"))}
+        if attn:
+            # Transformer: remove whole heads (q/k/v rows and the output projection's columns) and FFN
+            # neurons; the hidden size (residual stream, embeddings included) is kept.
+            head_ratio = final if self.spec.head_sparsity is None else self.spec.head_sparsity
+            for n, a in attn.items():
+                count = a.query.out_features // a.attention_head_size
+                if round(count * (1 - head_ratio)) < 1 and self.spec.scope == "layer":
+                    raise PrunetuneError(
+                        f"prune.head_sparsity: {head_ratio} removes every one of the {count} heads of {n}; lower it"
+                    )
+                for p in ("query", "key", "value"):
+                    heads[getattr(a, p)] = count
+            ignored += _hidden_size_owners(model)
         self._tp = tp.pruner.BasePruner(
             model,
             example_inputs,
             importance=self.importance.structured(),
-            pruning_ratio=steps[-1],
+            pruning_ratio=final,
             iterative_steps=len(steps),
-            iterative_pruning_ratio_scheduler=lambda ratio, n: [0.0] + steps,
+            # The schedule's sparsities, scaled for heads (whose final ratio may differ).
+            iterative_pruning_ratio_scheduler=lambda ratio, n: [0.0] + [ratio * s / final if final else 0.0 for s in steps],
             ignored_layers=ignored,
             global_pruning=self.spec.scope == "global",
             max_pruning_ratio=0.95,
             round_to=self.spec.round_to,
             forward_fn=self._forward_fn,
+            num_heads=heads,
+            prune_num_heads=bool(heads),
+            prune_head_dims=False,
+            head_pruning_ratio=head_ratio,
         )
+        self._attn = list(attn.values())
 
     @staticmethod
     def _forward_fn(model, inputs):
-        return model(**inputs) if isinstance(inputs, dict) else model(inputs)
+        out = model(**inputs) if isinstance(inputs, dict) else model(inputs)
+        return getattr(out, "logits", out)
 
     def prune_to(self, model, sparsity):
+        from ..models.hf import sync_attention
+
         self._tp.step()
+        for a in self._attn:
+            sync_attention(a)
         return True
+
+
+def _hidden_size_owners(model: nn.Module) -> list[nn.Module]:
+    """Modules whose pruning would shrink a transformer's hidden size: embeddings and pooler."""
+    return [m for n, m in model.named_modules() if n.endswith(("embeddings", "pooler"))]
