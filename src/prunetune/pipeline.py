@@ -26,12 +26,14 @@ from .cache import model_info, obtain_dense
 from .data import build_data
 from .distill import Distiller, load_teacher
 from .errors import PrunetuneError
-from .measure import measure_stage, plan_rows, reference_counts
+from .measure import measure_stage, plan_rows, reference_counts, training_memory
 from .models import classifier_name
 from .pruning.controller import PruningController
 from .pruning.targets import select_targets
 from .recipe import Recipe, dump_recipe
-from .registry import TASKS, load_builtins
+from .finetune_methods import trainable_summary
+from .registry import FINETUNE_METHODS, TASKS, load_builtins
+from .tasks import to_device
 from .report import speedups, write_reports
 from .tracking import Tracker, make_tracker
 from .training import Trainer, pick_device
@@ -71,7 +73,11 @@ def run(recipe: Recipe, out: str | Path | None = None, log: Callable[[str], None
     seed_everything(recipe.seed)
     device = pick_device(recipe.evaluate.device)
     task = TASKS.get(recipe.task, "task")()
-    bundle = build_data(recipe.data, recipe.seed)
+    if recipe.prune.order == "prune_first" and recipe.dense.epochs:
+        # Prune the starting (e.g. pretrained) model itself: no task training before pruning.
+        recipe = recipe.model_copy(update={"dense": recipe.dense.model_copy(update={"epochs": 0})})
+        log("prune.order prune_first: dense.epochs taken as 0")
+    bundle = build_data(recipe.data, recipe.seed, recipe.model)
     log(f"data: {len(bundle.train)} train / {len(bundle.val)} val / {len(bundle.test)} test, {bundle.num_classes} classes")
 
     with staged_folder(out, on_abort=tracker.abort) as tmp:
@@ -118,10 +124,23 @@ def run(recipe: Recipe, out: str | Path | None = None, log: Callable[[str], None
                            task.evaluate(distiller.teacher, bundle.test, bundle.eval_batch_size, device, bundle.class_names)["accuracy"])
 
         torch.manual_seed(recipe.seed + 1)
-        trainer = Trainer(model, task, bundle, ft, device, recipe.seed + 1, desc="finetune", log=log,
-                          method=ft.method, loss_fn=distiller.loss if distiller else None,
+        method = FINETUNE_METHODS.get(ft.method, "finetune.method")(ft, classifier_name(model))
+        trained = method.prepare(model)
+        if method.mergeable:
+            method.probe_with(to_device(bundle.val.head(32), device))
+        trainer = Trainer(trained, task, bundle, ft, device, recipe.seed + 1, desc="finetune", log=log,
+                          method=method, loss_fn=distiller.loss if distiller else None,
                           on_epoch=lambda row: tracker.log_epoch("finetune", row))
+        train_info = {**method.summary, **trainable_summary(trained),
+                      "train_peak_memory_bytes": training_memory(trained, task, bundle, ft, device)}
+        log(f"finetune: {ft.method}, {train_info['trainable_params']:,} trainable parameters "
+            f"({100 * train_info['trainable_fraction']:.2f}%)")
         history = controller.finetune(model, pruner, trainer, already_pruned=oneshot, log=log)
+        model = method.finish(trained)
+        if "merge" in method.summary:
+            mg = method.summary["merge"]
+            log(f"merge: non-zeros {mg['nonzero_before']:,} -> {mg['nonzero_after']:,}, "
+                f"max logit difference {mg['max_logit_diff']:.2e}")
         log("measure: fine-tuned")
         stages["finetuned"] = measure_stage(model, task, bundle, recipe.evaluate, device, ref)
 
@@ -132,13 +151,15 @@ def run(recipe: Recipe, out: str | Path | None = None, log: Callable[[str], None
             "speedup": speedups(stages),
             "plan": plan_rows(dense, model, targets),
             "finetune": {"epochs_run": len(history), "best_epoch": trainer.best_epoch,
-                         "wall_s": round(trainer.wall_s, 2), "history": history},
+                         "wall_s": round(trainer.wall_s, 2), "steps": trainer.steps,
+                         "s_per_step": round(trainer.wall_s / max(1, trainer.steps), 4),
+                         **train_info, "merge": method.summary.get("merge"), "history": history},
             "dense": dense_info,
             "distill": distiller.summary(teacher_name, teacher_acc) if distiller else None,
             "notes": pruner.notes,
             "torch_version": torch.__version__,
         }
-        save_model(model, tmp / "model", model_info(recipe, bundle))
+        save_model(model, tmp / "model", {**model_info(recipe, bundle), "modules": method.structure()})
         write_reports(report, tmp)
         tracker.finish(report, tmp)  # before the rename: tensorboard/ is inside tmp, mlflow copies the reports
     log(f"done: {out}")

@@ -45,6 +45,17 @@ class DataSpec(_Section):
     image_size: int | None = Field(None, gt=0, description="resize images (image folders) to this square size")
     grayscale: bool | None = Field(None, description="image folders: convert to one channel (default: keep RGB)")
     eval_batch_size: int = Field(512, gt=0)
+    # Text sources (sst2, trec, text).
+    format: Literal["auto", "tsv", "csv", "jsonl"] = Field("auto", description="text: file format (auto: by extension)")
+    train_file: str | None = Field(None, description="text: training file (default: train.* in data.path)")
+    val_file: str | None = Field(None, description="text: validation file (default: dev.*/val.* in data.path, else split from train)")
+    test_file: str | None = Field(None, description="text: test file (default: test.* in data.path)")
+    text_column: str | None = Field(None, description="text: column with the text (default: sentence or text)")
+    label_column: str | None = Field(None, description="text: column with the label (default: label)")
+    max_length: int = Field(128, ge=2, le=8192, description="text: tokens per example (longer ones are truncated)")
+    tokenizer: str | None = Field(None, description="text: tokenizer folder or hub id (default: the model's)")
+    trec_labels: Literal["coarse", "fine"] = Field("coarse", description="trec: 6 coarse or 50 fine classes")
+    encoding: str | None = Field(None, description="text: file encoding (default utf-8; trec latin-1)")
 
 
 class EarlyStopping(_Section):
@@ -139,7 +150,12 @@ class PruneSpec(_Section):
     keep_classifier: bool = Field(True, description="never prune the final classifier's outputs")
     calibration_batches: int = Field(8, ge=1, description="batches for gradient-based importance")
     round_to: int | None = Field(None, ge=1, description="structured: keep channel counts multiples of this")
+    head_sparsity: float | None = Field(
+        None, ge=0, lt=1, description="structured transformers: fraction of attention heads removed (default: sparsity)")
     schedule: ScheduleSpec = Field(default_factory=ScheduleSpec)
+    order: Literal["finetune_first", "prune_first"] = Field(
+        "finetune_first", description="finetune_first: prune the trained dense model; prune_first: prune the "
+        "untrained starting model (dense.epochs is taken as 0), then fine-tune")
 
     @model_validator(mode="after")
     def _nm(self) -> "PruneSpec":
@@ -148,10 +164,23 @@ class PruneSpec(_Section):
         return self
 
 
+class PeftSpec(_Section):
+    """Parameter-efficient fine-tuning: which layers and how big the adapters are."""
+
+    include: list[str] | None = Field(None, description="linear-layer patterns to adapt (default: all; adapter: *output.dense)")
+    exclude: list[str] = Field(default_factory=list, description="linear-layer patterns not to adapt")
+    r: int = Field(8, ge=1, description="lora: rank")
+    alpha: float = Field(16.0, gt=0, description="lora: scaling alpha (update scaled by alpha / r)")
+    dropout: float = Field(0.05, ge=0, lt=1, description="lora: dropout on the adapter input")
+    virtual_tokens: int = Field(20, ge=1, description="prompt_tuning: number of virtual tokens")
+    adapter_size: int = Field(64, ge=1, description="adapter: bottleneck width")
+
+
 class FinetuneSpec(TrainSpec):
     """How the pruned model is fine-tuned back."""
 
-    method: str = "full"
+    method: str = Field("full", description="registered method: full, bitfit, lora, ia3, prompt_tuning, adapter")
+    peft: PeftSpec = Field(default_factory=PeftSpec)
     lr: float = Field(1e-3, gt=0)
     epochs: int = Field(3, ge=0)
     distill: DistillSpec | None = Field(None, description="distil from a teacher (default: the dense model)")
@@ -161,6 +190,7 @@ class EvaluateSpec(_Section):
     """What is measured at every stage."""
 
     latency_batch: int = Field(64, ge=1)
+    sequence_length: int | None = Field(None, ge=1, description="text: tokens per sequence for latency and memory (default: real lengths)")
     threads: int | None = Field(None, ge=1, description="CPU threads for latency (default: torch's)")
     min_run_time: float = Field(1.0, gt=0, description="seconds of timing per latency measurement")
     latency: bool = True
@@ -207,6 +237,12 @@ class Recipe(_Section):
         ]:
             if value not in reg:
                 raise ValueError(f"{field}: unknown {reg.kind} {value!r}; choose one of: {', '.join(reg.names())}")
+        if (self.prune.method == "structured" and self.prune.schedule.kind != "oneshot"
+                and self.finetune.method not in ("full", "bitfit")):
+            raise ValueError(
+                f"finetune.method {self.finetune.method!r} adds modules that structured pruning during fine-tuning "
+                "cannot resize; use prune.schedule.kind oneshot or finetune.method full"
+            )
         pruner = R.PRUNERS.get(self.prune.method)
         if self.prune.schedule.kind not in pruner.schedules:
             raise ValueError(

@@ -160,12 +160,12 @@ def refine(model_dir: str | Path, overrides: list[str] | None = None, out: str |
     seed_everything(recipe.seed)
     device = pick_device(recipe.evaluate.device)
     task = TASKS.get(recipe.task, "task")()
-    new = build_data(recipe.data, recipe.seed)
+    new = build_data(recipe.data, recipe.seed, recipe.model)
     check_classes(new.class_names, manifest.class_names, f"data.path {recipe.data.path}")
     if list(new.input_shape) != list(manifest.input_shape):
         raise PrunetuneError(f"data.path {recipe.data.path}: inputs of shape {list(new.input_shape)} but the model takes "
                              f"{manifest.input_shape}; set data.image_size / data.grayscale to match")
-    old = build_data(original.data, original.seed)
+    old = build_data(original.data, original.seed, original.model)
     log(f"data: {len(new.train)} train / {len(new.val)} val / {len(new.test)} test new examples; "
         f"original test set {len(old.test)}")
 

@@ -85,7 +85,7 @@ ALL = {
 
 def load_builtins() -> None:
     """Import every module that registers something (kept lazy so `import prunetune` is fast)."""
-    from . import tasks, tracking, training  # noqa: F401
-    from .data import fashion_mnist, image_folder  # noqa: F401
+    from . import finetune_methods, tasks, tracking, training  # noqa: F401
+    from .data import fashion_mnist, image_folder, text  # noqa: F401
     from .models import builtin, external  # noqa: F401
     from .pruning import importance, layers, pruners, schedules  # noqa: F401

@@ -43,6 +43,14 @@ def constant(step: int, total: int, warmup: int) -> float:
     return min(1.0, (step + 1) / warmup) if warmup else 1.0
 
 
+@LR_SCHEDULES.register("linear")
+def linear(step: int, total: int, warmup: int) -> float:
+    """Linear warm-up, then linear decay to zero (the usual transformer fine-tuning schedule)."""
+    if warmup and step < warmup:
+        return (step + 1) / warmup
+    return max(0.0, 1.0 - (step - warmup) / max(1, total - warmup))
+
+
 @LR_SCHEDULES.register("cosine")
 def cosine(step: int, total: int, warmup: int) -> float:
     """Linear warm-up, then cosine decay to zero."""
@@ -50,14 +58,6 @@ def cosine(step: int, total: int, warmup: int) -> float:
         return (step + 1) / warmup
     progress = (step - warmup) / max(1, total - warmup)
     return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-
-
-@FINETUNE_METHODS.register("full")
-def full_finetune(model: nn.Module, spec) -> list[nn.Parameter]:
-    """Every parameter is trained."""
-    for p in model.parameters():
-        p.requires_grad_(True)
-    return [p for p in model.parameters() if p.requires_grad]
 
 
 def set_dropout(model: nn.Module, p: float | None) -> None:
@@ -92,7 +92,7 @@ class Trainer:
     """
 
     def __init__(self, model: nn.Module, task, bundle, spec, device: torch.device, seed: int,
-                 desc: str = "train", log: Callable[[str], None] = print, method: str = "full",
+                 desc: str = "train", log: Callable[[str], None] = print, method: Any = "full",
                  loss_fn: Callable[..., torch.Tensor] | None = None,
                  on_epoch: Callable[[dict[str, Any]], None] | None = None) -> None:
         self.model, self.task, self.bundle, self.spec = model, task, bundle, spec
@@ -100,7 +100,9 @@ class Trainer:
         # loss_fn(logits, y, x, idx) replaces the task loss (e.g. distillation); x is the augmented batch.
         self.loss_fn = loss_fn or (lambda logits, y, x, idx: task.loss(logits, y, spec.label_smoothing))
         self.device, self.desc, self.log = device, desc, log
-        self.method = FINETUNE_METHODS.get(method, "finetune.method")
+        # A fine-tuning method (finetune_methods.Method) or its registered name.
+        self.method = FINETUNE_METHODS.get(method, "finetune.method")(spec) if isinstance(method, str) else method
+        self.steps = 0
         self.gen = torch.Generator().manual_seed(seed)
         self.history: list[dict[str, Any]] = []
         self.best_epoch: int | None = None
@@ -110,7 +112,7 @@ class Trainer:
 
     def rebuild_optimizer(self) -> None:
         """A fresh optimizer over the current parameters (after structural pruning replaced them)."""
-        params = self.method(self.model, self.spec)
+        params = self.method.trainable(self.model)
         self.opt = OPTIMIZERS.get(self.spec.optimizer)(params, self.spec)
 
     def _autocast(self):
@@ -160,6 +162,7 @@ class Trainer:
                 self.opt.step()
                 step += 1
                 self.global_step += 1
+                self.steps += 1
                 loss_sum += loss.item() * len(y)
                 seen += len(y)
                 if hasattr(bar, "set_postfix"):
