@@ -197,13 +197,26 @@ def test_predict_images_matches_the_model_and_eval_predictions(tmp_path):
     assert list(predict(folder, inputs, batch_size=64)) == rows
 
 
-def test_text_models_are_not_built_yet(tmp_path):
+def test_text_inputs_are_checked_before_the_model_is_loaded(tmp_path):
+    from prunetune.predict import read_text_lines
+
+    good = tmp_path / "ok.txt"
+    good.write_text("a fine film\nawful\n", encoding="utf-8")
+    assert read_text_lines([good]) == [(f"{good}:1", "a fine film"), (f"{good}:2", "awful")]
+    blank = tmp_path / "blank.txt"
+    blank.write_text("fine\n\nawful\n", encoding="utf-8")
+    with pytest.raises(PrunetuneError, match=r"blank.txt:2: empty line"):
+        read_text_lines([blank])
+    latin = tmp_path / "latin.txt"
+    latin.write_bytes(b"fine\ncaf\xe9\n")
+    with pytest.raises(PrunetuneError, match=r"latin.txt:2: not UTF-8"):
+        read_text_lines([latin])
+    with pytest.raises(PrunetuneError, match="input not found"):
+        read_text_lines([tmp_path / "missing.txt"])
+    # A text model's folder: the input check fires before the (here unbuildable) model is touched.
     folder = _save(tmp_path / "model", _built("lenet300"), "lenet300", {"kind": "text", "tokenizer": "x"})
-    with pytest.raises(PrunetuneError, match="text prediction arrives with transformer support"):
-        predict(folder, [tmp_path])
-    with pytest.raises(PrunetuneError, match="arrives with transformer support"):
-        export_onnx(folder, **FAST)
-    assert not (tmp_path / "model.onnx").exists()
+    with pytest.raises(PrunetuneError, match="empty line"):
+        predict(folder, [blank])
 
 
 # ---------------------------------------------------------------- CLI
@@ -265,7 +278,7 @@ def _bad_cases(tmp_path):
         (["predict", str(good), str(img), str(broken)], f"{broken}: unreadable image", ".jsonl"),
         (["predict", str(good), str(tmp_path / "nowhere.png")], "nowhere.png: input not found", ".jsonl"),
         (["predict", str(audio), str(img)], "preprocess kind 'audio' is unknown", ".jsonl"),
-        (["predict", str(text), str(img)], "text prediction arrives with transformer support", ".jsonl"),
+        (["predict", str(text), str(img)], "not UTF-8 text", ".jsonl"),
     ]
 
 

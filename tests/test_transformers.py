@@ -246,4 +246,87 @@ def test_cli_run_and_eval_on_real_minilm(tmp_path):
                         capture_output=True, text=True, timeout=300)
     assert ev.returncode == 0, ev.stderr[-2000:]
     assert json.loads(ev.stdout)["accuracy"] == pytest.approx(rep["stages"]["finetuned"]["accuracy"])
+
+    # predict on lines of text agrees with eval on the same 60 labelled sentences.
+    small = tmp_path / "sst2-small"
+    small.mkdir()
+    lines = (SST2 / "dev.tsv").read_text(encoding="utf-8").splitlines()
+    header, rows = lines[0], lines[1:61]
+    for name in ("train.tsv", "dev.tsv", "test.tsv"):
+        (small / name).write_text("\n".join([header, *rows]) + "\n", encoding="utf-8")
+    texts = tmp_path / "texts.txt"
+    texts.write_text("\n".join(r.rsplit("\t", 1)[0].strip() for r in rows) + "\n", encoding="utf-8")
+    pred = subprocess.run([sys.executable, "-m", "prunetune.cli", "predict", str(out / "model"), str(texts)],
+                          capture_output=True, text=True, timeout=300)
+    assert pred.returncode == 0, pred.stderr[-2000:]
+    got = [json.loads(line) for line in pred.stdout.splitlines()]
+    assert [g["input"] for g in got] == [f"{texts}:{i}" for i in range(1, 61)]
+    labels = ["negative", "positive"]
+    hits = sum(g["label"] == labels[int(r.rsplit("\t", 1)[1])] for g, r in zip(got, rows))
+    ev = subprocess.run([sys.executable, "-m", "prunetune.cli", "eval", str(out / "model"), "--set", f"data.path={small}",
+                         "--set", "data.limit=null", "--set", "data.test_limit=null"], capture_output=True, text=True, timeout=300)
+    assert ev.returncode == 0, ev.stderr[-2000:]
+    assert json.loads(ev.stdout)["accuracy"] == pytest.approx(100 * hits / 60, abs=1e-3)
+
+    # ONNX export (input_ids, attention_mask; checked against PyTorch at export) is smaller than the dense model's.
+    pruned_x = subprocess.run([sys.executable, "-m", "prunetune.cli", "export", str(out / "model"), "--out", str(tmp_path / "p.onnx")],
+                              capture_output=True, text=True, timeout=600)
+    assert pruned_x.returncode == 0, pruned_x.stderr[-2000:]
+    report = json.loads((tmp_path / "p.export.json").read_text())
+    assert report["max_abs_diff"] <= 1e-4 and report["inputs_checked"] == 100
+    assert set(report["inputs"]) == {"input_ids", "attention_mask"}
+    from prunetune.export import export_onnx
+
+    dense = export_onnx(rep["dense"]["cache"], tmp_path / "d.onnx", check_inputs=3, min_run_time=0.05)
+    assert report["bytes"] < 0.85 * dense["bytes"]
     shutil.rmtree(out)
+
+
+def test_refine_a_masked_text_model_keeps_its_sparsity(tiny_bert, tmp_path):
+    from prunetune.refine import refine
+
+    rep = run(_recipe(tiny_bert, prune=PRUNINGS["unstructured"], finetune={"method": "lora"}), tmp_path / "r", log=lambda m: None)
+    new = tmp_path / "new"
+    new.mkdir()
+    lines = (SST2 / "dev.tsv").read_text(encoding="utf-8").splitlines()
+    for name, part in (("train.tsv", lines[1:201]), ("dev.tsv", lines[201:261]), ("test.tsv", lines[261:321])):
+        (new / name).write_text("\n".join([lines[0], *part]) + "\n", encoding="utf-8")
+    out = refine(tmp_path / "r" / "model", ["data.limit=null", "data.test_limit=null"], log=lambda m: None, data_path=new)
+    assert out["stages"]["after"]["new_data"]["examples"] == 60
+    assert out["stages"]["after"]["new_data"]["nonzero_params"] == rep["stages"]["finetuned"]["nonzero_params"]
+
+
+def test_cli_bad_text_input_exits_2_with_one_line(tiny_bert, tmp_path):
+    import subprocess
+    import sys
+
+    def folder(name, rows, header="sentence\tlabel"):
+        d = tmp_path / name
+        d.mkdir()
+        for f in ("train.tsv", "test.tsv"):
+            (d / f).write_bytes((header + "\n" + "\n".join(rows) + "\n").encode("latin-1"))
+        return d
+
+    ok_rows = [f"{w} film\t{i % 2}" for i, w in enumerate(["good", "bad", "fine", "awful"] * 10)]
+    no_label = folder("nolabel", [r.split("\t")[0] for r in ok_rows], header="sentence")
+    empty = folder("empty", ok_rows[:5] + ["\t1"] + ok_rows[5:])
+    latin = folder("latin", ok_rows + ["caf\xe9 film\t1"])
+    base = ["run", "--set", f"model.name=hf:{tiny_bert}", "--set", "data.source=text", "--set", "dense.epochs=0",
+            "--set", "evaluate.latency=false", "--set", "data.val_size=0.25"]
+    sst = ["--set", "data.source=sst2", "--set", f"data.path={SST2}", "--set", "data.limit=64", "--set", "data.test_limit=32"]
+    cases = [
+        (base + ["--set", f"data.path={no_label}"], "no column 'label'"),
+        (base + ["--set", f"data.path={empty}"], "train.tsv:7: empty text"),
+        (base + ["--set", f"data.path={latin}"], "train.tsv:42"),
+        (base + sst + ["--set", "finetune.method=lora", "--set", "finetune.peft.include=['*nothing*']"], "finetune.peft.include: pattern '*nothing*'"),
+        (base + sst + ["--set", "prune.head_sparsity=0.9"], "removes every one of the 4 heads"),
+        (["run", "--set", "finetune.method=prompt_tuning"], "prompt_tuning needs a transformers model"),
+        (base + sst + ["--set", f"model.name=hf:{tmp_path / 'nowhere'}"], "nowhere: folder not found"),
+    ]
+    for args, needle in cases:
+        out = tmp_path / "runs" / "x"
+        p = subprocess.run([sys.executable, "-m", "prunetune.cli", *args, "--out", str(out)], capture_output=True, text=True, timeout=300)
+        err = [line for line in p.stderr.strip().splitlines() if line.startswith("error:")]
+        assert p.returncode == 2, (args, p.stderr[-1500:])
+        assert len(err) == 1 and needle in err[0], (needle, p.stderr[-1500:])
+        assert "Traceback" not in p.stderr and not out.exists()

@@ -105,12 +105,13 @@ def export(
 @app.command("predict")
 def predict(
     model_dir: Path = typer.Argument(..., help="a run's model/ folder"),
-    inputs: List[Path] = typer.Argument(..., help="image files or folders of images (searched recursively)"),
+    inputs: List[Path] = typer.Argument(..., help="image files or folders of images; for text models, text files "
+                                        "(one text per line) or - for standard input"),
     out: Optional[Path] = typer.Option(None, "--out", help="write JSON Lines here (default stdout); must not exist"),
     batch_size: int = typer.Option(64, "--batch-size", help="images per forward pass"),
     trust_code: bool = typer.Option(False, "--trust-code", help="allow the model's own code (import-path models)"),
 ) -> None:
-    """Classify images with a saved model; one JSON line per image: input, label, probabilities."""
+    """Classify images or texts with a saved model; one JSON line per input: input, label, probabilities."""
 
     def go():
         from .predict import predict as run_predict

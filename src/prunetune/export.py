@@ -16,8 +16,9 @@ import os
 import tempfile
 import time
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -62,9 +63,60 @@ def _ort_session(path: Path, threads: int | None):
     return sess, opts
 
 
-def _ort_latency_ms(sess, x: np.ndarray, min_run_time: float) -> float:
+@dataclass
+class _IO:
+    """What the exported graph takes: the module to trace, input names, dynamic axes, and inputs."""
+
+    module: torch.nn.Module
+    names: tuple[str, ...]
+    axes: dict[str, dict[int, str]]
+    make: Callable[..., dict[str, torch.Tensor]]  # make(batch, timing=False) -> {name: tensor}
+    batch: int  # the larger latency batch
+    timing_note: str
+
+
+def _image_io(plain: torch.nn.Module, manifest, g: torch.Generator) -> _IO:
+    shape = tuple(manifest.input_shape)
+    return _IO(plain, ("input",), {"input": {0: "batch"}},
+               lambda b, timing=False: {"input": torch.randn(b, *shape, generator=g)}, 64,
+               f"seeded random images {list(shape)}")
+
+
+class _TextLogits(torch.nn.Module):
+    """A transformers classifier as (input_ids, attention_mask) -> logits, for the exporter."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.model(input_ids=input_ids, attention_mask=attention_mask).logits
+
+
+def _text_io(plain: torch.nn.Module, manifest, g: torch.Generator) -> _IO:
+    if hasattr(plain, "set_attn_implementation"):
+        plain.set_attn_implementation("eager")  # the TorchScript exporter traces eager attention reliably
+    vocab = int(getattr(plain.config, "vocab_size", 1000))
+    longest = int(manifest.preprocess.get("max_length") or manifest.input_shape[0])
+    seq = min(64, longest)
+
+    def make(b: int, timing: bool = False) -> dict[str, torch.Tensor]:
+        # Check inputs: random lengths (padding inside the batch); timing inputs: full length `seq`.
+        length = seq if timing else int(torch.randint(4, longest + 1, (1,), generator=g))
+        ids = torch.randint(1000, vocab, (b, length), generator=g) if vocab > 1000 else torch.randint(1, vocab, (b, length), generator=g)
+        mask = torch.ones(b, length, dtype=torch.long)
+        if not timing:
+            real = torch.randint(1, length + 1, (b,), generator=g)
+            mask = (torch.arange(length)[None, :] < real[:, None]).long()
+        return {"input_ids": ids, "attention_mask": mask}
+
+    axes = {"input_ids": {0: "batch", 1: "sequence"}, "attention_mask": {0: "batch", 1: "sequence"}}
+    return _IO(_TextLogits(plain).eval(), ("input_ids", "attention_mask"), axes, make, 32,
+               f"random token ids, sequence length {seq}, all attended")
+
+
+def _ort_latency_ms(sess, feed: dict[str, np.ndarray], min_run_time: float) -> float:
     """p50 of per-call latency (ms) over a time.perf_counter loop of about `min_run_time` seconds."""
-    feed = {"input": x}
     for _ in range(3):  # warm-up: first calls allocate and pick kernels
         sess.run(None, feed)
     times: list[float] = []
@@ -85,8 +137,7 @@ def export_onnx(model_dir: str | Path, out_file: str | Path | None = None, opset
     stays exactly as saved. `threads` None leaves onnxruntime's thread settings at its defaults.
     """
     model_dir = Path(model_dir)
-    if read_manifest(model_dir).preprocess.get("kind") == "text":  # before building a model that may not build yet
-        raise PrunetuneError(f"{model_dir}: text models cannot be exported yet; ONNX export of text models arrives with transformer support")
+    read_manifest(model_dir)  # a clear error before anything else for a folder that is not a model
     if opset is not None:
         from torch.onnx import _constants as C  # private, but the only place torch states the range
 
@@ -110,8 +161,8 @@ def export_onnx(model_dir: str | Path, out_file: str | Path | None = None, opset
 
     model, manifest = load_model(model_dir, trust_code=trust_code)
     plain = realise(model).cpu().eval()  # masks baked in: the zeros are plain weights in the ONNX file
-    shape = tuple(manifest.input_shape)
     g = torch.Generator().manual_seed(SEED)
+    io = _text_io(plain, manifest, g) if manifest.preprocess.get("kind") == "text" else _image_io(plain, manifest, g)
     tmp = temp_beside(out, ".onnx")
     tmp_report = temp_beside(report_path, ".json")
     try:
@@ -124,9 +175,9 @@ def export_onnx(model_dir: str | Path, out_file: str | Path | None = None, opset
             warnings.simplefilter("ignore")
             try:
                 torch.onnx.export(
-                    plain, (torch.randn(2, *shape, generator=g),), str(tmp),
-                    input_names=["input"], output_names=["logits"],
-                    dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+                    io.module, tuple(io.make(2).values()), str(tmp),
+                    input_names=list(io.names), output_names=["logits"],
+                    dynamic_axes={**io.axes, "logits": {0: "batch"}},
                     opset_version=opset, do_constant_folding=True, dynamo=False,
                 )
             except Exception as e:  # the exporter raises many types for unsupported ops
@@ -144,9 +195,9 @@ def export_onnx(model_dir: str | Path, out_file: str | Path | None = None, opset
         worst, sizes = 0.0, _check_batches(check_inputs)
         with torch.inference_mode():
             for b in sizes:
-                x = torch.randn(b, *shape, generator=g)
-                want = plain(x).float().numpy()
-                got = sess.run(["logits"], {"input": x.numpy()})[0]
+                x = io.make(b)
+                want = io.module(*x.values()).float().numpy()
+                got = sess.run(["logits"], {k: v.numpy() for k, v in x.items()})[0]
                 if got.shape != want.shape:
                     raise RuntimeFault(f"{model_dir}: onnxruntime gave shape {list(got.shape)} for batch {b}, PyTorch {list(want.shape)}; "
                                        "the exported file was deleted")
@@ -154,8 +205,8 @@ def export_onnx(model_dir: str | Path, out_file: str | Path | None = None, opset
         if not worst <= TOLERANCE:  # also catches NaN
             raise RuntimeFault(f"{model_dir}: onnxruntime and PyTorch differ by {worst:.3g} (> {TOLERANCE}) on "
                                f"{check_inputs} inputs; the exported file was deleted")
-        latency = {f"batch_{b}": _ort_latency_ms(sess, torch.randn(b, *shape, generator=g).numpy(), min_run_time)
-                   for b in (1, 64)}
+        latency = {f"batch_{b}": _ort_latency_ms(sess, {k: v.numpy() for k, v in io.make(b, timing=True).items()}, min_run_time)
+                   for b in (1, io.batch)}
         del sess
         report = {
             "file": str(out),
@@ -165,6 +216,8 @@ def export_onnx(model_dir: str | Path, out_file: str | Path | None = None, opset
             "batch_sizes_checked": sizes,
             "opset": opset_used,
             "exporter": "torch.onnx.export(dynamo=False)",
+            "inputs": {k: list(v.shape[1:]) if k == "input" else ["sequence"] for k, v in io.make(1).items()},
+            "latency_inputs": io.timing_note,
             "ort_latency_ms": latency,
             # 0 means onnxruntime's default (one intra-op thread per physical core).
             "ort_threads": {"intra_op": opts.intra_op_num_threads, "inter_op": opts.inter_op_num_threads,

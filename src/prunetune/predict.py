@@ -1,4 +1,5 @@
-"""`predict`: classify image files with a saved model, using the preprocessing its manifest records.
+"""`predict`: classify image files or lines of text with a saved model, using the preprocessing its
+manifest records (image size and normalisation, or the tokenizer saved in the model folder).
 
 Every check that can fail on the model or the input paths runs before the first prediction is made;
 an image that cannot be decoded stops the run with its file named.
@@ -21,14 +22,13 @@ from .artifacts import Manifest, load_model, read_manifest
 from .data.image_folder import IMAGE_SUFFIXES, load_image
 from .errors import PrunetuneError
 from .registry import TASKS, load_builtins
+from .tasks import to_device
 
 
 def image_preprocess(manifest: Manifest, where: str | Path = "model") -> dict[str, Any]:
     """The manifest's image preprocessing, checked: {"size": (H, W), "channels": C, "mean": [C], "std": [C]}."""
     pre = manifest.preprocess or {}
     kind = pre.get("kind")
-    if kind == "text":
-        raise PrunetuneError(f"{where}: a text model; text prediction arrives with transformer support")
     if kind != "image":
         raise PrunetuneError(f"{where}: manifest preprocess kind {kind!r} is unknown; predict supports image models; re-save the model")
     missing = [k for k in ("size", "channels", "mean", "std") if k not in pre]
@@ -94,7 +94,7 @@ def predict_tensors(model: nn.Module, manifest: Manifest, x: torch.Tensor) -> li
     task = TASKS.get(manifest.task, "task")()
     model.eval()
     device = next(iter(model.parameters()), torch.empty(0)).device
-    logits = task.forward(model, x.to(device)).float().cpu()
+    logits = task.forward(model, to_device(x, device)).float().cpu()
     probs = torch.softmax(logits, dim=1)
     names = manifest.class_names
     rows = []
@@ -121,6 +121,8 @@ def predict(model_dir: str | Path, inputs: list[str | Path], batch_size: int = 6
     if len(manifest.class_names) != manifest.num_classes:
         raise PrunetuneError(f"{model_dir}: manifest lists {len(manifest.class_names)} class_names for "
                              f"{manifest.num_classes} classes; re-save the model")
+    if manifest.preprocess.get("kind") == "text":
+        return _predict_text(Path(model_dir), manifest, inputs, batch_size, trust_code, pick_device(device))
     pre = image_preprocess(manifest, model_dir)
     files = expand_inputs(inputs)
     model, manifest = load_model(model_dir, trust_code=trust_code)
@@ -131,6 +133,60 @@ def predict(model_dir: str | Path, inputs: list[str | Path], batch_size: int = 6
             chunk = files[i : i + batch_size]
             for f, r in zip(chunk, predict_tensors(model, manifest, preprocess_images(chunk, pre))):
                 yield {"input": str(f), **r}
+
+    return rows()
+
+
+def read_text_lines(inputs: list[str | Path]) -> list[tuple[str, str]]:
+    """(where, text) for every line of the given text files; '-' reads standard input.
+
+    An empty line is refused (naming file:line): a blank prediction is almost always a broken file."""
+    import sys
+
+    if not inputs:
+        raise PrunetuneError("no inputs; give text files with one text per line, or - for standard input")
+    out: list[tuple[str, str]] = []
+    for raw in inputs:
+        name = str(raw)
+        if name == "-":
+            text, name = sys.stdin.read(), "<stdin>"
+        else:
+            p = Path(raw)
+            if not p.is_file():
+                raise PrunetuneError(f"{p}: input not found; give text files (one text per line) or - for standard input")
+            try:
+                text = p.read_text(encoding="utf-8")
+            except UnicodeDecodeError as e:
+                line = p.read_bytes()[: e.start].count(b"\n") + 1
+                raise PrunetuneError(f"{p}:{line}: not UTF-8 text; convert the file to UTF-8") from None
+        lines = text.splitlines()
+        for i, line in enumerate(lines, 1):
+            if not line.strip():
+                raise PrunetuneError(f"{name}:{i}: empty line; give one non-empty text per line")
+            out.append((f"{name}:{i}", line.strip()))
+        if not lines:
+            raise PrunetuneError(f"{name}: no text; give one text per line")
+    return out
+
+
+def _predict_text(model_dir: Path, manifest: Manifest, inputs: list[str | Path], batch_size: int,
+                  trust_code: bool, device: torch.device) -> Iterator[dict[str, Any]]:
+    from .artifacts import resolve_tokenizer
+    from .models.hf import load_tokenizer
+
+    texts = read_text_lines(inputs)
+    tok = load_tokenizer(resolve_tokenizer(model_dir, manifest.preprocess))
+    max_length = int(manifest.preprocess.get("max_length") or 128)
+    model, manifest = load_model(model_dir, trust_code=trust_code)
+    model.to(device).eval()
+
+    def rows() -> Iterator[dict[str, Any]]:
+        for i in range(0, len(texts), batch_size):
+            chunk = texts[i : i + batch_size]
+            enc = tok([t for _, t in chunk], truncation=True, max_length=max_length, padding="longest", return_tensors="pt")
+            x = {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
+            for (where, t), r in zip(chunk, predict_tensors(model, manifest, x)):
+                yield {"input": where, "text": t, **r}
 
     return rows()
 

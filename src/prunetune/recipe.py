@@ -171,7 +171,7 @@ class PeftSpec(_Section):
     exclude: list[str] = Field(default_factory=list, description="linear-layer patterns not to adapt")
     r: int = Field(8, ge=1, description="lora: rank")
     alpha: float = Field(16.0, gt=0, description="lora: scaling alpha (update scaled by alpha / r)")
-    dropout: float = Field(0.05, ge=0, lt=1, description="lora: dropout on the adapter input")
+    dropout: float = Field(0.0, ge=0, lt=1, description="lora: dropout on the adapter input (each adapted layer then keeps a copy of its input for backward)")
     virtual_tokens: int = Field(20, ge=1, description="prompt_tuning: number of virtual tokens")
     adapter_size: int = Field(64, ge=1, description="adapter: bottleneck width")
 
@@ -242,6 +242,13 @@ class Recipe(_Section):
             raise ValueError(
                 f"finetune.method {self.finetune.method!r} adds modules that structured pruning during fine-tuning "
                 "cannot resize; use prune.schedule.kind oneshot or finetune.method full"
+            )
+        from .models.hf import is_hf
+
+        if self.finetune.method == "prompt_tuning" and not is_hf(self.model.name):
+            raise ValueError(
+                f"finetune.method prompt_tuning needs a transformers model with token embeddings, not {self.model.name!r}; "
+                "choose lora, ia3, bitfit or full"
             )
         pruner = R.PRUNERS.get(self.prune.method)
         if self.prune.schedule.kind not in pruner.schedules:

@@ -160,6 +160,12 @@ def refine(model_dir: str | Path, overrides: list[str] | None = None, out: str |
     seed_everything(recipe.seed)
     device = pick_device(recipe.evaluate.device)
     task = TASKS.get(recipe.task, "task")()
+    if manifest.preprocess.get("kind") == "text":  # tokenise with the tokenizer saved in the model folder
+        from .artifacts import resolve_tokenizer
+
+        tok = resolve_tokenizer(Path(model_dir), manifest.preprocess)
+        recipe = recipe.model_copy(update={"data": recipe.data.model_copy(update={"tokenizer": recipe.data.tokenizer or tok})})
+        original = original.model_copy(update={"data": original.data.model_copy(update={"tokenizer": original.data.tokenizer or tok})})
     new = build_data(recipe.data, recipe.seed, recipe.model)
     check_classes(new.class_names, manifest.class_names, f"data.path {recipe.data.path}")
     if list(new.input_shape) != list(manifest.input_shape):

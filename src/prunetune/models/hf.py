@@ -106,6 +106,8 @@ def hf_model(name: str, num_classes: int, trust_code: bool = False, pretrained: 
 
 def load_tokenizer(src: str):
     tf = _transformers()
+    if _local(src) and not Path(src).expanduser().exists():
+        raise PrunetuneError(f"{src}: folder not found; check model.name (hf:<folder>) or data.tokenizer")
     try:
         return tf.AutoTokenizer.from_pretrained(src, local_files_only=_local(src))
     except (OSError, ValueError) as e:
