@@ -27,6 +27,9 @@ def test_same_seed_same_result(tmp_path, extra):
         for key in ("accuracy", "loss", "nonzero_params", "params", "gzip_bytes"):
             assert a["stages"][stage][key] == b["stages"][stage][key], (stage, key)
     assert [h["train_loss"] for h in a["finetune"]["history"]] == [h["train_loss"] for h in b["finetune"]["history"]]
+    assert [h["val_accuracy"] for h in a["finetune"]["history"]] == [h["val_accuracy"] for h in b["finetune"]["history"]]
+    assert a["plan"] == b["plan"]
+    assert a["nondeterministic_kernels"] is False and b["nondeterministic_kernels"] is False  # CPU
     for name in ("model.safetensors", "masks.safetensors"):
         pa, pb = tmp_path / "a" / "model" / name, tmp_path / "b" / "model" / name
         assert pa.exists() == pb.exists()
@@ -50,3 +53,4 @@ def test_cli_exit_code_3_on_runtime_fault(tmp_path):
     p = subprocess.run([sys.executable, "-m", "prunetune.cli", *args], capture_output=True, text=True, env=cli_env(tmp_path), timeout=300)
     assert p.returncode == 3, p.stderr[-1000:]
     assert "non-finite loss at step" in p.stderr and "Traceback" not in p.stderr
+    assert "no checkpoint was written yet" in p.stderr  # the fault came before fine-tuning's first checkpoint

@@ -13,18 +13,19 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Annotated, Any, Callable, Iterator
 
 import torch
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from torch import nn
 
 from . import __version__
-from .errors import PrunetuneError
+from .errors import PrunetuneError, RuntimeFault
 from .pruning.layers import sync_attributes
 from .pruning.masks import attach_mask, masked_layers, realise
 
@@ -41,11 +42,11 @@ class Manifest(BaseModel):
     torch_version: str
     task: str
     model: dict[str, Any]
-    num_classes: int
+    num_classes: int = Field(ge=1)
     class_names: list[str]
-    input_shape: list[int]
+    input_shape: list[Annotated[int, Field(gt=0)]] = Field(min_length=1)
     preprocess: dict[str, Any]
-    tensors: dict[str, list[int]]
+    tensors: dict[str, list[Annotated[int, Field(ge=0)]]]
     masks: dict[str, float] = {}
     recipe: dict[str, Any] = {}
     # Modules a fine-tuning method added that loading must rebuild (adapters, a prompt).
@@ -55,7 +56,38 @@ class Manifest(BaseModel):
 def atomic_dir(final: Path) -> Path:
     """A temporary sibling folder; `commit_dir` renames it to `final` when everything is written."""
     final.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+    try:
+        return Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+    except OSError as e:  # e.g. no write permission: name the folder asked for, not the temporary name
+        raise OSError(e.errno, e.strerror, str(final)) from None
+
+
+def as_final(e: BaseException, tmp: Path, final: Path) -> BaseException:
+    """An OSError about `tmp` (or a file inside it) re-aimed at `final`, where that file was going:
+    the temporary name means nothing to the user and is deleted by then. Other errors are returned as they are."""
+    name = getattr(e, "filename", None)
+    if not isinstance(e, OSError) or not name:
+        return e
+    try:
+        rel = Path(name).relative_to(tmp)
+    except ValueError:
+        return e
+    return OSError(e.errno, e.strerror, str(final / rel))
+
+
+def save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
+    """safetensors' save_file; its write errors (disk full, file size limit) arrive as SafetensorError,
+    made an OSError naming `path` again so the command line reports them as such."""
+    from safetensors import SafetensorError
+    from safetensors.torch import save_file
+
+    try:
+        save_file(tensors, str(path))
+    except SafetensorError as e:
+        code = re.search(r"os error (\d+)", str(e))
+        if code:
+            raise OSError(int(code.group(1)), os.strerror(int(code.group(1))), str(path)) from None
+        raise RuntimeFault(f"{path}: cannot write the weights ({str(e).splitlines()[0][:160]})") from None
 
 
 def commit_dir(tmp: Path, final: Path) -> None:
@@ -76,17 +108,18 @@ def staged_folder(final: Path, on_abort: Callable[[], None] | None = None) -> It
     try:
         yield tmp
         commit_dir(tmp, final)
-    except BaseException:
+    except BaseException as e:
         if on_abort is not None:
             on_abort()
         shutil.rmtree(tmp, ignore_errors=True)
+        renamed = as_final(e, tmp, final)
+        if renamed is not e:
+            raise renamed from None
         raise
 
 
 def save_model(model: nn.Module, folder: str | Path, info: dict[str, Any]) -> Path:
     """Write weights (masks realised), masks and manifest into `folder` (which must not exist)."""
-    from safetensors.torch import save_file
-
     folder = Path(folder)
     if folder.exists():
         raise PrunetuneError(f"{folder}: already exists; choose another output folder")
@@ -94,10 +127,10 @@ def save_model(model: nn.Module, folder: str | Path, info: dict[str, Any]) -> Pa
     try:
         plain = realise(model).cpu()
         state = {k: v.detach().contiguous().clone() for k, v in unique_state(plain).items()}
-        save_file(state, str(tmp / "model.safetensors"))
+        save_tensors(state, tmp / "model.safetensors")
         masks = {f"{name}.weight": m.detach().cpu().contiguous() for name, m in masked_layers(model).items()}
         if masks:
-            save_file(masks, str(tmp / "masks.safetensors"))
+            save_tensors(masks, tmp / "masks.safetensors")
         info = _save_hf_files(plain, tmp, info)
         manifest = {
             "format": FORMAT,
@@ -109,8 +142,11 @@ def save_model(model: nn.Module, folder: str | Path, info: dict[str, Any]) -> Pa
         }
         Manifest.model_validate(manifest)
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))
-    except BaseException:
+    except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
+        renamed = as_final(e, tmp, folder)
+        if renamed is not e:
+            raise renamed from None
         raise
     commit_dir(tmp, folder)
     return folder
@@ -258,6 +294,9 @@ def load_model(folder: str | Path, trust_code: bool = False) -> tuple[nn.Module,
     from .models import hf
 
     if hf.is_hf(spec.name):
+        if not (folder / "config.json").is_file():
+            raise PrunetuneError(f"{folder / 'config.json'}: missing; a saved transformers model needs its config, "
+                                 "re-save the model")
         # Built from the saved config (no weights fetched), then resized to the saved widths.
         config = hf.load_config(str(folder), manifest.num_classes, spec.trust_code)
         model = hf.hf_model(spec.name, manifest.num_classes, trust_code=spec.trust_code, pretrained=False, config=config)

@@ -38,6 +38,7 @@ def dense_key(recipe) -> str:
         data.pop(k, None)
     dense = recipe.dense.model_dump(mode="json", exclude_defaults=True)
     dense.pop("cache", None)
+    dense.pop("checkpoint_every_steps", None)  # fine-tuning only: does not change the dense model
     payload = {"format": FORMAT, "defaults": CACHE_DEFAULTS_VERSION, "task": recipe.task, "seed": recipe.seed,
                "model": recipe.model.model_dump(mode="json", exclude_defaults=True), "data": data, "dense": dense}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:20]

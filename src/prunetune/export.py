@@ -23,7 +23,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from .artifacts import load_model, read_manifest
+from .artifacts import as_final, load_model, read_manifest
 from .errors import PrunetuneError, RuntimeFault
 from .pruning.masks import realise
 
@@ -34,7 +34,10 @@ SEED = 20240607
 
 def temp_beside(final: Path, suffix: str = "") -> Path:
     """An empty temporary file in `final`'s folder (so os.replace is atomic), with umask permissions."""
-    fd, name = tempfile.mkstemp(prefix=f".{final.name}.tmp-", suffix=suffix, dir=final.parent)
+    try:
+        fd, name = tempfile.mkstemp(prefix=f".{final.name}.tmp-", suffix=suffix, dir=final.parent)
+    except OSError as e:  # e.g. no write permission: name the file asked for, not the temporary name
+        raise OSError(e.errno, e.strerror, str(final)) from None
     os.close(fd)
     umask = os.umask(0)
     os.umask(umask)
@@ -180,6 +183,8 @@ def export_onnx(model_dir: str | Path, out_file: str | Path | None = None, opset
                     dynamic_axes={**io.axes, "logits": {0: "batch"}},
                     opset_version=opset, do_constant_folding=True, dynamo=False,
                 )
+            except OSError:
+                raise  # writing the file failed (disk full, no permission): reported as such, naming --out
             except Exception as e:  # the exporter raises many types for unsupported ops
                 line = (str(e).strip().splitlines() or [e.__class__.__name__])[0][:200]
                 raise RuntimeFault(f"{model_dir}: ONNX export failed ({line})") from None
@@ -230,8 +235,11 @@ def export_onnx(model_dir: str | Path, out_file: str | Path | None = None, opset
             raise PrunetuneError(f"{out}: appeared while exporting; choose another --out or remove it")
         os.replace(tmp, out)
         os.replace(tmp_report, report_path)
-    except BaseException:
+    except BaseException as e:
         tmp.unlink(missing_ok=True)
         tmp_report.unlink(missing_ok=True)
+        renamed = as_final(as_final(e, tmp, out), tmp_report, report_path)
+        if renamed is not e:
+            raise renamed from None
         raise
     return report

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .artifacts import Manifest, load_model, read_manifest
+from .artifacts import Manifest, as_final, load_model, read_manifest
 from .data.image_folder import IMAGE_SUFFIXES, load_image
 from .errors import PrunetuneError
 from .registry import TASKS, load_builtins
@@ -221,7 +221,10 @@ def write_predictions(rows: Iterator[dict[str, Any]], out: str | Path | None) ->
         if out.exists():
             raise PrunetuneError(f"{out}: appeared while predicting; choose another --out or remove it")
         os.replace(tmp, out)
-    except BaseException:
+    except BaseException as e:
         tmp.unlink(missing_ok=True)
+        renamed = as_final(e, tmp, out)
+        if renamed is not e:
+            raise renamed from None
         raise
     return n

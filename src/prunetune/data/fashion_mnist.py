@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +31,8 @@ def read_idx(path: Path) -> np.ndarray:
         raise PrunetuneError(f"{path}: file not found; install dataset-fashion-mnist or set data.path") from None
     except (OSError, EOFError, gzip.BadGzipFile) as e:
         raise PrunetuneError(f"{path}: corrupt or truncated gzip ({e.__class__.__name__}); re-download the file") from None
+    except zlib.error as e:  # a damaged deflate stream: not an OSError
+        raise PrunetuneError(f"{path}: corrupt gzip data ({e}); re-download the file") from None
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _DTYPES:
         raise PrunetuneError(f"{path}: not an IDX file (bad magic number); give the original IDX file")
     ndim = raw[3]

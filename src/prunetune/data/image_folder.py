@@ -28,6 +28,9 @@ def load_image(path: Path, size: int | tuple[int, int] | list[int], channels: in
             arr = np.asarray(im, dtype=np.float32) / 255.0
     except (UnidentifiedImageError, OSError, ValueError) as e:
         raise PrunetuneError(f"{path}: unreadable image ({e.__class__.__name__}); remove or replace the file") from None
+    except Image.DecompressionBombError as e:  # not an OSError: a header claiming hundreds of megapixels
+        raise PrunetuneError(f"{path}: image too large to decode ({str(e).split(',')[0]}); "
+                             "resize it or remove the file") from None
     return arr[None] if channels == 1 else arr.transpose(2, 0, 1)
 
 

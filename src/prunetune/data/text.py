@@ -102,6 +102,9 @@ def read_table(path: Path, fmt: str, text_col: str | None = None, label_col: str
                 obj = json.loads(line)
             except json.JSONDecodeError as e:
                 raise PrunetuneError(f"{path}:{i}: malformed JSON ({e.msg}); write one JSON object per line") from None
+            except (ValueError, RecursionError) as e:  # a number of over 4300 digits; nesting too deep
+                raise PrunetuneError(f"{path}:{i}: unreadable JSON ({str(e).split(':')[0][:80]}); "
+                                     "write one flat JSON object per line") from None
             if not isinstance(obj, dict):
                 raise PrunetuneError(f"{path}:{i}: expected a JSON object per line, got {type(obj).__name__}")
             text_col = _pick_text_column(path, list(obj), text_col)
@@ -109,7 +112,10 @@ def read_table(path: Path, fmt: str, text_col: str | None = None, label_col: str
                 if col not in obj:
                     raise PrunetuneError(f"{path}:{i}: no field {col!r} (fields: {', '.join(obj)}); "
                                          "set data.text_column / data.label_column")
-            records.append((i, str(obj[text_col]).strip(), str(obj[label_col]).strip()))
+            try:
+                records.append((i, str(obj[text_col]).strip(), str(obj[label_col]).strip()))
+            except ValueError:  # str() of an integer of over 4300 digits
+                raise PrunetuneError(f"{path}:{i}: a number too long to read as text or label; quote it or shorten it") from None
     else:
         quoting = {"quoting": csv.QUOTE_NONE} if fmt == "tsv" else {}
         reader = csv.reader(io.StringIO(content, newline=""), delimiter="\t" if fmt == "tsv" else ",", **quoting)
@@ -219,7 +225,7 @@ def tokenize(rows: Rows, src: str, max_length: int, get_tok: Callable[[], Any]) 
         os.close(fd)
         save_file(out, tmp)
         os.replace(tmp, path)  # atomic: readers never see a half-written file
-    except OSError:
+    except (OSError, SafetensorError):  # safetensors reports a full disk as SafetensorError
         if tmp and os.path.exists(tmp):
             os.unlink(tmp)  # an unwritable cache only costs time
     return out

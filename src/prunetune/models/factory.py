@@ -31,10 +31,12 @@ def build_model(spec, num_classes: int, input_shape: tuple[int, ...]) -> nn.Modu
     factory = MODELS.get(name, "model.name")
     try:
         return factory(num_classes=num_classes, input_shape=tuple(input_shape), **kwargs)
-    except TypeError as e:
+    except (TypeError, ValueError, RuntimeError) as e:  # wrong names; bad values: hidden=[-3, 5], dropout=2
         from ..errors import PrunetuneError
 
-        raise PrunetuneError(f"model.kwargs: {e}; see the model's signature in `prunetune list`") from None
+        detail = (str(e).splitlines() or [e.__class__.__name__])[0][:160]
+        raise PrunetuneError(f"model.kwargs: {name} cannot be built with {kwargs} for {num_classes} classes and inputs "
+                             f"{list(input_shape)} ({detail}); see the model's signature in `prunetune list`") from None
 
 
 def classifier_name(model: nn.Module) -> str | None:
