@@ -6,7 +6,10 @@ FMNIST := /usr/share/datasets/fashion-mnist
 CHROMIUM := /usr/bin/chromium
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup data browser demo test bench clean
+PG_URL := postgresql://prunetune:prunetune@127.0.0.1:5432/prunetune_test
+AS_PG  := $(shell [ "$$(id -u)" = 0 ] && echo "runuser -u postgres --" || echo "sudo -u postgres")
+
+.PHONY: setup data browser postgres demo test bench clean
 
 setup: $(VENV)/.installed
 
@@ -25,11 +28,22 @@ data:
 browser:
 	@test -x $(CHROMIUM) || { $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q chromium; }
 
+# A real PostgreSQL server on loopback for the multi-worker sweep test (tests/test_sweep_postgres.py).
+postgres:
+	@command -v pg_ctlcluster >/dev/null || { $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q postgresql; }
+	@v=$$(ls /usr/lib/postgresql | sort -n | tail -1); \
+	  pg_lsclusters -h | grep -q "^$$v main" || $(SUDO) pg_createcluster $$v main; \
+	  pg_lsclusters -h | grep "^$$v main" | grep -q online || $(SUDO) pg_ctlcluster $$v main start
+	@$(AS_PG) psql -qtAc "SELECT 1 FROM pg_roles WHERE rolname='prunetune'" | grep -q 1 || \
+	  $(AS_PG) psql -qc "CREATE ROLE prunetune LOGIN PASSWORD 'prunetune' CREATEDB"
+	@$(AS_PG) psql -qtAc "SELECT 1 FROM pg_database WHERE datname='prunetune_test'" | grep -q 1 || \
+	  $(AS_PG) createdb -O prunetune prunetune_test
+
 demo: setup data
 	$(VENV)/bin/prunetune run
 
-test: setup data browser
-	$(PY) -m pytest
+test: setup data browser postgres
+	PRUNETUNE_TEST_PG_URL=$(PG_URL) $(PY) -m pytest
 
 bench: setup data
 	$(PY) benchmarks/fashion_mnist.py

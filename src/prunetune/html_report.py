@@ -252,3 +252,32 @@ def write_html(report: dict[str, Any], folder: Path, images: dict[str, bytes] | 
     path = folder / "report.html"
     path.write_text(render(report, folder, images), encoding="utf-8")
     return path
+
+
+def render_sweep(doc: dict[str, Any], folder: Path) -> str:
+    """The page of a sweep folder: balance point, Pareto plot and every trial."""
+    body = [f"<h1>Sweep {esc(doc['study'])}</h1>",
+            f"<p>Validation accuracy (max) against {esc(doc['objective_label'])} (min). Dense validation accuracy "
+            f"<b>{doc['dense']['val_accuracy']:.2f}</b>, tolerance {doc['tolerance']} pt (threshold {doc['threshold']:.2f}). "
+            f"Trials: {esc(', '.join(f'{n} {s}' for s, n in doc['counts'].items()))}.</p>"]
+    b = doc.get("balance")
+    if b:
+        t = b.get("test") or {}
+        rows = [["validation accuracy", f"{b['val_accuracy']:.2f}"], [doc["objective_label"], _cell(b["cost"])]]
+        if t:
+            rows += [["test accuracy (dense)", f"{t['accuracy']:.2f} ({t['dense_accuracy']:.2f})"],
+                     ["measured speedup batch 1 / N", f"{_cell(t.get('speedup_batch_1'))}× / {_cell(t.get('speedup_batch_N'))}×"],
+                     ["parameters / non-zeros", f"{t['params']:,} / {t['nonzero_params']:,}"],
+                     ["size (gzip)", f"{_fmt_bytes(t['size_bytes'])} ({_fmt_bytes(t['gzip_bytes'])})"]]
+        body += [f"<h2>Balance point: trial {doc['balance_trial']}</h2>",
+                 f"<p>{esc(', '.join(f'{k} = {v}' for k, v in b['params'].items()))}</p>", table(["", "value"], rows)]
+    else:
+        body.append("<p>No trial is within the tolerance yet.</p>")
+    png = folder / "pareto.png"
+    if png.is_file():
+        body += ["<h2>Pareto front</h2>", img(png.read_bytes(), "sweep: validation accuracy against cost, Pareto front and balance point")]
+    head = ["trial", "state", "params", "val acc", "cost", "speedup", "Pareto", "note"]
+    trs = [[r["trial"], r["state"], ", ".join(f"{k}={v}" for k, v in r["params"].items()), r["val_accuracy"], r["cost"],
+            r.get("speedup"), "balance" if r["balance"] else ("yes" if r["pareto"] else ""), r.get("note", "")] for r in doc["rows"]]
+    body += ["<h2>Trials</h2>", table(head, [[_cell(v) for v in r] for r in trs], numeric={0, 3, 4, 5})]
+    return _page(f"prunetune sweep {doc['study']}", body)

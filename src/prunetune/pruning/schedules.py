@@ -74,3 +74,14 @@ def gradual(spec, epochs: int) -> list[Phase]:
         frac = sch.start + (sch.end - sch.start) * j / sch.steps
         events.append((frac, round(cubic_sparsity(j, sch.steps, sch.initial_sparsity, spec.sparsity), 6)))
     return [Phase(None, epochs, events)]
+
+
+@SCHEDULES.register("adaptive")
+def adaptive(spec, epochs: int) -> list[Phase]:
+    """Raise sparsity step by step (as iterative) while validation accuracy stays within
+    `schedule.tolerance` of the dense model's; roll back to the last good step and stop when it
+    does not recover within `schedule.patience` extra epochs. `prune.sparsity` is the ceiling."""
+    k = spec.schedule.steps
+    keep = 1.0 - spec.sparsity
+    per = max(1, spec.schedule.epochs_per_step)
+    return [Phase(round(1.0 - keep ** (r / k), 6) if r < k else spec.sparsity, per) for r in range(1, k + 1)]

@@ -1,0 +1,535 @@
+"""`prunetune sweep`: search pruning x fine-tuning under an accuracy tolerance (Optuna).
+
+A multi-objective study over the recipe's `search.space` (any recipe field: a float or int range, or
+a choice) maximises validation accuracy and minimises a measured cost (latency, non-zeros, gzip
+bytes or MACs). The *balance point* is the cheapest trial whose validation accuracy is within
+`search.tolerance` of the dense model's; only it is scored on the test set (re-run as a normal run
+in `OUT/balance/`): the test set never guides the search.
+
+Trials are cheap where they can be: the dense model is trained once and cached by content hash
+(cache.py) and every trial starts from it; a trial is stopped after a fine-tuning epoch once its
+validation accuracy is so far below the threshold that the epochs left cannot plausibly recover it
+(`search.early_stop_slack` points per epoch left). Optuna's own pruners are single-objective only,
+so the stop raises `optuna.TrialPruned` from our epoch hook.
+
+Storage: a SQLite file `OUT/study.db` by default; any SQLAlchemy URL (PostgreSQL) lets many
+workers on many machines join one study (`--storage URL --study NAME`, the same command started N
+times). Workers heartbeat; a killed worker's trial is failed after three silent heartbeats and
+retried with the same parameters (Optuna's RetryFailedTrialCallback); the study stops at
+`search.trials` finished (complete or stopped) trials, counted across workers.
+
+Example recipe section:
+
+    search:
+      tolerance: 0.5
+      objective: latency
+      sampler: tpe
+      trials: 24
+      space:
+        prune.method: {choices: [structured, unstructured]}
+        prune.sparsity: [0.3, 0.9]
+        finetune.epochs: [1, 3]
+        finetune.lr: {low: 3.0e-4, high: 3.0e-3, log: true}
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import shutil
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from .errors import PrunetuneError
+from .recipe import Recipe, _set_path, format_validation_error
+
+def _relative_latency(stage: dict[str, Any], dense: dict[str, Any] | None = None) -> float:
+    """Latency at batch N relative to the dense model's, both measured in the same trial (so a busy
+    machine's drift between trials cancels out): 1 / measured speedup."""
+    if dense is None:
+        return 1.0
+    return stage["latency_ms"]["batch_N"]["p50"] / dense["latency_ms"]["batch_N"]["p50"]
+
+
+OBJECTIVES = {
+    "latency": ("latency relative to dense (batch N)", _relative_latency),
+    "nonzero": ("non-zero parameters", lambda s, d=None: s["nonzero_params"]),
+    "size": ("gzip bytes", lambda s, d=None: s["gzip_bytes"]),
+    "macs": ("MACs", lambda s, d=None: s["macs"]),
+}
+
+
+@dataclass
+class Dim:
+    name: str
+    kind: str  # float | int | choice
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    choices: list[Any] | None = None
+
+    def describe(self) -> Any:
+        return {"choices": self.choices} if self.kind == "choice" else {"low": self.low, "high": self.high, "log": self.log, "int": self.kind == "int"}
+
+    def extremes(self) -> list[Any]:
+        return list(self.choices) if self.kind == "choice" else [self.low, self.high]
+
+    def grid(self, points: int) -> list[Any]:
+        if self.kind == "choice":
+            return list(self.choices)
+        lo, hi = float(self.low), float(self.high)
+        vals = [math.exp(math.log(lo) + (math.log(hi) - math.log(lo)) * i / (points - 1)) if self.log else lo + (hi - lo) * i / (points - 1)
+                for i in range(points)]
+        return sorted({int(round(v)) for v in vals}) if self.kind == "int" else [round(v, 6) for v in vals]
+
+
+def _is_num(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def parse_space(space: dict[str, Any], base: dict[str, Any]) -> list[Dim]:
+    """Check every dimension names a recipe field and that its extreme values are valid there."""
+    if not space:
+        raise PrunetuneError("search.space: empty; add at least one dimension, e.g. prune.sparsity: [0.3, 0.9]")
+    dims = []
+    for name, v in space.items():
+        where = f"search.space.{name}"
+        if name.split(".")[0] in ("search", "name"):
+            raise PrunetuneError(f"{where}: cannot be searched; search model, data, dense, prune, finetune or evaluate fields")
+        if isinstance(v, list) and len(v) == 2 and all(_is_num(x) for x in v):
+            v = {"low": v[0], "high": v[1]}
+        if isinstance(v, dict) and "choices" in v and set(v) == {"choices"}:
+            if not isinstance(v["choices"], list) or not v["choices"]:
+                raise PrunetuneError(f"{where}: choices must be a non-empty list")
+            dim = Dim(name, "choice", choices=list(v["choices"]))
+        elif isinstance(v, dict) and {"low", "high"} <= set(v) <= {"low", "high", "log", "int"}:
+            lo, hi = v["low"], v["high"]
+            if not (_is_num(lo) and _is_num(hi)) or lo >= hi:
+                raise PrunetuneError(f"{where}: a range needs numbers low < high (got {lo!r}, {hi!r})")
+            if v.get("log") and lo <= 0:
+                raise PrunetuneError(f"{where}: a log range needs low > 0")
+            is_int = v.get("int", isinstance(lo, int) and isinstance(hi, int))
+            dim = Dim(name, "int" if is_int else "float", float(lo), float(hi), bool(v.get("log")))
+            if is_int:
+                dim.low, dim.high = int(lo), int(hi)
+        else:
+            raise PrunetuneError(f"{where}: give [low, high], {{low, high, log: true}} or {{choices: [...]}}")
+        for value in dim.extremes():
+            data = copy.deepcopy(base)
+            _set_path(data, name, value)
+            _validate(data, f"{where} = {value!r}")
+        dims.append(dim)
+    return dims
+
+
+def _validate(data: dict[str, Any], where: str) -> Recipe:
+    from pydantic import ValidationError
+
+    try:
+        return Recipe.model_validate(data)
+    except ValidationError as e:
+        msg = format_validation_error(e, where)
+        if "unknown key" in msg:
+            raise PrunetuneError(f"{where}: not a recipe field; see README's recipe reference") from None
+        raise PrunetuneError(msg) from None
+
+
+def _optuna():
+    try:
+        import optuna
+    except ImportError:
+        raise PrunetuneError("prunetune sweep needs optuna; pip install optuna") from None
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    return optuna
+
+
+def open_storage(url: str, spec):
+    """An Optuna RDB storage with heartbeats and retry of failed (killed) trials."""
+    _optuna()
+    from optuna.storages import RDBStorage, RetryFailedTrialCallback
+
+    kwargs: dict[str, Any] = {"pool_pre_ping": True}
+    if url.startswith("sqlite"):
+        kwargs["connect_args"] = {"timeout": 60}  # concurrent workers on one machine wait for the lock
+    else:
+        kwargs["connect_args"] = {"connect_timeout": 10}
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # heartbeats are marked experimental in Optuna
+            return RDBStorage(url, engine_kwargs=kwargs, heartbeat_interval=spec.heartbeat_s, grace_period=3 * spec.heartbeat_s,
+                              heartbeat_stale_trial_callback=RetryFailedTrialCallback(max_retry=spec.retries))
+    except ImportError as e:
+        raise PrunetuneError(f"--storage: the database driver is missing ({e}); for PostgreSQL: pip install 'prunetune[postgres]'") from None
+    except Exception as e:  # sqlalchemy raises many types for a bad or unreachable URL
+        from sqlalchemy.engine import make_url
+
+        try:
+            u = make_url(url)
+            where = f"{u.host or 'localhost'}:{u.port or 'default port'}" if u.drivername.split("+")[0] != "sqlite" else u.database
+        except Exception:
+            where = url.split("@")[-1]
+        first = (str(e).strip().splitlines() or [e.__class__.__name__])[0][:160]
+        raise PrunetuneError(f"--storage: cannot open the study storage at {where} ({first}); check the URL and that the server runs") from None
+
+
+def _sampler(spec, dims: list[Dim], seed: int | None):
+    optuna = _optuna()
+    if spec.sampler == "tpe":
+        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=max(4, min(10, spec.trials // 3)))
+    if spec.sampler == "nsga2":
+        return optuna.samplers.NSGAIISampler(seed=seed, population_size=max(4, min(50, spec.trials // 3)))
+    if spec.sampler == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    return optuna.samplers.GridSampler({d.name: d.grid(spec.grid_points) for d in dims}, seed=seed)
+
+
+def _suggest(trial, d: Dim) -> Any:
+    if d.kind == "choice":
+        return trial.suggest_categorical(d.name, d.choices)
+    if d.kind == "int":
+        return trial.suggest_int(d.name, int(d.low), int(d.high), log=d.log)
+    return trial.suggest_float(d.name, d.low, d.high, log=d.log)
+
+
+def _total_epochs(recipe: Recipe) -> int:
+    from .registry import SCHEDULES
+
+    phases = SCHEDULES.get(recipe.prune.schedule.kind)(recipe.prune, recipe.finetune.epochs)
+    return sum(p.epochs for p in phases)
+
+
+def dense_reference(recipe: Recipe, log: Callable[[str], None]) -> dict[str, Any]:
+    """The dense model's validation accuracy and costs (the tolerance's and the plot's reference)."""
+    import dataclasses
+
+    from .cache import obtain_dense
+    from .data import build_data
+    from .measure import measure_stage, reference_counts
+    from .pipeline import seed_everything
+    from .registry import TASKS, load_builtins
+    from .training import pick_device
+
+    load_builtins()
+    seed_everything(recipe.seed)
+    device = pick_device(recipe.evaluate.device)
+    task = TASKS.get(recipe.task, "task")()
+    bundle = build_data(recipe.data, recipe.seed, recipe.model)
+    bundle = dataclasses.replace(bundle, test=bundle.val)
+    dense, info = obtain_dense(recipe, bundle, task, device, log)
+    stage = measure_stage(dense, task, bundle, recipe.evaluate, device, reference_counts(dense, []))
+    return {"val_accuracy": stage["accuracy"], "stage": {k: v for k, v in stage.items() if k != "per_class_accuracy"},
+            "cache": info.get("cache")}
+
+
+class Sweep:
+    def __init__(self, recipe: Recipe, out: Path, storage: str | None, study_name: str | None,
+                 log: Callable[[str], None]) -> None:
+        if recipe.search is None:
+            raise PrunetuneError("search: the recipe has no search section; add search.space (see README: prunetune sweep)")
+        self.recipe, self.spec, self.out, self.log = recipe, recipe.search, Path(out), log
+        if self.spec.objective == "latency" and not recipe.evaluate.latency:
+            raise PrunetuneError("search.objective latency needs evaluate.latency: true")
+        self.base = recipe.model_dump(mode="json", exclude={"search"})
+        self.dims = parse_space(self.spec.space, self.base)
+        self.local = storage is None
+        self.storage_url = storage or f"sqlite:///{(self.out / 'study.db').resolve()}"
+        self.study_name = study_name or recipe.name
+
+    # -- study ----------------------------------------------------------------------------
+    def _signature(self) -> dict[str, Any]:
+        return {"space": {d.name: d.describe() for d in self.dims}, "objective": self.spec.objective,
+                "tolerance": self.spec.tolerance, "base": self.base}
+
+    def open(self, create: bool = True):
+        optuna = _optuna()
+        self.out.mkdir(parents=True, exist_ok=True)
+        storage = open_storage(self.storage_url, self.spec)
+        if not create:
+            try:
+                return optuna.load_study(study_name=self.study_name, storage=storage)
+            except KeyError:
+                raise PrunetuneError(f"--study {self.study_name}: no such study in the storage; run the sweep first") from None
+        seed = self.recipe.seed if self.local else None  # workers sharing a study must not draw the same points
+        study = optuna.create_study(storage=storage, study_name=self.study_name, directions=["maximize", "minimize"],
+                                    sampler=_sampler(self.spec, self.dims, seed), load_if_exists=True)
+        sig = self._signature()
+        have = study.user_attrs.get("signature")
+        if have is not None and have != sig:
+            raise PrunetuneError(
+                f"--study {self.study_name}: exists with a different search space, objective, tolerance or base recipe; "
+                f"name a new study (--study {self.study_name}-2) or use another --storage")
+        if have is None:
+            study.set_user_attr("signature", sig)
+        if "dense" not in study.user_attrs:
+            self.log("sweep: measuring the dense model on the validation split")
+            study.set_user_attr("dense", dense_reference(self.recipe, self.log))
+        return study
+
+    # -- one trial ------------------------------------------------------------------------
+    def objective(self, trial, dense_val: float) -> tuple[float, float]:
+        optuna = _optuna()
+        from .pipeline import run
+
+        params = {d.name: _suggest(trial, d) for d in self.dims}
+        data = copy.deepcopy(self.base)
+        for k, v in params.items():
+            _set_path(data, k, v)
+        data["name"] = f"{self.recipe.name}-trial{trial.number}"
+        try:
+            recipe = _validate(data, "trial")
+        except PrunetuneError as e:  # an invalid combination (e.g. N:M with a gradual schedule)
+            trial.set_user_attr("invalid", str(e))
+            self.log(f"trial {trial.number}: skipped, invalid combination ({e})")
+            raise optuna.TrialPruned() from None
+        trial.set_user_attr("recipe", data)
+        threshold = dense_val - self.spec.tolerance
+        total, seen, curve = _total_epochs(recipe), [0], []
+
+        def check(row: dict[str, Any]) -> None:
+            seen[0] += 1
+            curve.append(row["val_accuracy"])
+            left = max(0, total - seen[0])
+            if row["val_accuracy"] < threshold - self.spec.early_stop_slack * left:
+                trial.set_user_attr("val_curve", curve)
+                trial.set_user_attr("stopped_at_epoch", seen[0])
+                raise optuna.TrialPruned(f"validation accuracy {row['val_accuracy']:.2f} after epoch {seen[0]}")
+
+        folder = self.out / "trials" / f"trial-{trial.number:04d}"
+        if folder.exists():
+            shutil.rmtree(folder)
+        shown = ", ".join(f"{k}={_short(v)}" for k, v in params.items())
+        self.log(f"trial {trial.number}: {shown}")
+        t0 = time.time()
+        try:
+            rep = run(recipe, folder, log=lambda m: None, score_on="val", save=False, on_finetune_epoch=check, checkpoint=False)
+        except optuna.TrialPruned:
+            self.log(f"trial {trial.number}: stopped early (validation accuracy {curve[-1]:.2f}, threshold {threshold:.2f})")
+            raise
+        f, d = rep["stages"]["finetuned"], rep["stages"]["dense"]
+        cost = float(OBJECTIVES[self.spec.objective][1](f, d))
+        result = {
+            "val_accuracy": f["accuracy"], "cost": cost, "params": f["params"], "nonzero_params": f["nonzero_params"],
+            "sparsity": f["sparsity"], "macs": f["macs"], "gzip_bytes": f["gzip_bytes"],
+            "latency_ms": (f.get("latency_ms") or {}).get("batch_N", {}).get("p50"),
+            "speedup": rep["speedup"]["finetuned"].get("speedup_batch_N"),
+            "dense_latency_ms": (d.get("latency_ms") or {}).get("batch_N", {}).get("p50"),
+            "wall_s": round(time.time() - t0, 1), "val_curve": curve,
+        }
+        trial.set_user_attr("result", result)
+        self.log(f"trial {trial.number}: val {f['accuracy']:.2f} (dense {dense_val:.2f}), {self.spec.objective} {_short(cost)}"
+                 + (f", speedup {result['speedup']:.2f}x" if result["speedup"] else "") + f" ({result['wall_s']:.0f}s)")
+        return f["accuracy"], cost
+
+    def optimize(self, trials: int | None) -> Any:
+        from optuna.study import MaxTrialsCallback
+        from optuna.trial import TrialState
+
+        study = self.open()
+        target = self.spec.trials if trials is None else trials
+        dense_val = study.user_attrs["dense"]["val_accuracy"]
+        done = _finished(study)
+        self.log(f"sweep: study {self.study_name!r} at {_redact(self.storage_url)}: {done} of {target} trials finished; "
+                 f"dense validation accuracy {dense_val:.2f}, tolerance {self.spec.tolerance}")
+        if done < target:
+            study.optimize(lambda t: self.objective(t, dense_val), n_trials=target,
+                           callbacks=[MaxTrialsCallback(target, states=(TrialState.COMPLETE, TrialState.PRUNED))],
+                           catch=(), gc_after_trial=True)
+        return study
+
+
+def _short(v: Any) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+def _redact(url: str) -> str:
+    if "@" in url and "://" in url:
+        scheme, rest = url.split("://", 1)
+        return f"{scheme}://***@{rest.split('@', 1)[1]}"
+    return url
+
+
+def _finished(study) -> int:
+    from optuna.trial import TrialState
+
+    return sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in study.get_trials(deepcopy=False))
+
+
+# -- outputs ------------------------------------------------------------------------------------
+
+
+def summarise(study, spec) -> dict[str, Any]:
+    """Everything the outputs show, from the study storage alone."""
+    from optuna.trial import TrialState
+
+    dense = study.user_attrs["dense"]
+    threshold = dense["val_accuracy"] - spec.tolerance
+    rows, complete = [], []
+    for t in study.get_trials(deepcopy=False):
+        r = t.user_attrs.get("result") or {}
+        row = {"trial": t.number, "state": t.state.name.lower(), "params": t.params,
+               "val_accuracy": r.get("val_accuracy"), "cost": r.get("cost"), "speedup": r.get("speedup"),
+               "nonzero_params": r.get("nonzero_params"), "gzip_bytes": r.get("gzip_bytes"), "wall_s": r.get("wall_s")}
+        if t.state == TrialState.PRUNED:
+            row["note"] = t.user_attrs.get("invalid") or f"stopped after epoch {t.user_attrs.get('stopped_at_epoch')}"
+        if t.state == TrialState.FAIL:
+            row["note"] = "failed (worker died or error)"
+        retry_of = t.system_attrs.get("failed_trial")
+        if retry_of is not None:
+            row["retry_of"] = retry_of
+        rows.append(row)
+        if t.state == TrialState.COMPLETE and r:
+            complete.append(row)
+    front = _pareto(complete)
+    feasible = [r for r in complete if r["val_accuracy"] >= threshold]
+    balance = min(feasible, key=lambda r: (r["cost"], -r["val_accuracy"])) if feasible else None
+    for r in rows:
+        r["pareto"] = r in front
+        r["balance"] = balance is not None and r["trial"] == balance["trial"]
+    states = [r["state"] for r in rows]
+    return {
+        "study": study.study_name, "objective": spec.objective, "objective_label": OBJECTIVES[spec.objective][0],
+        "tolerance": spec.tolerance, "dense": dense, "threshold": threshold, "rows": rows,
+        "front": [r["trial"] for r in front], "balance_trial": balance["trial"] if balance else None,
+        "counts": {s: states.count(s) for s in sorted(set(states))},
+    }
+
+
+def _pareto(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Rows no other row beats on both accuracy (higher) and cost (lower)."""
+    out = []
+    for r in rows:
+        dominated = any(o["val_accuracy"] >= r["val_accuracy"] and o["cost"] <= r["cost"]
+                        and (o["val_accuracy"] > r["val_accuracy"] or o["cost"] < r["cost"]) for o in rows)
+        if not dominated:
+            out.append(r)
+    return sorted(out, key=lambda r: r["cost"])
+
+
+def plot(doc: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    done = [r for r in doc["rows"] if r["val_accuracy"] is not None]
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
+    ax.scatter([r["cost"] for r in done], [r["val_accuracy"] for r in done], s=18, color="#9aa5b1", label="trials")
+    front = sorted((r for r in done if r["pareto"]), key=lambda r: r["cost"])
+    if front:
+        ax.plot([r["cost"] for r in front], [r["val_accuracy"] for r in front], "-o", color="#1f6feb", ms=5, label="Pareto front")
+    stage = doc["dense"]["stage"]
+    try:
+        dense_cost = OBJECTIVES[doc["objective"]][1](stage)
+        ax.scatter([dense_cost], [doc["dense"]["val_accuracy"]], marker="*", s=160, color="black", label="dense", zorder=5)
+    except (KeyError, TypeError):
+        pass
+    ax.axhline(doc["threshold"], ls="--", color="#d1242f", lw=1, label=f"dense − {doc['tolerance']} pt")
+    bal = next((r for r in done if r["balance"]), None)
+    if bal:
+        ax.scatter([bal["cost"]], [bal["val_accuracy"]], s=140, facecolors="none", edgecolors="#d1242f", lw=2,
+                   label=f"balance point (trial {bal['trial']})", zorder=6)
+    if doc["objective"] == "latency":
+        ax.axvline(1.0, color="black", lw=0.6, alpha=0.4)
+    ax.set_xlabel(doc["objective_label"])
+    ax.set_ylabel("validation accuracy (%)")
+    if doc["objective"] != "latency":
+        ax.set_xscale("log")
+    accs = [r["val_accuracy"] for r in done]
+    lo, hi = min(accs + [doc["threshold"]]), max(accs + [doc["dense"]["val_accuracy"]])
+    ax.set_ylim(max(lo - 1, doc["threshold"] - 8), hi + 1)  # far-off trials fall below the frame
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    ax.set_title(f"sweep {doc['study']}: accuracy against {doc['objective_label']}")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def to_markdown(doc: dict[str, Any]) -> str:
+    lines = [f"# Sweep `{doc['study']}`", "",
+             f"Objective: validation accuracy (max) against {doc['objective_label']} (min). Dense validation accuracy "
+             f"{doc['dense']['val_accuracy']:.2f}; tolerance {doc['tolerance']} pt (threshold {doc['threshold']:.2f}). "
+             f"Trials: {', '.join(f'{n} {s}' for s, n in doc['counts'].items())}.", ""]
+    b = doc.get("balance")
+    if b:
+        t = b.get("test") or {}
+        lines += [f"**Balance point: trial {doc['balance_trial']}** — " + ", ".join(f"{k}={_short(v)}" for k, v in b["params"].items()),
+                  "", f"validation {b['val_accuracy']:.2f}" + (f"; test {t['accuracy']:.2f} (dense {t['dense_accuracy']:.2f}), "
+                  f"measured speedup {_short(t.get('speedup_batch_N'))}× at batch N, {_short(t.get('speedup_batch_1'))}× at batch 1, "
+                  f"non-zeros {t['nonzero_params']:,}, gzip {t['gzip_bytes']:,} bytes; run folder `{b.get('folder')}`" if t else
+                  " (not yet scored on the test set)"), ""]
+    else:
+        lines += ["No trial is within the tolerance yet.", ""]
+    lines += ["| trial | state | params | val acc | cost | speedup | Pareto | note |", "|---:|---|---|---:|---:|---:|---|---|"]
+    for r in doc["rows"]:
+        p = ", ".join(f"{k.split('.')[-1]}={_short(v)}" for k, v in r["params"].items())
+        acc = "" if r["val_accuracy"] is None else f"{r['val_accuracy']:.2f}"
+        cost = "" if r["cost"] is None else _short(r["cost"])
+        sp = "" if not r.get("speedup") else f"{r['speedup']:.2f}×"
+        mark = "balance" if r["balance"] else ("yes" if r["pareto"] else "")
+        lines.append(f"| {r['trial']} | {r['state']} | {p} | {acc} | {cost} | {sp} | {mark} | {r.get('note', '')} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_outputs(sweep: Sweep, study, score: bool) -> dict[str, Any]:
+    """sweep.json / sweep.md / pareto.png / report.html; with `score`, the balance point is re-run
+    as a normal run in OUT/balance (scored on the test set) unless that folder exists."""
+    from .artifacts import atomic_dir
+    from .html_report import render_sweep
+
+    doc = summarise(study, sweep.spec)
+    out = sweep.out
+    bal_dir = out / "balance"
+    if doc["balance_trial"] is not None:
+        trial = next(t for t in study.get_trials(deepcopy=False) if t.number == doc["balance_trial"])
+        row = next(r for r in doc["rows"] if r["trial"] == doc["balance_trial"])
+        doc["balance"] = {"params": trial.params, "val_accuracy": row["val_accuracy"], "cost": row["cost"]}
+        if score and not bal_dir.exists():
+            from .pipeline import run
+
+            data = dict(trial.user_attrs["recipe"])
+            data["name"] = f"{sweep.recipe.name}-balance"
+            sweep.log(f"sweep: scoring the balance point (trial {trial.number}) on the test set -> {bal_dir}")
+            try:
+                run(_validate(data, "balance"), bal_dir, log=lambda m: sweep.log(f"balance: {m}"))
+            except PrunetuneError as e:
+                if not bal_dir.exists():
+                    raise
+                sweep.log(f"sweep: {e}")  # another worker scored it meanwhile
+        rep_path = bal_dir / "report.json"
+        if rep_path.exists():
+            rep = json.loads(rep_path.read_text())
+            if rep.get("recipe", {}).get("name") == f"{sweep.recipe.name}-balance":
+                f, d = rep["stages"]["finetuned"], rep["stages"]["dense"]
+                doc["balance"]["folder"] = str(bal_dir)
+                doc["balance"]["test"] = {"accuracy": f["accuracy"], "dense_accuracy": d["accuracy"],
+                                          "nonzero_params": f["nonzero_params"], "params": f["params"], "gzip_bytes": f["gzip_bytes"],
+                                          "size_bytes": f["size_bytes"], "macs": f["macs"], **rep["speedup"]["finetuned"]}
+    tmp = atomic_dir(out / "report")
+    try:
+        (tmp / "sweep.json").write_text(json.dumps(doc, indent=2))
+        (tmp / "sweep.md").write_text(to_markdown(doc))
+        plot(doc, tmp / "pareto.png")
+        (tmp / "report.html").write_text(render_sweep(doc, tmp), encoding="utf-8")
+        for name in ("sweep.json", "sweep.md", "pareto.png", "report.html"):
+            os.replace(tmp / name, out / name)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return doc
+
+
+def sweep(recipe: Recipe, out: str | Path, *, trials: int | None = None, storage: str | None = None,
+          study: str | None = None, report_only: bool = False, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Run (or join) the study, then write its outputs; `report_only` rebuilds outputs from storage."""
+    s = Sweep(recipe, Path(out), storage, study, log)
+    t0 = time.time()
+    st = s.open(create=False) if report_only else s.optimize(trials)
+    doc = write_outputs(s, st, score=not report_only)
+    doc["wall_s_this_worker"] = round(time.time() - t0, 1)
+    log(f"sweep: {_finished(st)} trials finished; outputs in {s.out} (sweep.md, pareto.png, report.html)")
+    return doc

@@ -1,0 +1,151 @@
+"""prunetune sweep: the balance point under a tolerance, outputs rebuilt from storage, bad input,
+and the adaptive schedule (issue 4). Tiny models and in-process synthetic data; the PostgreSQL
+multi-worker test is in test_sweep_postgres.py."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from prunetune.errors import PrunetuneError
+from prunetune.recipe import Recipe
+from prunetune.sweep import sweep
+
+BASE = {
+    "name": "sw",
+    "model": {"name": "tiny_cnn"},
+    "data": {"source": "synthetic", "limit": 240},
+    "dense": {"epochs": 4},
+    "finetune": {"epochs": 2},
+    "evaluate": {"min_run_time": 0.02, "memory": False},
+}
+
+
+def _recipe(search: dict, **extra) -> Recipe:
+    return Recipe.model_validate({**BASE, **extra, "search": search})
+
+
+SEARCH = {"tolerance": 3.0, "sampler": "grid", "trials": 4, "grid_points": 2, "objective": "nonzero",
+          "space": {"prune.method": {"choices": ["structured", "unstructured"]}, "prune.sparsity": [0.3, 0.8]}}
+
+
+def test_sweep_finds_the_cheapest_model_within_tolerance_and_scores_only_it_on_test(tmp_path, monkeypatch):
+    logs: list[str] = []
+    doc = sweep(_recipe(SEARCH), tmp_path / "s", log=logs.append)
+    rows = doc["rows"]
+    assert len(rows) == 4 and {r["state"] for r in rows} <= {"complete", "pruned"}
+    assert sorted((r["params"]["prune.method"], r["params"]["prune.sparsity"]) for r in rows) == [
+        ("structured", 0.3), ("structured", 0.8), ("unstructured", 0.3), ("unstructured", 0.8)]
+    done = [r for r in rows if r["state"] == "complete"]
+    feasible = [r for r in done if r["val_accuracy"] >= doc["threshold"]]
+    assert doc["threshold"] == pytest.approx(doc["dense"]["val_accuracy"] - 3.0)
+    if feasible:
+        best = min(feasible, key=lambda r: r["cost"])
+        assert doc["balance_trial"] == best["trial"]
+        # Only the balance point is scored on the test set, as a complete run folder.
+        rep = json.loads((tmp_path / "s" / "balance" / "report.json").read_text())
+        assert rep["scored_on"] == "test" and (tmp_path / "s" / "balance" / "model" / "manifest.json").exists()
+        assert doc["balance"]["test"]["accuracy"] == rep["stages"]["finetuned"]["accuracy"]
+        # The re-run reproduces the trial (same seed): same non-zero count as the trial measured.
+        assert rep["stages"]["finetuned"]["nonzero_params"] == best["nonzero_params"]
+    for r in done:  # trials never touch the test set
+        trial_rep = json.loads((tmp_path / "s" / "trials" / f"trial-{r['trial']:04d}" / "report.json").read_text())
+        assert trial_rep["scored_on"] == "val" and not (tmp_path / "s" / "trials" / f"trial-{r['trial']:04d}" / "model").exists()
+    # The front holds no dominated trial.
+    front = [r for r in done if r["pareto"]]
+    for f in front:
+        assert not any(o["val_accuracy"] > f["val_accuracy"] and o["cost"] < f["cost"] for o in done)
+    for name in ("sweep.json", "sweep.md", "pareto.png", "report.html", "study.db"):
+        assert (tmp_path / "s" / name).exists(), name
+    html = (tmp_path / "s" / "report.html").read_text()
+    assert "data:image/png;base64," in html and "Pareto front" in html
+
+    # --report rebuilds every output from the storage alone: nothing is trained or run.
+    import prunetune.pipeline as pipeline
+
+    monkeypatch.setattr(pipeline, "run", lambda *a, **k: pytest.fail("--report must not run anything"))
+    (tmp_path / "s" / "sweep.md").unlink()
+    again = sweep(_recipe(SEARCH), tmp_path / "s", report_only=True, log=logs.append)
+    assert (tmp_path / "s" / "sweep.md").exists()
+    assert [r["val_accuracy"] for r in again["rows"]] == [r["val_accuracy"] for r in rows]
+    assert again["balance_trial"] == doc["balance_trial"]
+
+
+def test_trials_that_cannot_reach_the_tolerance_stop_early(tmp_path):
+    # Zero slack and tolerance: any epoch below the dense accuracy stops the trial.
+    search = {**SEARCH, "tolerance": 0.0, "early_stop_slack": 0.0, "trials": 2, "sampler": "grid",
+              "space": {"prune.sparsity": {"choices": [0.9]}, "prune.method": {"choices": ["structured"]}}}
+    doc = sweep(_recipe(search, finetune={"epochs": 3, "lr": 1e-5}), tmp_path / "s", log=lambda m: None)
+    stopped = [r for r in doc["rows"] if r["state"] == "pruned"]
+    assert stopped and all("stopped after epoch 1" in r["note"] for r in stopped)
+    assert doc["balance_trial"] is None
+
+
+def test_a_study_never_runs_more_trials_than_asked_and_resumes(tmp_path):
+    search = {**SEARCH, "sampler": "random", "trials": 2}
+    sweep(_recipe(search), tmp_path / "s", log=lambda m: None)
+    doc = sweep(_recipe(search), tmp_path / "s", trials=3, log=lambda m: None)
+    assert len(doc["rows"]) == 3  # two from the first call, one more
+    doc = sweep(_recipe(search), tmp_path / "s", trials=3, log=lambda m: None)
+    assert len(doc["rows"]) == 3
+
+
+@pytest.mark.parametrize("space,needle", [
+    ({"prune.sparsityy": [0.3, 0.9]}, "search.space.prune.sparsityy = 0.3: not a recipe field"),
+    ({"prune.sparsity": [0.3, 1.2]}, "search.space.prune.sparsity = 1.2"),
+    ({"prune.method": {"choices": ["structured", "magic"]}}, "unknown pruner 'magic'"),
+    ({"prune.sparsity": [0.9, 0.3]}, "low < high"),
+    ({"prune.sparsity": "half"}, "give [low, high]"),
+    ({}, "search.space: empty"),
+])
+def test_bad_search_spaces_are_refused_before_anything_runs(tmp_path, space, needle):
+    with pytest.raises(PrunetuneError, match=None) as e:
+        sweep(_recipe({**SEARCH, "space": space}), tmp_path / "s", log=lambda m: None)
+    assert needle in str(e.value)
+    assert not (tmp_path / "s" / "study.db").exists()
+
+
+def test_negative_tolerance_is_a_recipe_error():
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="tolerance"):
+        _recipe({**SEARCH, "tolerance": -0.5})
+
+
+def test_a_study_with_another_search_space_is_refused_and_kept(tmp_path):
+    search = {**SEARCH, "sampler": "random", "trials": 1}
+    sweep(_recipe(search), tmp_path / "s", log=lambda m: None)
+    before = (tmp_path / "s" / "sweep.json").read_text()
+    other = {**search, "space": {"prune.sparsity": [0.2, 0.6]}}
+    with pytest.raises(PrunetuneError, match=r"exists with a different search space.*--study sw-2"):
+        sweep(_recipe(other), tmp_path / "s", log=lambda m: None)
+    doc = sweep(_recipe(search), tmp_path / "s", report_only=True, log=lambda m: None)
+    assert len(doc["rows"]) == 1 and (tmp_path / "s" / "sweep.json").read_text() == before
+
+
+def test_an_unreachable_storage_is_one_line_naming_host_and_port(tmp_path):
+    with pytest.raises(PrunetuneError) as e:
+        sweep(_recipe(SEARCH), tmp_path / "s", storage="postgresql://u:secret@127.0.0.1:9/nodb", log=lambda m: None)
+    msg = str(e.value)
+    assert "127.0.0.1:9" in msg and "\n" not in msg and "secret" not in msg
+
+
+def test_adaptive_schedule_rolls_back_to_the_last_good_step(tmp_path):
+    from prunetune.pipeline import run
+
+    r = Recipe.model_validate({**BASE, "prune": {"method": "unstructured", "sparsity": 0.97,
+                                                 "schedule": {"kind": "adaptive", "steps": 5, "tolerance": 2.0, "patience": 1}},
+                               "finetune": {"epochs": 1}, "evaluate": {"latency": False, "memory": False}})
+    rep = run(r, tmp_path / "r", log=lambda m: None)
+    a = rep["adaptive"]
+    steps = a["steps"]
+    assert all(s["within_tolerance"] for s in steps[:-1])
+    if a["rolled_back"]:
+        assert not steps[-1]["within_tolerance"]
+        kept = steps[-2]["sparsity"] if len(steps) > 1 else 0.0
+        assert a["kept_sparsity"] == kept
+        # The saved model has the kept step's sparsity over the pruned layers, not the failed one's.
+        assert rep["stages"]["finetuned"]["prunable_sparsity"] == pytest.approx(kept, abs=0.01)
+    else:
+        assert a["kept_sparsity"] == 0.97 and len(steps) == 5
