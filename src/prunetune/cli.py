@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import sys
 from pathlib import Path
@@ -9,7 +10,7 @@ from typing import List, Optional
 
 import typer
 
-from .errors import PrunetuneError
+from .errors import PrunetuneError, one_line
 
 TRACK_HELP = "log params, per-epoch metrics and the report to an experiment tracker: tensorboard or mlflow"
 TRACK_URI_HELP = "MLflow tracking URI (default $MLFLOW_TRACKING_URI, else a file store in mlruns/ beside the run folder)"
@@ -21,6 +22,9 @@ def _log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
+_MACHINE_FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+
+
 def _guard(fn):
     """Turn our errors into one line on stderr and an exit code (2 bad input, 3 runtime fault)."""
     try:
@@ -28,12 +32,21 @@ def _guard(fn):
     except PrunetuneError as e:
         print(f"error: {e}", file=sys.stderr)
         raise typer.Exit(e.exit_code) from None
-    except KeyboardInterrupt:
-        print("interrupted: nothing was left half-written", file=sys.stderr)
+    except KeyboardInterrupt as e:
+        if getattr(e, "out", None) is not None:  # errors.Interrupted: a checkpoint was written
+            print(f"interrupted: resume with prunetune run --resume {e.out}", file=sys.stderr)
+        else:
+            print("interrupted: nothing was left half-written", file=sys.stderr)
         raise typer.Exit(130) from None
     except OSError as e:
-        where = f"{e.filename}: " if getattr(e, "filename", None) else ""
-        print(f"error: {where}{e.strerror or e}; check the path, free space and permissions", file=sys.stderr)
+        # A full disk, a quota or a file size limit is a runtime fault of the machine (3); any other
+        # OSError (no permission, not a folder, read-only file system) is a path the user gave (2).
+        where = f"{one_line(str(e.filename))}: " if getattr(e, "filename", None) else ""
+        what = one_line(e.strerror or str(e) or e.__class__.__name__)
+        if e.errno in _MACHINE_FULL:
+            print(f"error: {where}{what}; free space (or raise the limit) and run again", file=sys.stderr)
+            raise typer.Exit(3) from None
+        print(f"error: {where}{what}; check the path, free space and permissions", file=sys.stderr)
         raise typer.Exit(2) from None
 
 
@@ -44,21 +57,72 @@ def run(
     out: Optional[Path] = typer.Option(None, "--out", help="run folder (default runs/NAME-TIMESTAMP); must not exist"),
     track: Optional[str] = typer.Option(None, "--track", help=TRACK_HELP),
     track_uri: Optional[str] = typer.Option(None, "--track-uri", help=TRACK_URI_HELP),
+    resume: Optional[Path] = typer.Option(None, "--resume", metavar="OUT_DIR",
+                                          help="continue the interrupted run whose --out was OUT_DIR from its last "
+                                          "checkpoint (OUT_DIR.checkpoint/); the recipe comes from the checkpoint"),
 ) -> None:
     """Prune, fine-tune and measure as the recipe says; write a run folder."""
 
     def go():
         from .pipeline import run as run_recipe
-        from .recipe import load_recipe
+        from .recipe import Recipe, load_recipe
         from .report import speedups
 
-        r = load_recipe(recipe, set_)
-        report = run_recipe(r, out, log=_log, track=track, track_uri=track_uri)
+        if resume is not None:
+            from .checkpoint import resume_run
+
+            if recipe is not None or set_ or (out is not None and out != resume):
+                raise PrunetuneError("--resume: the recipe and the output folder come from the checkpoint; "
+                                     "drop RECIPE, --set and --out")
+            report = resume_run(resume, log=_log, track=track, track_uri=track_uri)
+            r = Recipe.model_validate(report["recipe"])
+        else:
+            from .checkpoint import refuse_stale
+
+            r = load_recipe(recipe, set_)
+            if out is not None:
+                refuse_stale(out)
+            report = run_recipe(r, out, log=_log, track=track, track_uri=track_uri)
         s = report["stages"]
         sp = speedups(s)["finetuned"]
         lat = f", measured speedup {sp['speedup_batch_1']:.2f}x (b1) / {sp['speedup_batch_N']:.2f}x (b{r.evaluate.latency_batch})" if "speedup_batch_1" in sp else ""
         print(f"dense {s['dense']['accuracy']:.2f}% -> pruned {s['pruned']['accuracy']:.2f}% -> fine-tuned "
               f"{s['finetuned']['accuracy']:.2f}%; MACs ÷{sp['macs_ratio']:.2f}{lat}")
+
+    _guard(go)
+
+
+@app.command()
+def sweep(
+    recipe: Path = typer.Argument(..., help="YAML recipe with a search section"),
+    set_: List[str] = typer.Option([], "--set", help="override a field: section.key=value (repeatable)"),
+    trials: Optional[int] = typer.Option(None, "--trials", help="finished trials to reach, all workers together (default search.trials)"),
+    storage: Optional[str] = typer.Option(None, "--storage", help="SQLAlchemy URL of the study storage (default: sqlite file OUT/study.db); "
+                                          "postgresql://user:pw@host/db lets many workers join"),
+    study: Optional[str] = typer.Option(None, "--study", help="study name (default: the recipe's name)"),
+    out: Optional[Path] = typer.Option(None, "--out", help="sweep folder (default sweeps/NAME); trials, outputs and the balance run go here"),
+    report: bool = typer.Option(False, "--report", help="rebuild the outputs from the study storage; run nothing"),
+) -> None:
+    """Search pruning x fine-tuning for the cheapest model within search.tolerance of the dense accuracy."""
+
+    def go():
+        from .recipe import load_recipe
+        from .sweep import sweep as run_sweep
+
+        r = load_recipe(recipe, set_)
+        if trials is not None and trials < 0:
+            raise PrunetuneError(f"--trials {trials}: must be 0 or more")
+        folder = out or Path("sweeps") / r.name
+        doc = run_sweep(r, folder, trials=trials, storage=storage, study=study, report_only=report, log=_log)
+        b = doc.get("balance")
+        if b and b.get("test"):
+            t = b["test"]
+            print(f"balance point: trial {doc['balance_trial']}: validation {b['val_accuracy']:.2f}, test {t['accuracy']:.2f} "
+                  f"(dense {t['dense_accuracy']:.2f}), measured speedup {t.get('speedup_batch_N', float('nan')):.2f}x; {b.get('folder')}")
+        elif b:
+            print(f"balance point: trial {doc['balance_trial']}: validation {b['val_accuracy']:.2f} (not scored on test yet)")
+        else:
+            print(f"no trial within {doc['tolerance']} points of the dense model yet; see {folder / 'sweep.md'}")
 
     _guard(go)
 
@@ -164,7 +228,22 @@ def refine_(
 
 
 def main() -> None:
-    app()
+    """The `prunetune` entry point. A usage error (unknown option or command, missing argument, an
+    option value of the wrong type) also ends as one `error:` line and exit code 2, like any bad input."""
+    try:
+        rc = app(standalone_mode=False)
+    except typer.TyperException as e:
+        ctx = getattr(e, "ctx", None)
+        if type(e).__name__ == "NoArgsIsHelpError":  # bare `prunetune`: typer printed the help, as before
+            raise SystemExit(e.exit_code) from None
+        cmd = ctx.command_path if ctx is not None else "prunetune"
+        msg = " ".join(e.format_message().split()).rstrip(".")
+        print(f"error: {cmd}: {msg}; see `{cmd} --help`", file=sys.stderr)
+        raise SystemExit(e.exit_code) from None
+    except typer.Abort:
+        print("error: aborted", file=sys.stderr)
+        raise SystemExit(1) from None
+    raise SystemExit(rc if isinstance(rc, int) else 0)
 
 
 if __name__ == "__main__":

@@ -170,7 +170,7 @@ def measure_stage(model: nn.Module, task, bundle, spec, device: torch.device, re
         "nonzero_params": nonzero,
         # Relative to the dense model, so structured removal and zeroed weights compare directly.
         "sparsity": round(1.0 - nonzero / reference["params"], 6),
-        "prunable_sparsity": round(1.0 - target_nonzero / reference["target_numel"], 6),
+        "prunable_sparsity": round(1.0 - target_nonzero / reference["target_numel"], 6) if reference["target_numel"] else 0.0,
         **_encoder_sparsity(shipped, reference),
         "macs": macs(shipped, one),
         "size_bytes": size,

@@ -12,6 +12,7 @@ Example:
 from __future__ import annotations
 
 import copy
+import dataclasses
 import random
 import time
 from pathlib import Path
@@ -20,9 +21,10 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from . import __version__
+from . import __version__, distributed
 from .artifacts import staged_folder, save_model
 from .cache import model_info, obtain_dense
+from .checkpoint import Checkpointer, kernel_settings
 from .data import build_data
 from .distill import Distiller, load_teacher
 from .errors import PrunetuneError
@@ -37,6 +39,13 @@ from .tasks import to_device
 from .report import speedups, write_reports
 from .tracking import Tracker, make_tracker
 from .training import Trainer, pick_device
+
+
+def _each(row: dict[str, Any], tracked: Callable[[str, dict[str, Any]], None],
+          hook: Callable[[dict[str, Any]], None] | None) -> None:
+    tracked("finetune", row)
+    if hook is not None:
+        hook(row)
 
 
 def seed_everything(seed: int) -> None:
@@ -61,12 +70,20 @@ def format_plan(plan: list[dict[str, Any]]) -> str:
 
 
 def run(recipe: Recipe, out: str | Path | None = None, log: Callable[[str], None] = print, *,
-        track: str | Tracker | None = None, track_uri: str | None = None) -> dict[str, Any]:
+        track: str | Tracker | None = None, track_uri: str | None = None, score_on: str = "test",
+        save: bool = True, on_finetune_epoch: Callable[[dict[str, Any]], None] | None = None,
+        checkpoint: bool = True, resume: Any = None) -> dict[str, Any]:
     """Run a recipe end to end and return its report (also written to `out`).
 
-    `track` ("tensorboard", "mlflow" or a `Tracker`) logs the recipe, every epoch and the report."""
+    `track` ("tensorboard", "mlflow" or a `Tracker`) logs the recipe, every epoch and the report.
+    `score_on="val"` measures every stage on the validation split (search trials: the test set
+    never guides a search); `save=False` skips the model folder; `on_finetune_epoch(row)` is called
+    after each fine-tuning epoch and may raise to stop the run (e.g. optuna.TrialPruned).
+    Fine-tuning is checkpointed into `<out>.checkpoint/` unless `checkpoint=False`; `resume` (a
+    `checkpoint.Resume`; see `checkpoint.resume_run`) continues an interrupted run from its checkpoint."""
     load_builtins()
-    out = Path(out) if out else default_out(recipe)
+    out = distributed.rank_folder(Path(out) if out else default_out(recipe))  # torchrun: rank r > 0 writes OUT.rank<r>
+    rank, world_size = distributed.world()
     if out.exists():
         raise PrunetuneError(f"--out: {out} already exists; choose another folder or remove it")
     tracker = make_tracker(track, track_uri, log)
@@ -79,12 +96,15 @@ def run(recipe: Recipe, out: str | Path | None = None, log: Callable[[str], None
         log("prune.order prune_first: dense.epochs taken as 0")
     bundle = build_data(recipe.data, recipe.seed, recipe.model)
     log(f"data: {len(bundle.train)} train / {len(bundle.val)} val / {len(bundle.test)} test, {bundle.num_classes} classes")
+    if score_on == "val":
+        bundle = dataclasses.replace(bundle, test=bundle.val)
 
-    with staged_folder(out, on_abort=tracker.abort) as tmp:
+    ckpt = Checkpointer(out, recipe, log, resume, enabled=checkpoint, run_args={"score_on": score_on, "save": save})
+    with ckpt.guard(), staged_folder(out, on_abort=tracker.abort) as tmp:
         (tmp / "recipe.resolved.yaml").write_text(dump_recipe(recipe))
         tracker.start(recipe.model_dump(mode="json"), out.name, tmp, folder=out)
-        dense, dense_info = obtain_dense(recipe, bundle, task, device, log,
-                                         on_epoch=lambda row: tracker.log_epoch("dense", row))
+        dense, dense_info = resume.dense(device) if resume is not None else obtain_dense(
+            recipe, bundle, task, device, log, on_epoch=lambda row: tracker.log_epoch("dense", row))
         if dense_info.get("source") == "cache":  # the cached model's training curves
             for row in dense_info.get("history") or []:
                 tracker.log_epoch("dense", row)
@@ -130,12 +150,18 @@ def run(recipe: Recipe, out: str | Path | None = None, log: Callable[[str], None
             method.probe_with(to_device(bundle.val.head(32), device))
         trainer = Trainer(trained, task, bundle, ft, device, recipe.seed + 1, desc="finetune", log=log,
                           method=method, loss_fn=distiller.loss if distiller else None,
-                          on_epoch=lambda row: tracker.log_epoch("finetune", row))
+                          on_epoch=lambda row: _each(row, tracker.log_epoch, on_finetune_epoch))
         train_info = {**method.summary, **trainable_summary(trained),
                       "train_peak_memory_bytes": training_memory(trained, task, bundle, ft, device)}
         log(f"finetune: {ft.method}, {train_info['trainable_params']:,} trainable parameters "
             f"({100 * train_info['trainable_fraction']:.2f}%)")
-        history = controller.finetune(model, pruner, trainer, already_pruned=oneshot, log=log)
+        ckpt.attach(trainer, controller, pruner, dense, model_info(recipe, bundle), dense_info)
+        if resume is not None:
+            resume.restore(trainer, controller, pruner)
+        with ckpt.armed():
+            history = controller.finetune(model, pruner, trainer, already_pruned=oneshot, log=log)
+        if getattr(controller, "final_model", None) is not None:  # adaptive: possibly rolled back
+            trained = model = controller.final_model
         model = method.finish(trained)
         if "merge" in method.summary:
             mg = method.summary["merge"]
@@ -157,9 +183,15 @@ def run(recipe: Recipe, out: str | Path | None = None, log: Callable[[str], None
             "dense": dense_info,
             "distill": distiller.summary(teacher_name, teacher_acc) if distiller else None,
             "notes": pruner.notes,
+            "adaptive": getattr(controller, "adaptive_summary", None),
             "torch_version": torch.__version__,
+            "distributed": {"world_size": world_size, "backend": "nccl" if device.type == "cuda" else "gloo"} if world_size > 1 else None,
+            "scored_on": score_on,
+            "nondeterministic_kernels": kernel_settings(device),
+            "checkpoint": ckpt.summary(),
         }
-        save_model(model, tmp / "model", {**model_info(recipe, bundle), "modules": method.structure()})
+        if save:
+            save_model(model, tmp / "model", {**model_info(recipe, bundle), "modules": method.structure()})
         write_reports(report, tmp)
         tracker.finish(report, tmp)  # before the rename: tensorboard/ is inside tmp, mlflow copies the reports
     log(f"done: {out}")

@@ -99,6 +99,8 @@ class TrainSpec(_Section):
     dropout: float | None = Field(None, ge=0, lt=1, description="override every dropout layer's rate")
     early_stopping: EarlyStopping | None = None
     augment: AugmentSpec = Field(default_factory=AugmentSpec)
+    checkpoint_every_steps: int | None = Field(
+        None, gt=0, description="fine-tuning: also checkpoint every this many steps (always at each epoch end)")
 
 
 class DenseSpec(TrainSpec):
@@ -128,6 +130,8 @@ class ScheduleSpec(_Section):
     initial_sparsity: float = Field(0.0, ge=0, lt=1, description="gradual: sparsity of the first event")
     start: float = Field(0.0, ge=0, le=1, description="gradual: first event, as a fraction of fine-tuning")
     end: float = Field(0.6, gt=0, le=1, description="gradual: last event, as a fraction of fine-tuning")
+    tolerance: float = Field(0.5, ge=0, description="adaptive: validation points the model may lose against the dense model")
+    patience: int = Field(1, ge=0, description="adaptive: extra epochs a step gets to recover before the roll-back")
 
     @model_validator(mode="after")
     def _order(self) -> "ScheduleSpec":
@@ -198,11 +202,31 @@ class EvaluateSpec(_Section):
     device: str | None = Field(None, description="cpu or cuda (default: cuda when present)")
 
 
+class SearchSpec(_Section):
+    """`prunetune sweep`: which recipe fields to search, the accuracy tolerance and the cost to minimise."""
+
+    space: dict[str, Any] = Field(
+        default_factory=dict,
+        description="dotted recipe field -> [low, high] (float or int range), {low, high, log: true}, or {choices: [...]}")
+    tolerance: float = Field(0.5, ge=0, description="accuracy points the balance point may lose against the dense model (validation)")
+    objective: Literal["latency", "nonzero", "size", "macs"] = Field(
+        "latency", description="cost to minimise: measured p50 latency at evaluate.latency_batch relative to the dense model's "
+        "(both measured in the trial), non-zero parameters, gzip bytes or MACs")
+    sampler: Literal["tpe", "nsga2", "random", "grid"] = "tpe"
+    trials: int = Field(20, ge=0, description="finished trials the study aims for (all workers together)")
+    grid_points: int = Field(3, ge=2, description="grid sampler: points per numeric range")
+    early_stop_slack: float = Field(
+        2.0, ge=0, description="stop a trial after a fine-tuning epoch when validation accuracy is below "
+        "dense - tolerance - slack x (epochs left)")
+    heartbeat_s: int = Field(10, ge=1, description="worker heartbeat; a trial silent for 3 heartbeats is failed and retried")
+    retries: int = Field(2, ge=0, description="times a failed (killed) trial is retried")
+
+
 class Recipe(_Section):
     """A whole run: model, data, dense, prune, finetune, evaluate."""
 
     name: str = "default"
-    seed: int = 0
+    seed: int = Field(0, ge=0, lt=2**32, description="seeds data splits, initialisation and shuffling (numpy takes 0 to 2**32 - 1)")
     task: str = "classification"
     model: ModelSpec = Field(default_factory=ModelSpec)
     data: DataSpec = Field(default_factory=DataSpec)
@@ -210,6 +234,7 @@ class Recipe(_Section):
     prune: PruneSpec = Field(default_factory=PruneSpec)
     finetune: FinetuneSpec = Field(default_factory=FinetuneSpec)
     evaluate: EvaluateSpec = Field(default_factory=EvaluateSpec)
+    search: SearchSpec | None = Field(None, description="search space for `prunetune sweep`")
 
     @field_validator("name")
     @classmethod
@@ -237,6 +262,9 @@ class Recipe(_Section):
         ]:
             if value not in reg:
                 raise ValueError(f"{field}: unknown {reg.kind} {value!r}; choose one of: {', '.join(reg.names())}")
+        if self.prune.schedule.kind == "adaptive" and self.finetune.method not in ("full", "bitfit"):
+            raise ValueError(f"prune.schedule.kind adaptive rolls the model back, which finetune.method "
+                             f"{self.finetune.method!r} cannot follow; use full or bitfit")
         if (self.prune.method == "structured" and self.prune.schedule.kind != "oneshot"
                 and self.finetune.method not in ("full", "bitfit")):
             raise ValueError(
@@ -284,7 +312,7 @@ def apply_overrides(data: dict[str, Any], overrides: list[str] | None) -> dict[s
         key, raw = item.split("=", 1)
         try:
             value = yaml.safe_load(raw) if raw != "" else ""
-        except yaml.YAMLError:
+        except Exception:  # noqa: BLE001 - YAMLError, a constructor's ValueError ('2024-13-01'), RecursionError
             value = raw
         _set_path(data, key.strip(), value)
     return data
@@ -300,6 +328,26 @@ def format_validation_error(err: ValidationError, source: str) -> str:
     more = f" (and {len(err.errors()) - 1} more)" if len(err.errors()) > 1 else ""
     # Whole-recipe checks name their field in the message already.
     return f"{source}: {loc}: {msg}{more}" if loc else f"{source}: {msg}{more}"
+
+
+def _check_tree(data: Any, source: str, max_depth: int = 64, max_values: int = 100_000) -> None:
+    """Refuse YAML aliases that contain themselves (`&a [*a]`), absurd nesting and alias bombs: each
+    would pass validation inside `model.kwargs` and crash or hang later, when the recipe is written out."""
+    stack: list[tuple[Any, int, frozenset[int]]] = [(data, 0, frozenset())]
+    seen = 0
+    while stack:
+        node, depth, above = stack.pop()
+        seen += 1
+        if seen > max_values:
+            raise PrunetuneError(f"{source}: more than {max_values:,} values once YAML aliases are expanded; shorten the recipe")
+        if not isinstance(node, (dict, list)):
+            continue
+        if id(node) in above:
+            raise PrunetuneError(f"{source}: a YAML alias contains itself (a recursive value); write the value out in full")
+        if depth > max_depth:
+            raise PrunetuneError(f"{source}: values nested deeper than {max_depth} levels; flatten the recipe")
+        children = node.values() if isinstance(node, dict) else node
+        stack.extend((c, depth + 1, above | {id(node)}) for c in children)
 
 
 def load_recipe(path: str | Path | None = None, overrides: list[str] | None = None) -> Recipe:
@@ -321,12 +369,17 @@ def load_recipe(path: str | Path | None = None, overrides: list[str] | None = No
             mark = getattr(e, "problem_mark", None)
             where = f" at line {mark.line + 1}" if mark else ""
             raise PrunetuneError(f"{p}: malformed YAML{where}; fix the syntax") from None
+        except (ValueError, TypeError, OverflowError, RecursionError) as e:
+            # PyYAML's constructors raise these for '2024-13-01', '!!int abc', '0x_', deep '[[[...'.
+            detail = (str(e).splitlines() or [e.__class__.__name__])[0][:100]
+            raise PrunetuneError(f"{p}: malformed YAML ({detail}); fix the value or quote it") from None
         if loaded is None:
             loaded = {}
         if not isinstance(loaded, dict):
             raise PrunetuneError(f"{p}: a recipe must be a YAML mapping of sections (model, data, prune, ...)")
         data = loaded
     data = apply_overrides(data, overrides)
+    _check_tree(data, source)
     try:
         return Recipe.model_validate(data)
     except ValidationError as e:

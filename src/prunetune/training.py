@@ -18,6 +18,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from . import distributed
 from .data.augment import augment
 from .data.base import indexed_batches
 from .errors import RuntimeFault
@@ -108,6 +109,10 @@ class Trainer:
         self.best_epoch: int | None = None
         self.wall_s = 0.0
         self.global_step = 0
+        # checkpoint.Checkpointer (after_step / after_epoch hooks) and the position the next fit
+        # continues from (set by checkpoint.Resume); both None outside `prunetune run`'s fine-tuning.
+        self.checkpoint: Any = None
+        self.resume_from: dict[str, Any] | None = None
         self.rebuild_optimizer()
 
     def rebuild_optimizer(self) -> None:
@@ -130,30 +135,56 @@ class Trainer:
         warmup = int(spec.warmup_epochs * steps_per_epoch)
         lr_fn = LR_SCHEDULES.get(spec.lr_schedule)
         pending = sorted(((min(total - 1, int(round(f * total))), s) for f, s in (events or [])))
+        n_events = len(pending)
         best_acc, best_state, bad_epochs = -1.0, None, 0
         start = time.perf_counter()
-        step = 0
-        for epoch in range(1, epochs + 1):
+        step, first, stopped = 0, 1, False
+        resume, self.resume_from = self.resume_from, None
+        if resume is not None:  # continue from a checkpoint (see checkpoint.py)
+            step, first, stopped = resume["step"], resume["epoch"], resume["stopped"]
+            pending = pending[resume["events_done"]:]
+            best_acc, best_state, bad_epochs = resume["best_acc"], resume["best_state"], resume["bad_epochs"]
+        lr = spec.lr * lr_fn(max(0, step - 1), total, warmup)  # the last step's rate (a resumed epoch may have none left)
+
+        def position(epoch: int, batches: int, **extra: Any) -> dict[str, Any]:
+            return {"step": step, "epoch": epoch, "batches": batches, "events_done": n_events - len(pending),
+                    "best_acc": best_acc, "best_state": best_state, "bad_epochs": bad_epochs, "stopped": False,
+                    "wall_s": self.wall_s + time.perf_counter() - start, **extra}
+
+        net = distributed.wrap(model)  # DDP across torchrun processes, else the model itself
+        for epoch in range(first, epochs + 1 if not stopped else first):
             model.train()
-            t0, loss_sum, seen = time.perf_counter(), 0.0, 0
+            t0, loss_sum, seen, done = time.perf_counter(), 0.0, 0, 0
+            epoch_rng = self.gen.get_state()
             it = indexed_batches(self.bundle.train, spec.batch_size, shuffle=True, generator=self.gen)
-            bar = _progress(it, steps_per_epoch, f"{self.desc} {epoch}/{epochs}")
+            if resume is not None and epoch == first and resume["batches"]:
+                # Mid-epoch checkpoint: replay this epoch's shuffle, skip the batches already trained.
+                epoch_rng, loss_sum, seen, done = resume["epoch_rng"], resume["loss_sum"], resume["seen"], resume["batches"]
+                self.gen.set_state(epoch_rng)
+                it = _skip(indexed_batches(self.bundle.train, spec.batch_size, shuffle=True, generator=self.gen),
+                           done, self.gen, resume["gen"])
+            bar = _progress(it, steps_per_epoch - done, f"{self.desc} {epoch}/{epochs}")
             for x, y, idx in bar:
                 while pending and pending[0][0] <= step:
                     _, s = pending.pop(0)
                     if on_event is not None and on_event(s):
                         self.rebuild_optimizer()
+                        net = distributed.wrap(model)  # the parameters were replaced
                 lr = spec.lr * lr_fn(step, total, warmup)
                 for g in self.opt.param_groups:
                     g["lr"] = lr
                 x = to_device(augment(x, spec.augment, self.gen), self.device)
                 y = y.to(self.device)
+                if distributed.active():  # this rank's slice of the global batch (augmented identically on every rank)
+                    x, idx = distributed.shard(x, idx)
+                    y = distributed.shard(y, y)[1]
                 with self._autocast():
-                    loss = self.loss_fn(self.task.forward(model, x), y, x, idx)
+                    loss = self.loss_fn(self.task.forward(net, x), y, x, idx)
                 if not torch.isfinite(loss):
+                    saved = f"{self.checkpoint.last_good()}; " if self.checkpoint is not None else ""
                     raise RuntimeFault(
                         f"{self.desc}: non-finite loss at step {self.global_step + 1} (epoch {epoch}, lr {lr:.3g}); "
-                        "lower the learning rate or set grad_clip"
+                        f"{saved}lower the learning rate or set grad_clip"
                     )
                 self.opt.zero_grad(set_to_none=True)
                 loss.backward()
@@ -165,8 +196,13 @@ class Trainer:
                 self.steps += 1
                 loss_sum += loss.item() * len(y)
                 seen += len(y)
+                done += 1
                 if hasattr(bar, "set_postfix"):
                     bar.set_postfix(loss=f"{loss_sum / seen:.4f}")
+                if self.checkpoint is not None:
+                    self.checkpoint.after_step(self, lambda: position(epoch, done, epoch_rng=epoch_rng,
+                                                                      loss_sum=loss_sum, seen=seen))
+            distributed.sync_buffers(model)
             val = self.task.evaluate(model, self.bundle.val, self.bundle.eval_batch_size, self.device, self.bundle.class_names)
             row = {"epoch": epoch, "train_loss": loss_sum / max(1, seen), "val_loss": val["loss"],
                    "val_accuracy": val["accuracy"], "lr": lr, "epoch_s": round(time.perf_counter() - t0, 3)}
@@ -175,16 +211,18 @@ class Trainer:
                      f"val_acc {val['accuracy']:.2f}  ({row['epoch_s']:.1f}s)")
             if self.on_epoch is not None:
                 self.on_epoch(row)
-            if pending:  # still pruning: the model's shape may change; don't track a best yet
-                continue
-            if val["accuracy"] > best_acc + (spec.early_stopping.min_delta if spec.early_stopping else 0.0):
-                best_acc, self.best_epoch, bad_epochs = val["accuracy"], epoch, 0
-                best_state = copy.deepcopy(model.state_dict())
-            else:
-                bad_epochs += 1
-                if spec.early_stopping and bad_epochs >= spec.early_stopping.patience:
-                    self.log(f"{self.desc}: early stop after epoch {epoch} (best {self.best_epoch}: {best_acc:.2f})")
-                    break
+            if not pending:  # while still pruning the model's shape may change: no best tracked yet
+                if val["accuracy"] > best_acc + (spec.early_stopping.min_delta if spec.early_stopping else 0.0):
+                    best_acc, self.best_epoch, bad_epochs = val["accuracy"], epoch, 0
+                    best_state = copy.deepcopy(model.state_dict())
+                else:
+                    bad_epochs += 1
+                    stopped = bool(spec.early_stopping and bad_epochs >= spec.early_stopping.patience)
+            if self.checkpoint is not None:
+                self.checkpoint.after_epoch(self, lambda: position(epoch + 1, 0, stopped=stopped))
+            if stopped:
+                self.log(f"{self.desc}: early stop after epoch {epoch} (best {self.best_epoch}: {best_acc:.2f})")
+                break
         # Events scheduled past the last step (e.g. epochs=0) still happen.
         for _, s in pending:
             if on_event is not None:
@@ -193,6 +231,16 @@ class Trainer:
             model.load_state_dict(best_state)
         self.wall_s += time.perf_counter() - start
         return self.history
+
+
+def _skip(it, n: int, gen: torch.Generator, state: torch.Tensor):
+    """Batches of a resumed epoch after the first `n`: the shuffle is drawn from the epoch's starting
+    generator state, then the generator continues from the checkpointed `state` (augmentation)."""
+    it = iter(it)
+    for _ in range(n):
+        next(it, None)
+    gen.set_state(state)
+    yield from it
 
 
 def _progress(it, total: int, desc: str):

@@ -8,6 +8,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from .. import distributed
 from ..data.base import batches
 from ..registry import IMPORTANCES, PRUNERS, SCHEDULES
 from ..tasks import to_device
@@ -23,6 +24,9 @@ class PruningController:
         self.phases: list[Phase] = SCHEDULES.get(spec.schedule.kind, "prune.schedule.kind")(spec, finetune_epochs)
         self.sparsities = all_sparsities(self.phases)
         self.pruner_cls = PRUNERS.get(spec.method, "prune.method")
+        # Where `finetune` is (read by checkpoint.Checkpointer) and where it continues from (checkpoint.Resume).
+        self.position: dict[str, Any] | None = None
+        self.resume_from: dict[str, Any] | None = None
 
     @property
     def final_sparsity(self) -> float:
@@ -55,6 +59,8 @@ class PruningController:
         if self.importance.needs_grad:
             self._calibrate(model)
         changed = pruner.prune_to(model, sparsity)
+        distributed.sync_masks(model)  # torchrun: every rank keeps rank 0's masks
+        pruner.steps_done = getattr(pruner, "steps_done", 0) + 1  # a resumed structured pruner continues from here
         model.zero_grad(set_to_none=True)
         return changed
 
@@ -68,13 +74,20 @@ class PruningController:
     def finetune(self, model: nn.Module, pruner: Pruner, trainer, already_pruned: bool,
                  log: Callable[[str], None]) -> list[dict[str, Any]]:
         """Run every phase: prune to its sparsity, fine-tune with its in-training events."""
-        history: list[dict[str, Any]] = []
+        if self.spec.schedule.kind == "adaptive":
+            return self._adaptive(model, pruner, trainer, log)
+        resume, self.resume_from = self.resume_from, None
+        history: list[dict[str, Any]] = list(resume["history"]) if resume else []
         for i, phase in enumerate(self.phases):
-            if phase.sparsity is not None and not (already_pruned and i == 0):
+            if resume and i < resume["phase"]:
+                continue  # finished before the checkpoint
+            resumed = bool(resume) and i == resume["phase"]
+            if phase.sparsity is not None and not (already_pruned and i == 0) and not resumed:
                 log(f"prune: {self.spec.method} to {phase.sparsity:.4f} ({self.spec.importance})")
                 if self.prune_step(pruner, model, phase.sparsity):
                     trainer.rebuild_optimizer()
-            start = len(trainer.history)
+            start = resume["phase_start"] if resumed else len(trainer.history)
+            self.position = {"phase": i, "phase_start": start, "history": history}
 
             def on_event(s: float) -> bool:
                 log(f"prune: {self.spec.method} to {s:.4f} during fine-tuning")
@@ -83,4 +96,43 @@ class PruningController:
             trainer.fit(phase.epochs, phase.events, on_event)
             for row in trainer.history[start:]:
                 history.append({**row, "phase": i + 1})
+        return history
+
+    def _adaptive(self, model: nn.Module, pruner: Pruner, trainer, log: Callable[[str], None]) -> list[dict[str, Any]]:
+        """Step sparsity up while validation accuracy holds; on a lasting drop, restore the last good step.
+
+        The model that should be kept is left in `self.final_model` (a different object after the
+        roll-back of a structurally pruned model, whose tensors changed shape)."""
+        sch = self.spec.schedule
+        dense_val = self.task.evaluate(model, self.bundle.val, self.bundle.eval_batch_size, self.device,
+                                       self.bundle.class_names)["accuracy"]
+        threshold = dense_val - sch.tolerance
+        good, good_sparsity = copy.deepcopy(model), 0.0
+        steps: list[dict[str, Any]] = []
+        history: list[dict[str, Any]] = []
+        rolled_back = False
+        for i, phase in enumerate(self.phases):
+            log(f"prune: {self.spec.method} to {phase.sparsity:.4f} ({self.spec.importance}), adaptive step {i + 1}")
+            if self.prune_step(pruner, model, phase.sparsity):
+                trainer.rebuild_optimizer()
+            acc = None
+            for extra in range(phase.epochs + sch.patience):
+                start = len(trainer.history)
+                trainer.fit(1)
+                history += [{**row, "phase": i + 1} for row in trainer.history[start:]]
+                acc = trainer.history[-1]["val_accuracy"]
+                if extra + 1 >= phase.epochs and acc >= threshold:
+                    break
+            ok = acc is not None and acc >= threshold
+            steps.append({"sparsity": phase.sparsity, "val_accuracy": acc, "within_tolerance": ok})
+            if not ok:
+                log(f"adaptive: validation {acc:.2f} below {threshold:.2f} at sparsity {phase.sparsity:.4f} after "
+                    f"{sch.patience} extra epoch(s); rolling back to sparsity {good_sparsity:.4f}")
+                rolled_back = True
+                break
+            good, good_sparsity = copy.deepcopy(model), phase.sparsity
+        self.final_model = good if rolled_back else model
+        self.adaptive_summary = {"dense_val_accuracy": dense_val, "threshold": threshold, "steps": steps,
+                                 "kept_sparsity": good_sparsity if rolled_back else steps[-1]["sparsity"],
+                                 "rolled_back": rolled_back}
         return history

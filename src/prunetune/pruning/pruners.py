@@ -20,7 +20,7 @@ from .masks import attach_mask, get_mask
 
 
 class Pruner:
-    schedules: tuple[str, ...] = ("oneshot", "iterative", "gradual")
+    schedules: tuple[str, ...] = ("oneshot", "iterative", "gradual", "adaptive")
     masked = True
 
     def __init__(self, spec, importance: Importance, targets: list[str]) -> None:
