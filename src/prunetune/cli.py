@@ -152,6 +152,8 @@ def export(
     threads: Optional[int] = typer.Option(None, "--threads", help="onnxruntime threads for the latency check (default: its own)"),
     min_run_time: float = typer.Option(1.0, "--min-run-time", help="seconds of timed calls per latency batch size"),
     trust_code: bool = typer.Option(False, "--trust-code", help="allow the model's own code (import-path models)"),
+    compare_dense: bool = typer.Option(True, "--compare-dense/--no-compare-dense",
+                                       help="also export and time the run's cached dense model; report both"),
 ) -> None:
     """Export a saved model, check it against PyTorch, time it; print the export report as JSON."""
 
@@ -161,7 +163,7 @@ def export(
         if format_ not in FORMATS:
             raise PrunetuneError(f"--format {format_}: unknown export format; choose one of: {', '.join(FORMATS)}")
         print(json.dumps(export_onnx(model_dir, out, opset=opset, threads=threads,
-                                     min_run_time=min_run_time, trust_code=trust_code), indent=2))
+                                     min_run_time=min_run_time, trust_code=trust_code, compare_dense=compare_dense), indent=2))
 
     _guard(go)
 

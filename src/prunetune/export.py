@@ -118,6 +118,21 @@ def _text_io(plain: torch.nn.Module, manifest, g: torch.Generator) -> _IO:
                f"random token ids, sequence length {seq}, all attended")
 
 
+def _dense_comparison(model_dir: Path, threads: int | None, min_run_time: float, trust_code: bool) -> dict[str, Any] | None:
+    """The dense model of the run `model_dir` belongs to, exported to a temporary file and timed alike."""
+    run_report = model_dir.resolve().parent / "report.json"
+    try:
+        dense_dir = Path(json.loads(run_report.read_text())["dense"]["cache"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if not (dense_dir / "manifest.json").is_file() or dense_dir.resolve() == model_dir.resolve():
+        return None
+    with tempfile.TemporaryDirectory() as tmp:
+        rep = export_onnx(dense_dir, Path(tmp) / "dense.onnx", check_inputs=3, threads=threads,
+                          min_run_time=min_run_time, trust_code=trust_code, compare_dense=False)
+    return {"model": str(dense_dir), "bytes": rep["bytes"], "ort_latency_ms": rep["ort_latency_ms"]}
+
+
 def _ort_latency_ms(sess, feed: dict[str, np.ndarray], min_run_time: float) -> float:
     """p50 of per-call latency (ms) over a time.perf_counter loop of about `min_run_time` seconds."""
     for _ in range(3):  # warm-up: first calls allocate and pick kernels
@@ -133,11 +148,14 @@ def _ort_latency_ms(sess, feed: dict[str, np.ndarray], min_run_time: float) -> f
 
 def export_onnx(model_dir: str | Path, out_file: str | Path | None = None, opset: int | None = None,
                 check_inputs: int = 100, threads: int | None = None, min_run_time: float = 1.0,
-                trust_code: bool = False) -> dict[str, Any]:
+                trust_code: bool = False, compare_dense: bool = True) -> dict[str, Any]:
     """Export a saved model folder to ONNX; return (and write beside it) the export report.
 
     `out_file` defaults to `model.onnx` beside the model folder (the run folder), so the model folder
     stays exactly as saved. `threads` None leaves onnxruntime's thread settings at its defaults.
+    With `compare_dense`, a run's model whose dense model is still cached (report.json beside the
+    model folder names it) is compared with the dense model exported the same way: the report gives
+    both files' bytes and onnxruntime latencies, the size ratio and the measured speedup.
     """
     model_dir = Path(model_dir)
     read_manifest(model_dir)  # a clear error before anything else for a folder that is not a model
@@ -230,6 +248,12 @@ def export_onnx(model_dir: str | Path, out_file: str | Path | None = None, opset
             "onnxruntime_version": __import__("onnxruntime").__version__,
             "torch_version": torch.__version__,
         }
+        if compare_dense:
+            dense = _dense_comparison(model_dir, threads, min_run_time, trust_code)
+            if dense is not None:
+                report["dense"] = dense
+                report["size_ratio"] = round(dense["bytes"] / report["bytes"], 3)
+                report["ort_speedup"] = {k: round(dense["ort_latency_ms"][k] / v, 3) for k, v in latency.items()}
         tmp_report.write_text(json.dumps(report, indent=2) + "\n")
         if out.exists() or report_path.exists():
             raise PrunetuneError(f"{out}: appeared while exporting; choose another --out or remove it")
