@@ -65,6 +65,23 @@ def markdown(report: dict[str, Any]) -> str:
     d = stages["dense"]
     lines += ["", f"Latency: `torch.utils.benchmark`, {d['threads']} thread(s), device {d.get('device', 'cpu')}; "
               "speedup = dense p50 / stage p50 (measured, never inferred from MACs).", ""]
+    ft = report.get("finetune", {})
+    if ft.get("trainable_params") is not None:
+        lines += [f"Fine-tuning: `{ft.get('method', 'full')}`, {ft['trainable_params']:,} trainable parameters "
+                  f"({100 * ft['trainable_fraction']:.2f}% of {ft['total_params']:,}), {ft.get('s_per_step', 0):.3f} s/step, "
+                  f"training-step peak memory {_fmt_bytes(ft.get('train_peak_memory_bytes', 0))}.", ""]
+    if ft.get("merge"):
+        m = ft["merge"]
+        diff = "" if m.get("max_logit_diff") is None else f"; largest logit change {m['max_logit_diff']:.1e}"
+        lines += [f"Merge: non-zeros {m['nonzero_before']:,} before, {m['nonzero_after']:,} after "
+                  f"({m['nonzero_gained']:+,}); pruned weights non-zero after the merge: {m['pruned_weights_nonzero_after']}{diff}.", ""]
+    if "encoder_linear_sparsity" in stages["finetuned"]:
+        lines += [f"Sparsity over the encoder's linear layers: {stages['finetuned']['encoder_linear_sparsity']:.3f} "
+                  f"(whole model {stages['finetuned']['sparsity']:.3f}).", ""]
+    if report.get("adaptive"):
+        a = report["adaptive"]
+        lines += [f"Adaptive schedule: kept sparsity {a['kept_sparsity']:.4f}" + (" (rolled back)" if a["rolled_back"] else "")
+                  + f"; steps: " + ", ".join(f"{x['sparsity']:.3f} → {x['val_accuracy']:.2f}" for x in a["steps"]), ""]
     if report.get("notes"):
         lines += ["Notes:", *[f"- {x}" for x in report["notes"]], ""]
     lines += ["## Per-layer plan", "", "| layer | type | shape before | shape after | sparsity | pruned |", "|---|---|---|---|---:|---|"]
