@@ -149,3 +149,19 @@ def test_adaptive_schedule_rolls_back_to_the_last_good_step(tmp_path):
         assert rep["stages"]["finetuned"]["prunable_sparsity"] == pytest.approx(kept, abs=0.01)
     else:
         assert a["kept_sparsity"] == 0.97 and len(steps) == 5
+
+
+def test_dense_gradients_for_importance_are_computed_once_and_reused(tmp_path):
+    from prunetune.pipeline import run
+    from prunetune.pruning.masks import masked_layers
+
+    r = Recipe.model_validate({**BASE, "prune": {"method": "unstructured", "importance": "taylor", "sparsity": 0.6},
+                               "finetune": {"epochs": 0}, "evaluate": {"latency": False, "memory": False}})
+    first = run(r, tmp_path / "a", log=lambda m: None)
+    second = run(r, tmp_path / "b", log=lambda m: None)
+    assert first["importance_gradients"] is None
+    assert second["importance_gradients"]["from_cache"].endswith(".safetensors")
+    from prunetune.artifacts import load_model
+
+    ma, mb = (masked_layers(load_model(tmp_path / x / "model")[0]) for x in ("a", "b"))
+    assert ma.keys() == mb.keys() and all(bool((ma[k] == mb[k]).all()) for k in ma)

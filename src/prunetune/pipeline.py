@@ -23,7 +23,7 @@ import torch
 
 from . import __version__, distributed
 from .artifacts import staged_folder, save_model
-from .cache import model_info, obtain_dense
+from .cache import cache_root, dense_key, model_info, obtain_dense
 from .checkpoint import Checkpointer, kernel_settings
 from .data import build_data
 from .distill import Distiller, load_teacher
@@ -113,6 +113,8 @@ def run(recipe: Recipe, out: str | Path | None = None, log: Callable[[str], None
         targets = select_targets(dense, p.include, p.exclude, [k for k in keep if k])
         ref = reference_counts(dense, targets)
         controller = PruningController(p, task, bundle, device, targets, recipe.finetune.epochs, recipe.seed)
+        if recipe.dense.source == "train" and recipe.dense.cache:  # gradient importance of the dense model, once
+            controller.grad_cache = cache_root() / "grads" / f"{dense_key(recipe)}-c{p.calibration_batches}.safetensors"
 
         log("measure: dense")
         stages = {"dense": measure_stage(dense, task, bundle, recipe.evaluate, device, ref)}
@@ -184,6 +186,7 @@ def run(recipe: Recipe, out: str | Path | None = None, log: Callable[[str], None
             "distill": distiller.summary(teacher_name, teacher_acc) if distiller else None,
             "notes": pruner.notes,
             "adaptive": getattr(controller, "adaptive_summary", None),
+            "importance_gradients": ({"from_cache": controller.grads_from_cache} if controller.grads_from_cache else None),
             "torch_version": torch.__version__,
             "distributed": {"world_size": world_size, "backend": "nccl" if device.type == "cuda" else "gloo"} if world_size > 1 else None,
             "scored_on": score_on,

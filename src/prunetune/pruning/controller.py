@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 from typing import Any, Callable
 
 import torch
@@ -24,6 +25,8 @@ class PruningController:
         self.phases: list[Phase] = SCHEDULES.get(spec.schedule.kind, "prune.schedule.kind")(spec, finetune_epochs)
         self.sparsities = all_sparsities(self.phases)
         self.pruner_cls = PRUNERS.get(spec.method, "prune.method")
+        self.grad_cache: Path | None = None  # where the dense model's calibration gradients are cached
+        self.grads_from_cache: str | None = None
         # Where `finetune` is (read by checkpoint.Checkpointer) and where it continues from (checkpoint.Resume).
         self.position: dict[str, Any] | None = None
         self.resume_from: dict[str, Any] | None = None
@@ -39,8 +42,25 @@ class PruningController:
         pruner.setup(model, example, sparsities)
         return pruner
 
-    def _calibrate(self, model: nn.Module) -> None:
-        """Accumulate gradients over a few training batches for gradient-based importance."""
+    def _calibrate(self, model: nn.Module, cache: Path | None = None) -> None:
+        """Accumulate gradients over a few training batches for gradient-based importance.
+
+        With `cache` (the dense model's gradients, keyed by the content hash of what decides the dense
+        model and the calibration settings), they are computed once and reused: a sweep's trials all
+        prune the same dense model."""
+        if cache is not None and cache.exists():
+            from safetensors.torch import load_file
+
+            try:
+                grads = load_file(str(cache))
+            except Exception:  # a damaged cache file is recomputed below
+                grads = {}
+            params = dict(model.named_parameters())
+            if grads and set(grads) == {n for n, p in params.items()} and all(grads[n].shape == p.shape for n, p in params.items()):
+                for n, p in params.items():
+                    p.grad = grads[n].to(p.device)
+                self.grads_from_cache = str(cache)
+                return
         model.zero_grad(set_to_none=True)
         was = model.training
         model.eval()
@@ -53,11 +73,13 @@ class PruningController:
             loss = self.task.loss(self.task.forward(model, to_device(x, self.device)), y.to(self.device))
             loss.backward()
         model.train(was)
+        if cache is not None:
+            _save_grads(model, cache)
 
-    def prune_step(self, pruner: Pruner, model: nn.Module, sparsity: float) -> bool:
+    def prune_step(self, pruner: Pruner, model: nn.Module, sparsity: float, from_dense: bool = False) -> bool:
         torch.manual_seed(self.seed + int(sparsity * 1e6))  # random importance repeats run to run
         if self.importance.needs_grad:
-            self._calibrate(model)
+            self._calibrate(model, self.grad_cache if from_dense else None)
         changed = pruner.prune_to(model, sparsity)
         distributed.sync_masks(model)  # torchrun: every rank keeps rank 0's masks
         pruner.steps_done = getattr(pruner, "steps_done", 0) + 1  # a resumed structured pruner continues from here
@@ -68,7 +90,7 @@ class PruningController:
         """The dense model pruned straight to the final sparsity, before any fine-tuning."""
         model = copy.deepcopy(dense)
         pruner = self.make_pruner(model, [self.final_sparsity])
-        self.prune_step(pruner, model, self.final_sparsity)
+        self.prune_step(pruner, model, self.final_sparsity, from_dense=True)
         return model, pruner
 
     def finetune(self, model: nn.Module, pruner: Pruner, trainer, already_pruned: bool,
@@ -136,3 +158,25 @@ class PruningController:
                                  "kept_sparsity": good_sparsity if rolled_back else steps[-1]["sparsity"],
                                  "rolled_back": rolled_back}
         return history
+
+
+def _save_grads(model: nn.Module, path: Path) -> None:
+    """Store the calibration gradients (safetensors, written atomically); a failed write is only a lost cache."""
+    import os
+    import tempfile
+
+    from safetensors.torch import save_file
+
+    grads = {n: p.grad.detach().cpu().contiguous() for n, p in model.named_parameters() if p.grad is not None}
+    if not grads:
+        return
+    tmp = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+        os.close(fd)
+        save_file(grads, tmp)
+        os.replace(tmp, path)
+    except Exception:
+        if tmp is not None and os.path.exists(tmp):
+            os.unlink(tmp)
