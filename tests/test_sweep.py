@@ -80,6 +80,10 @@ def test_trials_that_cannot_reach_the_tolerance_stop_early(tmp_path):
     stopped = [r for r in doc["rows"] if r["state"] == "pruned"]
     assert stopped and all("stopped after epoch 1" in r["note"] for r in stopped)
     assert doc["balance_trial"] is None
+    # On its last epoch a trial is never stopped: it completes, below the threshold, and stays on record.
+    last = {**search, "trials": 1, "space": {"prune.sparsity": {"choices": [0.9]}, "prune.method": {"choices": ["structured"]}}}
+    doc = sweep(_recipe(last, finetune={"epochs": 1, "lr": 1e-5}), tmp_path / "s1", log=lambda m: None)
+    assert [r["state"] for r in doc["rows"]] == ["complete"] and doc["rows"][0]["val_accuracy"] < doc["threshold"]
 
 
 def test_a_study_never_runs_more_trials_than_asked_and_resumes(tmp_path):

@@ -9,7 +9,7 @@ in `OUT/balance/`): the test set never guides the search.
 Trials are cheap where they can be: the dense model is trained once and cached by content hash
 (cache.py) and every trial starts from it; a trial is stopped after a fine-tuning epoch once its
 validation accuracy is so far below the threshold that the epochs left cannot plausibly recover it
-(`search.early_stop_slack` points per epoch left). Optuna's own pruners are single-objective only,
+(`search.early_stop_slack` points per epoch left; a trial on its last epoch always completes). Optuna's own pruners are single-objective only,
 so the stop raises `optuna.TrialPruned` from our epoch hook.
 
 Storage: a SQLite file `OUT/study.db` by default; any SQLAlchemy URL (PostgreSQL) lets many
@@ -294,7 +294,8 @@ class Sweep:
             seen[0] += 1
             curve.append(row["val_accuracy"])
             left = max(0, total - seen[0])
-            if row["val_accuracy"] < threshold - self.spec.early_stop_slack * left:
+            # Only with epochs left: a finished trial is kept (it still belongs on the Pareto front).
+            if left > 0 and row["val_accuracy"] < threshold - self.spec.early_stop_slack * left:
                 trial.set_user_attr("val_curve", curve)
                 trial.set_user_attr("stopped_at_epoch", seen[0])
                 raise optuna.TrialPruned(f"validation accuracy {row['val_accuracy']:.2f} after epoch {seen[0]}")
