@@ -169,3 +169,9 @@ def test_dense_gradients_for_importance_are_computed_once_and_reused(tmp_path):
 
     ma, mb = (masked_layers(load_model(tmp_path / x / "model")[0]) for x in ("a", "b"))
     assert ma.keys() == mb.keys() and all(bool((ma[k] == mb[k]).all()) for k in ma)
+
+
+@pytest.mark.parametrize("sampler", ["tpe", "nsga2"])
+def test_every_sampler_runs_a_study(tmp_path, sampler):
+    doc = sweep(_recipe({**SEARCH, "sampler": sampler, "trials": 2}), tmp_path / "s", log=lambda m: None)
+    assert len(doc["rows"]) == 2 and all(r["state"] in ("complete", "pruned") for r in doc["rows"])
