@@ -186,31 +186,54 @@ def _load_state(model: nn.Module, state: dict[str, torch.Tensor], folder: Path) 
 
 
 def _save_hf_files(model: nn.Module, folder: Path, info: dict[str, Any]) -> dict[str, Any]:
-    """A transformers model also gets `config.json` (labels named) and its tokenizer files, so the
-    folder is laid out like `save_pretrained`'s; the manifest records the per-layer widths."""
+    """A transformers model also gets `config.json` (labels named), so the folder is laid out like
+    `save_pretrained`'s; the manifest records the per-layer widths. Every text model gets its
+    tokenizer files (the manifest then says '.', the only value `resolve_tokenizer` takes)."""
+    pre = dict(info.get("preprocess") or {})
+    if pre.get("kind") == "text" and pre.get("tokenizer") not in (None, "."):
+        from .models.hf import load_tokenizer
+
+        load_tokenizer(pre["tokenizer"]).save_pretrained(folder)  # transformers' fixed file names, inside `folder`
+        info = {**info, "preprocess": {**pre, "tokenizer": "."}}  # relative to the model folder
     config = getattr(model, "config", None)
     if config is None or not hasattr(config, "save_pretrained"):
         return info
-    from .models.hf import head_counts, load_tokenizer
+    from .models.hf import head_counts
 
     names = info.get("class_names") or []
     config.id2label = {i: n for i, n in enumerate(names)}
     config.label2id = {n: i for i, n in enumerate(names)}
     config.save_pretrained(folder)
-    info = {**info, "widths": {"heads": head_counts(model), "linear_out": {
+    return {**info, "widths": {"heads": head_counts(model), "linear_out": {
         n: m.out_features for n, m in model.named_modules() if isinstance(m, nn.Linear) and "intermediate" in n}}}
-    pre = dict(info.get("preprocess") or {})
-    if pre.get("kind") == "text" and pre.get("tokenizer") not in (None, "."):
-        src = pre["tokenizer"]
-        load_tokenizer(src).save_pretrained(folder)
-        info["preprocess"] = {**pre, "tokenizer": "."}  # relative to the model folder
-    return info
 
 
 def resolve_tokenizer(folder: Path, preprocess: dict[str, Any]) -> str:
-    """Where a saved model's tokenizer lives ('.' means the model folder itself)."""
+    """Where a saved model's tokenizer lives: '.' (what `save_model` writes) is the model folder itself.
+
+    A manifest is data from whoever sent the folder: any other value must be a relative path to a
+    folder inside the model folder; an absolute path, '..', a link out of the folder or a hub id (a
+    download) is refused."""
     src = preprocess.get("tokenizer") or "."
-    return str(folder) if src == "." else src
+    where = f"{Path(folder) / 'manifest.json'}: preprocess.tokenizer"
+    if not isinstance(src, str) or "\0" in src:
+        raise PrunetuneError(f"{where}: {str(src)[:60]!r} is not a folder name; re-save the model")
+    if src == ".":
+        return str(folder)
+    rel = Path(src)
+    inside = not rel.is_absolute() and ".." not in rel.parts and "\\" not in src
+    target = Path(folder) / rel
+    if inside:
+        try:
+            inside = target.resolve().is_relative_to(Path(folder).resolve())  # a link out of the folder is outside
+        except (OSError, RuntimeError):
+            inside = False
+    if not inside:
+        raise PrunetuneError(f"{where}: {src[:80]!r} is outside the model folder; a saved model keeps its tokenizer "
+                             "in its own folder ('.'): re-save the model")
+    if not target.is_dir():
+        raise PrunetuneError(f"{where}: {src[:80]!r} is not a folder inside the model folder; re-save the model")
+    return str(target)
 
 
 def read_manifest(folder: str | Path) -> Manifest:
@@ -305,7 +328,7 @@ def load_model(folder: str | Path, trust_code: bool = False) -> tuple[nn.Module,
     if manifest.modules:
         from .finetune_methods import restore_structure
 
-        model = restore_structure(model, manifest.modules)
+        model = restore_structure(model, manifest.modules, str(folder / "manifest.json"))
     resize_to(model, want)
     _load_state(model, state, folder)
     mask_file = folder / "masks.safetensors"

@@ -153,6 +153,12 @@ def _set_tp_state(pruner, state: dict[str, Any] | None) -> None:
             table[modules[name]] = n
 
 
+def _ours(name: str) -> bool:
+    """A name a checkpoint folder holds: the record, state files, the dense copy, temporary files."""
+    return (name in (RECORD, DENSE) or name.startswith(f".{DENSE}.tmp-")
+            or (name.startswith("state-") and name.endswith(".safetensors")) or (name.startswith(".") and name.endswith(".tmp")))
+
+
 def refuse_stale(out: str | Path) -> None:
     """The command line refuses to start a fresh run over an interrupted one's checkpoint."""
     d = checkpoint_dir(out)
@@ -187,8 +193,15 @@ class Checkpointer:
             self.resumes = list(stats.get("resumes", [])) + [resume.summary()]
             fit = resume.record["fit"]
             self.last = {"global_step": resume.record["global_step"], "epoch": fit["epoch"] - (0 if fit["batches"] else 1)}
-        elif self.enabled and self.dir.exists():
-            # A run interrupted before its first checkpoint, or one the caller chose to start over.
+        elif self.enabled and (self.dir.exists() or self.dir.is_symlink()):
+            # A run interrupted before its first checkpoint, or one the caller chose to start over;
+            # never a folder (or a link) prunetune did not write.
+            foreign = self.dir.is_symlink() or not self.dir.is_dir() or [
+                f.name for f in self.dir.iterdir() if not _ours(f.name)]
+            if foreign:
+                raise PrunetuneError(f"--out {self.out}: {self.dir} exists and is not a prunetune checkpoint folder "
+                                     f"({'a link or a file' if foreign is True else repr(foreign[0])}); move it away "
+                                     "or choose another --out")
             self.log(f"checkpoint: removing {self.dir} left by an earlier run with this output folder")
             shutil.rmtree(self.dir, ignore_errors=True)
 
@@ -452,7 +465,11 @@ class Resume:
         missing = [k for k in cls.REQUIRED if k not in record]
         if missing:
             raise corrupt(f"{RECORD} lacks {', '.join(missing)}")
-        state = d / str(record["state_file"])
+        name = record["state_file"]
+        if not isinstance(name, str) or "\0" in name or Path(name).name != name or not name.startswith("state-") \
+                or not name.endswith(".safetensors"):  # a plain file name in the checkpoint folder, as written
+            raise corrupt(f"{RECORD}: state_file {str(name)[:60]!r} is not a state-*.safetensors file of this folder")
+        state = d / name
         try:
             data = state.read_bytes()
         except OSError:
@@ -557,7 +574,7 @@ def resume_run(out_dir: str | Path, log: Callable[[str], None] = print, *, track
 
 # Report fields that are measurements of time or of the machine, not results of the run.
 TIMING_KEYS = frozenset({"epoch_s", "wall_s", "s_per_step", "latency_ms", "peak_memory_bytes", "train_peak_memory_bytes",
-                         "threads", "teacher_s", "speedup_batch_1", "speedup_batch_N"})
+                         "threads", "teacher_s", "speedup_batch_1", "speedup_batch_N", "process_peak_rss_bytes"})
 
 
 def _diff(a: Any, b: Any, where: str, out: list[str]) -> None:

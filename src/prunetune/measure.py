@@ -135,6 +135,24 @@ def training_memory(model: nn.Module, task, bundle, spec, device: torch.device) 
     return int(peak) + _state_bytes(model) + 2 * trainable
 
 
+def process_peak_rss_bytes() -> int:
+    """This process's peak resident set size: VmHWM of /proc/self/status on Linux, else `ru_maxrss`.
+
+    `ru_maxrss` is not used on Linux because it keeps the peak of the process image replaced by exec:
+    a command started by a large parent (a test runner, a benchmark harness) reports the parent's RSS."""
+    try:
+        with open("/proc/self/status", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024  # kB
+    except (OSError, ValueError, IndexError):
+        pass
+    import resource
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(peak if sys.platform == "darwin" else peak * 1024)  # bytes on macOS, KiB elsewhere
+
+
 @contextmanager
 def _quiet_stderr():
     """Silence file descriptor 2: Kineto prints profiler start/stop lines from C++ on every use."""

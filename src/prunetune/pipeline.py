@@ -28,7 +28,7 @@ from .checkpoint import Checkpointer, kernel_settings
 from .data import build_data
 from .distill import Distiller, load_teacher
 from .errors import PrunetuneError
-from .measure import measure_stage, plan_rows, reference_counts, training_memory
+from .measure import measure_stage, plan_rows, process_peak_rss_bytes, reference_counts, training_memory
 from .models import classifier_name
 from .pruning.controller import PruningController
 from .pruning.targets import select_targets
@@ -192,6 +192,7 @@ def run(recipe: Recipe, out: str | Path | None = None, log: Callable[[str], None
             "scored_on": score_on,
             "nondeterministic_kernels": kernel_settings(device),
             "checkpoint": ckpt.summary(),
+            "process_peak_rss_bytes": process_peak_rss_bytes(),
         }
         if save:
             save_model(model, tmp / "model", {**model_info(recipe, bundle), "modules": method.structure()})

@@ -44,6 +44,9 @@ class DataSpec(_Section):
     test_limit: int | None = Field(None, gt=0, description="seeded class-balanced subset of the test set")
     image_size: int | None = Field(None, gt=0, description="resize images (image folders) to this square size")
     grayscale: bool | None = Field(None, description="image folders: convert to one channel (default: keep RGB)")
+    stream: bool | None = Field(
+        None, description="image folders: read images from disk batch by batch instead of decoding all of them into "
+        "memory (default: stream when the decoded train + test images would exceed 1 GiB; other sources are always in memory)")
     eval_batch_size: int = Field(512, gt=0)
     # Text sources (sst2, trec, text).
     format: Literal["auto", "tsv", "csv", "jsonl"] = Field("auto", description="text: file format (auto: by extension)")

@@ -17,6 +17,7 @@ Example:
 from __future__ import annotations
 
 import copy
+import os
 import re
 from pathlib import Path
 from typing import Any, Callable
@@ -48,7 +49,11 @@ def model_folder(path: str | Path) -> Path:
 
 
 def next_version(model_dir: Path) -> Path:
-    """`run/model` -> `run/model-v2` (or the next free number); `run/model-v2/model` -> `run/model-v3`."""
+    """`run/model` -> `run/model-v2` (or the next free number); `run/model-v2/model` -> `run/model-v3`.
+
+    The path is made absolute and its '.' and '..' removed first (links are not followed), so the new
+    version always lands beside the model folder: `run/model/..` would otherwise give `run/model/..-v2`."""
+    model_dir = Path(os.path.abspath(model_dir))
     m = re.fullmatch(r"(.+)-v(\d+)", model_dir.parent.name)
     if model_dir.name == "model" and m:
         where, stem = model_dir.parent.parent, m.group(1)
@@ -154,6 +159,9 @@ def refine(model_dir: str | Path, overrides: list[str] | None = None, out: str |
     out = Path(out) if out else next_version(model_dir)
     if out.exists():
         raise PrunetuneError(f"--out: {out} already exists; choose another folder or remove it")
+    if Path(os.path.realpath(model_dir)) in Path(os.path.realpath(out)).parents:
+        raise PrunetuneError(f"--out {out}: inside the model folder {model_dir}, which refine only reads; "
+                             "write the new version beside it")
     tracker = make_tracker(track, track_uri, log)
 
     model, manifest = load_model(model_dir, trust_code=trust_code)

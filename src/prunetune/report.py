@@ -81,7 +81,7 @@ def markdown(report: dict[str, Any]) -> str:
     if report.get("adaptive"):
         a = report["adaptive"]
         lines += [f"Adaptive schedule: kept sparsity {a['kept_sparsity']:.4f}" + (" (rolled back)" if a["rolled_back"] else "")
-                  + f"; steps: " + ", ".join(f"{x['sparsity']:.3f} → {x['val_accuracy']:.2f}" for x in a["steps"]), ""]
+                  + "; steps: " + ", ".join(f"{x['sparsity']:.3f} → {x['val_accuracy']:.2f}" for x in a["steps"]), ""]
     if report.get("notes"):
         lines += ["Notes:", *[f"- {x}" for x in report["notes"]], ""]
     lines += ["## Per-layer plan", "", "| layer | type | shape before | shape after | sparsity | pruned |", "|---|---|---|---|---:|---|"]

@@ -21,13 +21,33 @@ if TYPE_CHECKING:
     from ..recipe import DataSpec
 
 
+class LazyInputs:
+    """Inputs kept where they are (files on disk) and decoded only when a batch is taken: streaming data.
+
+    A subclass gives `__len__`, `shape` (as a [N, ...] tensor's), `__getitem__` (an int, a slice or a 1-D
+    int tensor of indices -> the decoded, preprocessed tensor, as indexing a tensor would give) and
+    `subset(idx)` (a lazy store of the selected items; nothing is decoded)."""
+
+    shape: tuple[int, ...]
+
+    def __len__(self) -> int:
+        raise NotImplementedError
+
+    def __getitem__(self, idx: Any) -> torch.Tensor:
+        raise NotImplementedError
+
+    def subset(self, idx: torch.Tensor) -> "LazyInputs":
+        raise NotImplementedError
+
+
 @dataclass
 class TensorData:
     """Inputs `x` (already preprocessed) and integer labels `y`.
 
-    `x` is one tensor [N, ...] (images) or a dict of [N, L] tensors (text: `input_ids`,
-    `attention_mask`, ... padded to the longest example). `take` cuts a batch and, for text, trims
-    the padding to the longest example in that batch (dynamic padding).
+    `x` is one tensor [N, ...] (images), a `LazyInputs` store (streamed images: `x[idx]` decodes just
+    those items) or a dict of [N, L] tensors (text: `input_ids`, `attention_mask`, ... padded to the
+    longest example). `take` cuts a batch and, for text, trims the padding to the longest example in
+    that batch (dynamic padding).
     """
 
     x: Any
@@ -60,6 +80,8 @@ class TensorData:
         return self.take(slice(0, n))
 
     def subset(self, idx: torch.Tensor) -> "TensorData":
+        if isinstance(self.x, LazyInputs):
+            return TensorData(self.x.subset(idx), self.y[idx])  # still lazy: nothing decoded
         x = {k: v[idx] for k, v in self.x.items()} if self.is_text else self.x[idx]
         return TensorData(x, self.y[idx])
 
