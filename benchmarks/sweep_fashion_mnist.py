@@ -48,7 +48,7 @@ SEARCH = {
         "prune.method": {"choices": ["structured", "unstructured"]},
         "prune.sparsity": [0.3, 0.85],
         "prune.importance": {"choices": ["l1", "l2", "taylor"]},
-        "finetune.epochs": [1, 3],
+        "finetune.epochs": [1, 2],
     },
 }
 ADAPTIVE = {"prune": {"method": "structured", "importance": "l2", "sparsity": 0.85,

@@ -173,5 +173,11 @@ def test_dense_gradients_for_importance_are_computed_once_and_reused(tmp_path):
 
 @pytest.mark.parametrize("sampler", ["tpe", "nsga2"])
 def test_every_sampler_runs_a_study(tmp_path, sampler):
-    doc = sweep(_recipe({**SEARCH, "sampler": sampler, "trials": 2}), tmp_path / "s", log=lambda m: None)
+    # Latency as the cost: dense and trial model timed alternately after the trial; only the
+    # balance point keeps a model folder.
+    doc = sweep(_recipe({**SEARCH, "sampler": sampler, "trials": 2, "objective": "latency"}), tmp_path / "s", log=lambda m: None)
     assert len(doc["rows"]) == 2 and all(r["state"] in ("complete", "pruned") for r in doc["rows"])
+    for r in doc["rows"]:
+        if r["state"] == "complete":
+            assert r["cost"] > 0 and r["speedup"] == pytest.approx(1 / r["cost"], rel=1e-2)
+            assert not (tmp_path / "s" / "trials" / f"trial-{r['trial']:04d}" / "model").exists()
