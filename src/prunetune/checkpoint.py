@@ -1,4 +1,4 @@
-"""Checkpoint and resume of `prunetune run` (its fine-tuning stage).
+"""Checkpoint and resume of `prunetune run` and `prunetune refine` (their fine-tuning stage).
 
 Where: `<out>.checkpoint/` beside the run folder `<out>` (which only appears, by rename, when the
 run completes; the checkpoint folder is deleted then). What:
@@ -22,6 +22,10 @@ Resuming rebuilds the run from the recipe (data, dense model from `dense/`, the 
 "pruned" stages measured again), loads the state into the model at its checkpointed shapes,
 restores every RNG and lets the Trainer continue at the same step: the result equals an
 uninterrupted run's (on CPU; see `kernel_settings` for CUDA).
+
+`refine` (command "refine" in checkpoint.json) uses the same files without dense/: its starting point
+is the source model folder, recorded (path and sha256) in `run_args` with the merged recipe; see
+`refine.resume_refine`.
 
 Example:
     >>> from pathlib import Path
@@ -159,25 +163,27 @@ def _ours(name: str) -> bool:
             or (name.startswith("state-") and name.endswith(".safetensors")) or (name.startswith(".") and name.endswith(".tmp")))
 
 
-def refuse_stale(out: str | Path) -> None:
-    """The command line refuses to start a fresh run over an interrupted one's checkpoint."""
+def refuse_stale(out: str | Path, command: str = "run") -> None:
+    """The command line refuses to start a fresh run (or refine) over an interrupted one's checkpoint."""
     d = checkpoint_dir(out)
     if (d / RECORD).exists():
-        raise PrunetuneError(f"--out {out}: an interrupted run left a checkpoint in {d}; continue it with "
-                             f"prunetune run --resume {out}, or delete that folder to start over")
+        where = f"--out {out}" if command == "run" else f"{command} {out}"  # refine's default out is not given
+        raise PrunetuneError(f"{where}: an interrupted {command} left a checkpoint in {d}; continue it with "
+                             f"prunetune {command} --resume {out}, or delete that folder to start over")
 
 
 class Checkpointer:
     """Writes the checkpoints of one run; installed as `Trainer.checkpoint` during fine-tuning."""
 
     def __init__(self, out: Path, recipe, log: Callable[[str], None], resume: "Resume | None" = None,
-                 enabled: bool = True, run_args: dict[str, Any] | None = None) -> None:
-        self.out, self.dir, self.log = Path(out), checkpoint_dir(out), log
+                 enabled: bool = True, run_args: dict[str, Any] | None = None, command: str = "run") -> None:
+        self.out, self.dir, self.log, self.command = Path(out), checkpoint_dir(out), log, command
         self.recipe_json = recipe.model_dump(mode="json")
         self.every = recipe.finetune.checkpoint_every_steps
-        self.enabled = enabled and recipe.prune.schedule.kind not in UNSUPPORTED_SCHEDULES
+        # refine trains the saved model without a pruning schedule: the recipe's schedule does not matter.
+        self.enabled = enabled and (command != "run" or recipe.prune.schedule.kind not in UNSUPPORTED_SCHEDULES)
         self.run_args = run_args or {}
-        self.trainer = self.controller = self.pruner = None
+        self.trainer = self.controller = self.pruner = self.dense = None
         self.stop_requested = self.is_armed = False
         self.writes, self.write_s, self.setup_s, self.blocking_s, self.state_bytes = 0, 0.0, 0.0, 0.0, 0
         self._thread: threading.Thread | None = None
@@ -206,8 +212,9 @@ class Checkpointer:
             shutil.rmtree(self.dir, ignore_errors=True)
 
     # -- wiring -------------------------------------------------------------------------------
-    def attach(self, trainer, controller, pruner, dense: nn.Module, model_info: dict[str, Any],
+    def attach(self, trainer, controller, pruner, dense: nn.Module | None, model_info: dict[str, Any],
                dense_info: dict[str, Any]) -> None:
+        """`controller`, `pruner` and `dense` are None for refine (no pruning; its start is the source folder)."""
         if not self.enabled:
             return
         self.trainer, self.controller, self.pruner = trainer, controller, pruner
@@ -230,7 +237,7 @@ class Checkpointer:
             with contextlib.suppress(Exception):
                 self.wait()
             if self.enabled and (self.dir / RECORD).exists():
-                raise Interrupted(self.out) from None
+                raise Interrupted(self.out, self.command) from None
             raise
         except BaseException:
             with contextlib.suppress(Exception):
@@ -307,7 +314,10 @@ class Checkpointer:
             self.log(f"checkpoint: not written at step {trainer.global_step}: the weights are not finite "
                      f"({self.last_good()})")
             return
-        if not (self.dir / DENSE / "manifest.json").exists():
+        if not self.dir.is_dir():  # refine's first checkpoint (a run's is made with dense/)
+            self.dir.mkdir(parents=True, exist_ok=True)
+            _fsync_dir(self.dir.parent)
+        if self.dense is not None and not (self.dir / DENSE / "manifest.json").exists():
             self._write_dense()
             t0 = time.perf_counter()
 
@@ -341,11 +351,11 @@ class Checkpointer:
                 tensors[f"rng/cuda/{i}"] = st
         np_state = np.random.get_state()
         py_state = random.getstate()
-        ctrl = self.controller.position or {"phase": 0, "phase_start": 0, "history": []}
+        ctrl = getattr(self.controller, "position", None) or {"phase": 0, "phase_start": 0, "history": []}
         fit = {k: v for k, v in pos.items() if k not in ("best_state", "epoch_rng")}
         name = f"state-{trainer.global_step:08d}-{uuid.uuid4().hex[:8]}.safetensors"
         record = {
-            "format": FORMAT, "prunetune_version": __version__, "torch_version": torch.__version__,
+            "format": FORMAT, "command": self.command, "prunetune_version": __version__, "torch_version": torch.__version__,
             "out": str(self.out), "written": time.strftime("%Y-%m-%dT%H:%M:%S"),
             "recipe": self.recipe_json, "run_args": self.run_args,
             "state_file": name, "state_sha256": None, "state_bytes": None,
@@ -359,7 +369,7 @@ class Checkpointer:
             "rng": {"numpy": [np_state[0], np_state[1].tolist(), int(np_state[2]), int(np_state[3]), float(np_state[4])],
                     "python": [py_state[0], list(py_state[1]), py_state[2]],
                     "cuda_devices": torch.cuda.device_count() if cuda else 0},
-            "dense": {"folder": DENSE, "info": self.dense_info, "training": self.dense.training},
+            "dense": {"folder": DENSE, "info": self.dense_info, "training": self.dense.training} if self.dense is not None else None,
             "stats": {"resumes": self.resumes},
         }
         body = json.dumps(record)  # now: the history and positions go on changing
@@ -420,7 +430,8 @@ class Checkpointer:
 
 
 class Resume:
-    """A validated checkpoint of an interrupted run, ready to be continued by `pipeline.run`."""
+    """A validated checkpoint of an interrupted run (or refine), ready to be continued by `pipeline.run`
+    (or `refine.resume_refine`)."""
 
     REQUIRED = ("recipe", "state_file", "state_sha256", "global_step", "fit", "trainer", "controller", "shapes",
                 "optimizer", "rng", "dense")
@@ -429,32 +440,36 @@ class Resume:
         from .recipe import Recipe
 
         self.out, self.dir, self.record, self.tensors = out, checkpoint_dir(out), record, tensors
+        self.command = record.get("command", "run")
         try:
             self.recipe = Recipe.model_validate(record["recipe"])
         except Exception as e:  # pydantic's ValidationError, or a registry name this install lacks
             raise self.corrupt(f"its recipe does not validate: {str(e).splitlines()[0][:120]}") from None
 
     def corrupt(self, why: str) -> PrunetuneError:
+        again = "the refine" if self.command == "refine" else "the recipe"
         return PrunetuneError(f"--resume {self.out}: the checkpoint in {self.dir} is corrupt ({why}); "
-                              f"delete that folder and run the recipe again")
+                              f"delete that folder and run {again} again")
 
     @classmethod
-    def load(cls, out_dir: str | Path) -> "Resume":
+    def load(cls, out_dir: str | Path, command: str = "run") -> "Resume":
+        """The checkpoint of the interrupted `prunetune <command>` whose output folder was `out_dir`."""
         import safetensors.torch
         from safetensors import SafetensorError
 
         out = Path(out_dir)
         d = checkpoint_dir(out)
+        again = "the refine" if command == "refine" else "the recipe"
         if out.exists():
-            raise PrunetuneError(f"--resume {out}: that run already completed (its folder exists); nothing to resume")
+            raise PrunetuneError(f"--resume {out}: that {command} already completed (its folder exists); nothing to resume")
         path = d / RECORD
         if not path.exists():
-            raise PrunetuneError(f"--resume {out}: no checkpoint ({path} not found): the run stopped before its first "
-                                 "fine-tuning epoch ended, or never started; run the recipe again")
+            raise PrunetuneError(f"--resume {out}: no checkpoint ({path} not found): the {command} stopped before its "
+                                 f"first fine-tuning epoch ended, or never started; run {again} again")
 
         def corrupt(why: str) -> PrunetuneError:
             return PrunetuneError(f"--resume {out}: the checkpoint in {d} is corrupt ({why}); "
-                                  f"delete that folder and run the recipe again")
+                                  f"delete that folder and run {again} again")
 
         try:
             record = json.loads(path.read_text(encoding="utf-8"))
@@ -462,6 +477,12 @@ class Resume:
             raise corrupt(f"{RECORD} unreadable: {e.__class__.__name__}") from None
         if not isinstance(record, dict) or record.get("format") != FORMAT:
             raise corrupt(f"{RECORD} is not a {FORMAT} record")
+        written_by = record.get("command", "run")
+        if written_by != command:
+            if written_by not in ("run", "refine"):
+                raise corrupt(f"{RECORD}: command {str(written_by)[:20]!r} is neither run nor refine")
+            raise PrunetuneError(f"--resume {out}: that checkpoint was written by prunetune {written_by}; "
+                                 f"continue it with prunetune {written_by} --resume {out}")
         missing = [k for k in cls.REQUIRED if k not in record]
         if missing:
             raise corrupt(f"{RECORD} lacks {', '.join(missing)}")
@@ -480,7 +501,7 @@ class Resume:
             tensors = safetensors.torch.load(data)
         except (SafetensorError, ValueError, RuntimeError) as e:
             raise corrupt(f"{state.name}: {str(e)[:80]}") from None
-        if not (d / DENSE / "manifest.json").exists():
+        if command == "run" and not (d / DENSE / "manifest.json").exists():
             raise corrupt(f"{DENSE}/ missing")
         return cls(out, record, tensors)
 
@@ -510,14 +531,16 @@ class Resume:
         return model.to(device), self.record["dense"]["info"]
 
     def restore(self, trainer, controller, pruner) -> None:
-        """Put the checkpointed state into the freshly rebuilt run; call just before `controller.finetune`."""
+        """Put the checkpointed state into the freshly rebuilt run; call just before `controller.finetune`
+        (refine: just before `trainer.fit`, with no controller and no pruner)."""
         from .artifacts import _load_state, resize_to
 
         rec, tensors = self.record, self.tensors
         model = trainer.model
         try:
-            pruner.steps_done = int(rec["controller"]["pruner_steps"])
-            _set_tp_state(pruner, rec["controller"].get("torch_pruning"))
+            if pruner is not None:
+                pruner.steps_done = int(rec["controller"]["pruner_steps"])
+                _set_tp_state(pruner, rec["controller"].get("torch_pruning"))
             resize_to(model, rec["shapes"])
             _load_state(model, {k[6:]: v for k, v in tensors.items() if k.startswith("model/")}, self.dir)
             trainer.rebuild_optimizer()
@@ -543,7 +566,8 @@ class Resume:
         trainer.history = list(t["history"])
         trainer.wall_s = float(fit["wall_s"])
         trainer.resume_from = fit
-        controller.resume_from = rec["controller"]
+        if controller is not None:
+            controller.resume_from = rec["controller"]
         # RNG states last: nothing may draw from them between here and the next training step.
         trainer.gen.set_state(tensors["rng/gen"])
         torch.set_rng_state(tensors["rng/torch"])

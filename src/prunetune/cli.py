@@ -34,7 +34,7 @@ def _guard(fn):
         raise typer.Exit(e.exit_code) from None
     except KeyboardInterrupt as e:
         if getattr(e, "out", None) is not None:  # errors.Interrupted: a checkpoint was written
-            print(f"interrupted: resume with prunetune run --resume {e.out}", file=sys.stderr)
+            print(f"interrupted: resume with prunetune {getattr(e, 'command', 'run')} --resume {e.out}", file=sys.stderr)
         else:
             print("interrupted: nothing was left half-written", file=sys.stderr)
         raise typer.Exit(130) from None
@@ -206,21 +206,34 @@ def list_() -> None:
 
 @app.command("refine")
 def refine_(
-    model_dir: Path = typer.Argument(..., help="a saved model folder (a run's model/)"),
-    data_path: str = typer.Option(..., "--data", "--data-path", help="the newly collected labelled data (same classes as the model)"),
+    model_dir: Optional[Path] = typer.Argument(None, help="a saved model folder (a run's model/); omitted with --resume"),
+    data_path: Optional[str] = typer.Option(None, "--data", "--data-path", help="the newly collected labelled data (same classes as the model)"),
     set_: List[str] = typer.Option([], "--set", help="data.* or finetune.* override, e.g. finetune.epochs=2 (repeatable)"),
     out: Optional[Path] = typer.Option(None, "--out", help="output folder (default: MODEL_DIR-v2, -v3, ... beside it); must not exist"),
     trust_code: bool = typer.Option(False, "--trust-code", help="allow the model's own code (import-path models)"),
     track: Optional[str] = typer.Option(None, "--track", help=TRACK_HELP),
     track_uri: Optional[str] = typer.Option(None, "--track-uri", help=TRACK_URI_HELP),
+    resume: Optional[Path] = typer.Option(None, "--resume", metavar="OUT_DIR",
+                                          help="continue the interrupted refine that was writing OUT_DIR (e.g. "
+                                          "runs/x/model-v2) from its last checkpoint (OUT_DIR.checkpoint/); the model, "
+                                          "data and settings come from the checkpoint"),
 ) -> None:
     """Re-fine-tune a saved model on new labelled data, keeping its architecture and masks; write a new version."""
 
     def go():
-        from .refine import refine
+        from .refine import refine, resume_refine
 
-        rep = refine(model_dir, set_, out, log=_log, data_path=data_path, trust_code=trust_code,
-                     track=track, track_uri=track_uri)
+        if resume is not None:
+            if model_dir is not None or data_path is not None or set_ or (out is not None and out != resume):
+                raise PrunetuneError("--resume: the model, the data, the settings and the output folder come from the "
+                                     "checkpoint; drop MODEL_DIR, --data, --set and --out")
+            rep = resume_refine(resume, log=_log, trust_code=trust_code, track=track, track_uri=track_uri)
+        elif model_dir is None:
+            raise PrunetuneError("refine: give the saved model folder MODEL_DIR (or --resume OUT_DIR to continue "
+                                 "an interrupted refine)")
+        else:
+            rep = refine(model_dir, set_, out, log=_log, data_path=data_path, trust_code=trust_code,
+                         track=track, track_uri=track_uri)
         b, a = rep["stages"]["before"], rep["stages"]["after"]
         print(f"new data {b['new_data']['accuracy']:.2f}% -> {a['new_data']['accuracy']:.2f}%; original test "
               f"{b['original_test']['accuracy']:.2f}% -> {a['original_test']['accuracy']:.2f}%; "

@@ -31,8 +31,9 @@ class RuntimeFault(PrunetuneError):
 
 
 class Interrupted(KeyboardInterrupt):
-    """Ctrl-C during a run that has a checkpoint: `out` is the run folder to pass to --resume."""
+    """Ctrl-C during a run that has a checkpoint: `out` is the run folder to pass to
+    `prunetune <command> --resume` (command "run" or "refine")."""
 
-    def __init__(self, out) -> None:
+    def __init__(self, out, command: str = "run") -> None:
         super().__init__(str(out))
-        self.out = out
+        self.out, self.command = out, command

@@ -9,6 +9,10 @@ new data's test split and on the original test set (the saved recipe's data), so
 The result is a new version folder beside the old one (`run/model` -> `run/model-v2`, then `-v3`,
 ...), written atomically; the source folder is only read.
 
+Fine-tuning is checkpointed like `prunetune run`'s (checkpoint.py) into `<out>.checkpoint/`, which also
+records the merged recipe and the source folder (path and sha256): `resume_refine(out)` continues an
+interrupted refine to the result an uninterrupted one gives.
+
 Example:
     >>> report = refine("runs/quick/model", ["finetune.epochs=2"], data_path="/data/new")   # doctest: +SKIP
     >>> report["stages"]["after"]["new_data"]["accuracy"]                                 # doctest: +SKIP
@@ -17,6 +21,7 @@ Example:
 from __future__ import annotations
 
 import copy
+import hashlib
 import os
 import re
 from pathlib import Path
@@ -27,6 +32,7 @@ import torch
 from . import __version__
 from .artifacts import staged_folder, load_model, read_manifest, save_model
 from .cache import model_info
+from .checkpoint import Checkpointer, Resume, kernel_settings, refuse_stale
 from .data import build_data
 from .errors import PrunetuneError, RuntimeFault
 from .measure import count_params, measure_stage, reference_counts
@@ -126,14 +132,27 @@ def _reference(manifest, recipe: Recipe, model, trust_code: bool) -> dict[str, A
         return reference_counts(model, list(masked_layers(model)))
 
 
+def fingerprint(folder: Path) -> str:
+    """sha256 over the names and contents of every file in a model folder (resume checks the source is unchanged)."""
+    h = hashlib.sha256()
+    for f in sorted(p for p in Path(folder).rglob("*") if p.is_file()):
+        h.update(f.relative_to(folder).as_posix().encode() + b"\0")
+        with open(f, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+        h.update(b"\0")
+    return h.hexdigest()
+
+
 def refine(model_dir: str | Path, overrides: list[str] | None = None, out: str | Path | None = None,
            log: Callable[[str], None] = print, *, data_path: str | Path | None = None,
-           trust_code: bool = False, track: str | Tracker | None = None, track_uri: str | None = None) -> dict[str, Any]:
+           trust_code: bool = False, track: str | Tracker | None = None, track_uri: str | None = None,
+           checkpoint: bool = True) -> dict[str, Any]:
     """Re-fine-tune the model in `model_dir` on new data; return the report (also written, with `folder`).
 
-    `track` ("tensorboard", "mlflow" or a `Tracker`) logs the recipe, every epoch and the report."""
-    from .pipeline import seed_everything
-
+    `track` ("tensorboard", "mlflow" or a `Tracker`) logs the recipe, every epoch and the report.
+    Fine-tuning is checkpointed into `<out>.checkpoint/` unless `checkpoint=False` (see `resume_refine`);
+    a leftover checkpoint of an interrupted refine into the same `out` is refused."""
     load_builtins()
     overrides = list(overrides or [])
     _check_overrides(overrides)
@@ -162,9 +181,51 @@ def refine(model_dir: str | Path, overrides: list[str] | None = None, out: str |
     if Path(os.path.realpath(model_dir)) in Path(os.path.realpath(out)).parents:
         raise PrunetuneError(f"--out {out}: inside the model folder {model_dir}, which refine only reads; "
                              "write the new version beside it")
-    tracker = make_tracker(track, track_uri, log)
+    refuse_stale(out, "refine")
+    return _refine(model_dir, recipe, notes, out, log, trust_code=trust_code, track=track, track_uri=track_uri,
+                   checkpoint=checkpoint)
 
+
+def resume_refine(out_dir: str | Path, log: Callable[[str], None] = print, *, trust_code: bool = False,
+                  track: str | Tracker | None = None, track_uri: str | None = None) -> dict[str, Any]:
+    """Continue the interrupted refine that was writing `out_dir` from its last checkpoint and finish it.
+
+    Everything comes from the checkpoint: the merged recipe (data path included), the source model
+    folder (which must be unchanged: its sha256 is checked), the notes and --trust-code."""
+    load_builtins()
+    res = Resume.load(out_dir, command="refine")
+    args = res.record.get("run_args")
+    try:
+        label, source, digest = str(args["source_model"]), Path(args["source_path"]), str(args["source_sha256"])
+        notes, trust = [str(n) for n in args["notes"]], bool(args["trust_code"])
+    except (KeyError, TypeError, ValueError):
+        raise res.corrupt("run_args lacks the source model, its sha256, the notes or trust_code") from None
+    if not (source / "manifest.json").is_file():
+        raise PrunetuneError(f"--resume {res.out}: the source model folder {source} is gone (no manifest.json); "
+                             "put it back where it was, or delete the checkpoint folder and refine again")
+    if fingerprint(source) != digest:
+        raise PrunetuneError(f"--resume {res.out}: the source model folder {source} changed since the refine started; "
+                             "put the original back, or delete the checkpoint folder and refine again")
+    warn = res.versions_differ()
+    if warn:
+        log(f"resume: {warn}")
+    s = res.summary()
+    log(f"resume: {res.out} from {res.dir}: epoch {s['epoch']} after {s['batches']} batches (step {s['global_step']})")
+    return _refine(source, res.recipe, notes, res.out, log, trust_code=trust or trust_code, track=track,
+                   track_uri=track_uri, resume=res, label=label)
+
+
+def _refine(model_dir: Path, recipe: Recipe, notes: list[str], out: Path, log: Callable[[str], None], *,
+            trust_code: bool, track: str | Tracker | None, track_uri: str | None, checkpoint: bool = True,
+            resume: Resume | None = None, label: str | None = None) -> dict[str, Any]:
+    """The refine itself, from the validated merged recipe; `label` names the source in the report
+    (the path as first given; a resume loads from the absolute path recorded)."""
+    from .pipeline import seed_everything
+
+    label = label if label is not None else str(model_dir)
+    tracker = make_tracker(track, track_uri, log)
     model, manifest = load_model(model_dir, trust_code=trust_code)
+    original = _validate(copy.deepcopy(manifest.recipe), f"{model_dir}/manifest.json recipe")
     seed_everything(recipe.seed)
     device = pick_device(recipe.evaluate.device)
     task = TASKS.get(recipe.task, "task")()
@@ -197,13 +258,22 @@ def refine(model_dir: str | Path, overrides: list[str] | None = None, out: str |
     nonzero_before = count_params(realise(model))[1]
     stages = {"before": measure("before")}
 
-    with staged_folder(out, on_abort=tracker.abort) as tmp:  # written while training: tensorboard/ goes here
+    # What `resume_refine` needs besides the recipe; the source's sha256 only when a checkpoint may be written.
+    digest = resume.record["run_args"]["source_sha256"] if resume is not None else fingerprint(model_dir) if checkpoint else None
+    run_args = {"source_model": label, "source_path": os.path.abspath(model_dir), "source_sha256": digest,
+                "notes": notes, "trust_code": trust_code}
+    ckpt = Checkpointer(out, recipe, log, resume, enabled=checkpoint, run_args=run_args, command="refine")
+    with ckpt.guard(), staged_folder(out, on_abort=tracker.abort) as tmp:  # written while training: tensorboard/ goes here
         tracker.start(recipe.model_dump(mode="json"), f"{out.parent.name}/{out.name}", tmp, folder=out)
         torch.manual_seed(recipe.seed + 1)
         ft = recipe.finetune
         trainer = Trainer(model, task, new, ft, device, recipe.seed + 1, desc="refine", log=log, method="full",
                           on_epoch=lambda row: tracker.log_epoch("finetune", row))
-        history = trainer.fit(ft.epochs)
+        ckpt.attach(trainer, None, None, None, {}, {})
+        if resume is not None:
+            resume.restore(trainer, None, None)
+        with ckpt.armed():
+            history = trainer.fit(ft.epochs)
 
         masks_after = {k: v.detach().cpu() for k, v in masked_layers(model).items()}
         changed = [k for k in masks_before if k not in masks_after or not torch.equal(masks_before[k], masks_after[k])]
@@ -217,7 +287,7 @@ def refine(model_dir: str | Path, overrides: list[str] | None = None, out: str |
 
         report = {
             "prunetune_version": __version__,
-            "source_model": str(model_dir),
+            "source_model": label,
             "stages": stages,
             "finetune": {"epochs_run": len(history), "best_epoch": trainer.best_epoch,
                          "wall_s": round(trainer.wall_s, 2), "history": history},
@@ -228,9 +298,11 @@ def refine(model_dir: str | Path, overrides: list[str] | None = None, out: str |
             "notes": notes,
             "recipe": recipe.model_dump(mode="json"),
             "torch_version": torch.__version__,
+            "nondeterministic_kernels": kernel_settings(device),
+            "checkpoint": ckpt.summary(),
         }
         (tmp / "recipe.resolved.yaml").write_text(dump_recipe(recipe))
-        save_model(model, tmp / "model", {**model_info(recipe, new), "refined_from": str(model_dir)})
+        save_model(model, tmp / "model", {**model_info(recipe, new), "refined_from": label})
         write_reports(report, tmp, markdown)
         tracker.finish(report, tmp)  # before the rename: tensorboard/ is inside tmp, mlflow copies the reports
     log(f"done: {out}")

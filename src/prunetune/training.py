@@ -110,7 +110,7 @@ class Trainer:
         self.wall_s = 0.0
         self.global_step = 0
         # checkpoint.Checkpointer (after_step / after_epoch hooks) and the position the next fit
-        # continues from (set by checkpoint.Resume); both None outside `prunetune run`'s fine-tuning.
+        # continues from (set by checkpoint.Resume); both None outside the fine-tuning of `prunetune run` / `refine`.
         self.checkpoint: Any = None
         self.resume_from: dict[str, Any] | None = None
         self.rebuild_optimizer()
