@@ -214,7 +214,7 @@ def test_text_inputs_are_checked_before_the_model_is_loaded(tmp_path):
     with pytest.raises(PrunetuneError, match="input not found"):
         read_text_lines([tmp_path / "missing.txt"])
     # A text model's folder: the input check fires before the (here unbuildable) model is touched.
-    folder = _save(tmp_path / "model", _built("lenet300"), "lenet300", {"kind": "text", "tokenizer": "x"})
+    folder = _save(tmp_path / "model", _built("lenet300"), "lenet300", {"kind": "text", "tokenizer": "."})
     with pytest.raises(PrunetuneError, match="empty line"):
         predict(folder, [blank])
 

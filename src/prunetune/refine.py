@@ -57,9 +57,11 @@ def model_folder(path: str | Path) -> Path:
 def next_version(model_dir: Path) -> Path:
     """`run/model` -> `run/model-v2` (or the next free number); `run/model-v2/model` -> `run/model-v3`.
 
-    The path is made absolute and its '.' and '..' removed first (links are not followed), so the new
-    version always lands beside the model folder: `run/model/..` would otherwise give `run/model/..-v2`."""
-    model_dir = Path(os.path.abspath(model_dir))
+    '.' and '..' are removed first (lexically, links are not followed; a relative path stays relative
+    unless it climbs above the working folder), so the new version always lands beside the model
+    folder: `run/model/..` would otherwise give `run/model/..-v2`."""
+    norm = os.path.normpath(model_dir)
+    model_dir = Path(norm if not norm.startswith("..") and norm != "." else os.path.abspath(model_dir))
     m = re.fullmatch(r"(.+)-v(\d+)", model_dir.parent.name)
     if model_dir.name == "model" and m:
         where, stem = model_dir.parent.parent, m.group(1)
