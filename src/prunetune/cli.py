@@ -86,8 +86,10 @@ def run(
         s = report["stages"]
         sp = speedups(s)["finetuned"]
         lat = f", measured speedup {sp['speedup_batch_1']:.2f}x (b1) / {sp['speedup_batch_N']:.2f}x (b{r.evaluate.latency_batch})" if "speedup_batch_1" in sp else ""
-        print(f"dense {s['dense']['accuracy']:.2f}% -> pruned {s['pruned']['accuracy']:.2f}% -> fine-tuned "
-              f"{s['finetuned']['accuracy']:.2f}%; MACs ÷{sp['macs_ratio']:.2f}{lat}")
+        m = report.get("metric", "accuracy")
+        unit, name = ("%", "") if m == "accuracy" else ("", f"{m} ")
+        print(f"{name}dense {s['dense'][m]:.2f}{unit} -> pruned {s['pruned'][m]:.2f}{unit} -> fine-tuned "
+              f"{s['finetuned'][m]:.2f}{unit}; MACs ÷{sp['macs_ratio']:.2f}{lat}")
 
     _guard(go)
 

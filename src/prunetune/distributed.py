@@ -66,9 +66,9 @@ def sync_masks(model: nn.Module) -> None:
         return
     import torch.distributed as dist
 
-    from .pruning.masks import masked_layers
+    from .pruning.masks import masked_tensors
 
-    for mask in masked_layers(model).values():
+    for mask in masked_tensors(model).values():
         m = mask.to(torch.uint8)
         dist.broadcast(m, src=0)
         mask.copy_(m.bool())

@@ -35,7 +35,13 @@ def evaluate_model(folder: str | Path, overrides: list[str] | None = None, trust
         from .artifacts import resolve_tokenizer
 
         spec = spec.model_copy(update={"tokenizer": resolve_tokenizer(Path(folder), manifest.preprocess)})
-    bundle = build_data(spec, recipe.get("seed", 0))
+    # Sources that check the data against the model (feature width, id tables) see the saved model's
+    # spec, its data-decided kwargs included.
+    from .recipe import ModelSpec
+
+    saved = ModelSpec.model_validate(manifest.model)
+    saved = saved.model_copy(update={"kwargs": {**manifest.model_kwargs, **saved.kwargs}})
+    bundle = build_data(spec, recipe.get("seed", 0), saved)
     if bundle.class_names != manifest.class_names:
         raise PrunetuneError(
             f"{folder}: the model's classes {manifest.class_names[:4]}... differ from the data's "

@@ -158,7 +158,9 @@ def export_onnx(model_dir: str | Path, out_file: str | Path | None = None, opset
     both files' bytes and onnxruntime latencies, the size ratio and the measured speedup.
     """
     model_dir = Path(model_dir)
-    read_manifest(model_dir)  # a clear error before anything else for a folder that is not a model
+    from .lm.checks import refuse_lm_folder
+
+    refuse_lm_folder(read_manifest(model_dir), model_dir, "export")  # a clear error before anything else
     if opset is not None:
         from torch.onnx import _constants as C  # private, but the only place torch states the range
 
@@ -180,6 +182,10 @@ def export_onnx(model_dir: str | Path, out_file: str | Path | None = None, opset
     if not out.parent.is_dir():
         raise PrunetuneError(f"--out {out}: folder {out.parent} not found; create it first")
 
+    kind = read_manifest(model_dir).preprocess.get("kind")
+    if kind not in ("image", "text", "sequence"):
+        raise PrunetuneError(f"{model_dir}: export supports image, text and sequence models; this is a {kind!r} model "
+                             "(its inputs are ids, not features); use prunetune eval, or load it with prunetune.artifacts.load_model")
     model, manifest = load_model(model_dir, trust_code=trust_code)
     plain = realise(model).cpu().eval()  # masks baked in: the zeros are plain weights in the ONNX file
     g = torch.Generator().manual_seed(SEED)

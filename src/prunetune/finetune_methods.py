@@ -35,6 +35,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from .errors import PrunetuneError
+from .pruning.hf_conv1d import in_out, is_hf_conv1d
 from .pruning.masks import attach_mask, get_mask, masked_layers, realise
 from .registry import FINETUNE_METHODS
 
@@ -72,7 +73,7 @@ class Method:
         """Linear layers chosen by finetune.peft.include / exclude (the classifier is trained fully)."""
         include = list(self.peft.include) if self.peft and self.peft.include else list(self.default_include)
         exclude = list(self.peft.exclude) if self.peft else []
-        names = [n for n, m in model.named_modules() if isinstance(m, nn.Linear) and n]
+        names = [n for n, m in model.named_modules() if (isinstance(m, nn.Linear) or is_hf_conv1d(m)) and n]
         for field, pats in (("finetune.peft.include", include), ("finetune.peft.exclude", exclude)):
             for p in pats:
                 if not any(fnmatchcase(n, p) for n in names):
@@ -90,6 +91,10 @@ FINETUNE_METHODS.register("full")(Method)
 
 def _head_params(model: nn.Module, classifier: str | None) -> list[nn.Parameter]:
     if not classifier:
+        return []
+    from .lm.models import is_lm_head
+
+    if is_lm_head(model, classifier):  # a language model's head (tied to the embeddings) is not a classifier
         return []
     mod = dict(model.named_modules()).get(classifier)
     return list(mod.parameters()) if mod is not None else []
@@ -127,7 +132,10 @@ class _Peft(Method):
         self.summary["targets"] = len(targets)
         cfg = self._config(model, targets)
         if self.classifier:
-            cfg.modules_to_save = [self.classifier]
+            from .lm.models import is_lm_head
+
+            if not is_lm_head(model, self.classifier):  # a language model's head stays frozen
+                cfg.modules_to_save = [self.classifier]
         warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")
         try:
             wrapped = get_peft_model(model, cfg)
@@ -148,7 +156,8 @@ def _masked_lora_forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> to
         if name not in self.lora_A.keys() or self.disable_adapters or self.merged:
             continue
         delta = (self.lora_B[name].weight @ self.lora_A[name].weight) * self.scaling[name]
-        result = result + F.linear(self.lora_dropout[name](x), delta * mask)
+        m = mask.t() if getattr(self, "fan_in_fan_out", False) else mask  # Conv1D (GPT-2) stores [in, out]
+        result = result + F.linear(self.lora_dropout[name](x), delta * m)
     return result
 
 
@@ -214,7 +223,10 @@ class LoRA(_Mergeable):
         from peft import LoraConfig
 
         p = self.peft
-        return LoraConfig(r=p.r, lora_alpha=p.alpha, lora_dropout=p.dropout, target_modules=targets, bias="none")
+        mods = dict(model.named_modules())
+        conv = bool(targets) and all(is_hf_conv1d(mods[t]) for t in targets)  # GPT-2's Conv1D: weights [in, out]
+        return LoraConfig(r=p.r, lora_alpha=p.alpha, lora_dropout=p.dropout, target_modules=targets, bias="none",
+                          fan_in_fan_out=conv)
 
     def prepare(self, model):
         wrapped = super().prepare(model)
@@ -236,7 +248,7 @@ class IA3(_Mergeable):
         from peft import IA3Config
 
         mods = dict(model.named_modules())
-        ff = [n for n in targets if mods[n].in_features > mods[n].out_features]
+        ff = [n for n in targets if in_out(mods[n])[0] > in_out(mods[n])[1]]
         return IA3Config(target_modules=targets, feedforward_modules=ff)
 
 

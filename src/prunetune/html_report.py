@@ -95,13 +95,13 @@ def _lat(s: dict[str, Any], key: str) -> str:
     return f"{lat[key]['p50']:.3f}" if lat else "-"
 
 
-def _stage_table(stages: dict[str, Any]) -> str:
+def _stage_table(stages: dict[str, Any], metric: str = "accuracy") -> str:
     names = [n for n in STAGES if n in stages]
     sp = speedups(stages)
     dense = stages["dense"]
     n = dense.get("latency_ms", {}).get("batch_N", {}).get("batch", "N")
     mem = any("peak_memory_bytes" in stages[s] for s in names)
-    head = ["stage", "test acc %", "Δ pt", "params", "non-zero", "sparsity", "prunable sparsity", "MACs (÷)",
+    head = ["stage", "test acc %" if metric == "accuracy" else f"test {metric}", "Δ", "params", "non-zero", "sparsity", "prunable sparsity", "MACs (÷)",
             "size", "gzip", f"p50 ms b1 / b{n}", f"measured speedup b1 / b{n}"]
     if mem:
         head.append(f"peak memory b{n}")
@@ -109,7 +109,7 @@ def _stage_table(stages: dict[str, Any]) -> str:
     for name in names:
         s, r = stages[name], sp[name]
         speed = (f"{r['speedup_batch_1']:.2f}× / {r['speedup_batch_N']:.2f}×" if "speedup_batch_1" in r else "-")
-        row = [name, f"{s['accuracy']:.2f}", f"{s['accuracy'] - dense['accuracy']:+.2f}", f"{s['params']:,}",
+        row = [name, f"{s[metric]:.2f}", f"{s[metric] - dense[metric]:+.2f}", f"{s['params']:,}",
                f"{s['nonzero_params']:,}", f"{s['sparsity']:.3f}", f"{s['prunable_sparsity']:.3f}",
                f"{s['macs'] / 1e6:.2f} M (÷{r['macs_ratio']:.2f})", _fmt_bytes(s["size_bytes"]), _fmt_bytes(s["gzip_bytes"]),
                f"{_lat(s, 'batch_1')} / {_lat(s, 'batch_N')}" if s.get("latency_ms") else "-", speed]
@@ -118,6 +118,18 @@ def _stage_table(stages: dict[str, Any]) -> str:
             row.append(_fmt_bytes(pm["bytes"]) if pm else "-")
         rows.append(row)
     return table(head, rows, numeric=set(range(1, len(head))), cls=["hl" if n_ == "finetuned" else "" for n_ in names])
+
+
+def _robustness(stages: dict[str, Any]) -> list[str]:
+    """Accuracy under noise and attacks, stage by stage (nothing when evaluate.robustness was off)."""
+    from .robustness import note, table_head, table_rows
+
+    rows = table_rows(stages, STAGES)
+    if rows is None:
+        return []
+    head = table_head(STAGES, stages)
+    return ['<section id="robustness">', "<h2>Robustness (accuracy %)</h2>", table(head, rows, numeric=set(range(1, len(head)))),
+            f'<p class="note">{esc(note(stages))}</p>', "</section>"]
 
 
 def _per_class(columns: dict[str, dict[str, Any]]) -> str:
@@ -174,11 +186,15 @@ def render_run(report: dict[str, Any], folder: Path | None = None, images: dict[
         body.append(f'<p id="distill">Distilled from <code>{esc(d["teacher"])}</code> (test accuracy '
                     f"{d['teacher_test_accuracy']:.2f}), alpha {esc(d['alpha'])}, T {esc(d['temperature'])}; teacher logits "
                     f"{'cached per example' if d['cached_logits'] else 'per batch'}, teacher time {d['teacher_s']:.1f} s.</p>")
-    body += ['<section id="stages">', "<h2>Stages</h2>", _stage_table(stages)]
+    body += ['<section id="stages">', "<h2>Stages</h2>", _stage_table(stages, report.get("metric", "accuracy"))]
     d = stages["dense"]
     body.append(f'<p class="note">Latency: <code>torch.utils.benchmark</code>, {esc(d["threads"])} thread(s), device '
                 f"{esc(d.get('device', 'cpu'))}; speedup = dense p50 / stage p50 (measured, never inferred from MACs).</p>")
     body += _notes_and_curves(report, images)
+    body += _robustness(stages)
+    from .lm.report import html_section as samples_section
+
+    body += samples_section(stages, STAGES)  # language models: generations per stage
     body += ['<section id="plan">', "<h2>Per-layer plan</h2>"]
     if "sparsity.png" in images:
         body.append(img(images["sparsity.png"], "per-layer sparsity"))
@@ -186,8 +202,9 @@ def render_run(report: dict[str, Any], folder: Path | None = None, images: dict[
                       [[p["layer"], p["type"], p["shape_before"], p["shape_after"], f"{p['sparsity']:.3f}",
                         "yes" if p["target"] else "no"] for p in report["plan"]], numeric={4}))
     body.append("</section>")
-    body += ['<section id="per-class">', "<h2>Per-class test accuracy (%)</h2>",
-             _per_class({s: stages[s]["per_class_accuracy"] for s in STAGES if s in stages}), "</section>"]
+    if "per_class_accuracy" in stages["dense"]:
+        body += ['<section id="per-class">', "<h2>Per-class test accuracy (%)</h2>",
+                 _per_class({s: stages[s]["per_class_accuracy"] for s in STAGES if s in stages}), "</section>"]
     if "sweep" in report:
         body += _sweep(report["sweep"], folder)
     body.append(f'<p class="note">prunetune {esc(report.get("prunetune_version", ""))}, '

@@ -29,13 +29,22 @@ def count_params(model: nn.Module) -> tuple[int, int]:
 
 
 def layer_weights(model: nn.Module, names: list[str]) -> dict[str, torch.Tensor]:
+    """Each named layer's prunable weights (an LSTM / GRU: every gate tensor, flattened into one)."""
+    from .pruning.layers import layer_weight
+
     mods = dict(model.named_modules())
-    return {n: mods[n].weight.detach() for n in names if n in mods}
+    return {n: layer_weight(mods[n]) for n in names if n in mods}
 
 
 def macs(model: nn.Module, example: Any) -> int:
     import torch_pruning as tp
+    from torch_pruning.utils import op_counter
 
+    from .pruning.hf_conv1d import is_hf_conv1d
+
+    for mod in model.modules():  # transformers' Conv1D (GPT-2) counts as the linear layer it is
+        if is_hf_conv1d(mod):
+            op_counter.CUSTOM_MODULES_MAPPING[type(mod)] = op_counter.linear_flops_counter_hook
     with contextlib.redirect_stdout(io.StringIO()):  # "No positional inputs found" for keyword inputs
         m, _ = tp.utils.count_ops_and_params(model, example)
     return int(m)
@@ -176,6 +185,8 @@ def measure_stage(model: nn.Module, task, bundle, spec, device: torch.device, re
     """The stage record `S` of report.json; `reference` holds the dense counts and target layer names."""
     shipped = realise(model).to(device).eval()
     result: dict[str, Any] = task.evaluate(shipped, bundle.test, bundle.eval_batch_size, device, bundle.class_names)
+    if hasattr(task, "samples") and getattr(spec, "generate", 0):  # causal LMs: a few greedy generations
+        result["samples"] = task.samples(shipped, bundle, spec, device)
     params, nonzero = count_params(shipped)
     targets = layer_weights(shipped, reference["targets"])
     target_nonzero = sum(int(torch.count_nonzero(w)) for w in targets.values())
@@ -205,6 +216,10 @@ def measure_stage(model: nn.Module, task, bundle, spec, device: torch.device, re
     if spec.memory:
         big = to_device(example_batch(bundle.test, spec.latency_batch, seq), device)
         result["peak_memory_bytes"] = {"batch": spec.latency_batch, "bytes": peak_memory_bytes(shipped, task.forward, big, device)}
+    if getattr(spec, "robustness", None) is not None:
+        from .robustness import measure_robustness
+
+        result["robustness"] = measure_robustness(shipped, task, bundle, spec.robustness, device)
     return result
 
 
@@ -229,19 +244,21 @@ def reference_counts(model: nn.Module, targets: list[str]) -> dict[str, Any]:
 
 def plan_rows(before: nn.Module, after: nn.Module, targets: list[str]) -> list[dict[str, Any]]:
     """Per-layer plan: shape before/after and sparsity relative to the dense layer."""
-    from .pruning.layers import prunable_layers
+    from .pruning.layers import layer_shape, layer_weight, prunable_layers
 
-    after_w = layer_weights(realise(after), [n for n, _ in prunable_layers(before)])
+    plain = realise(after)
+    after_mods = dict(plain.named_modules())
+    after_w = layer_weights(plain, [n for n, _ in prunable_layers(before)])
     rows = []
     for name, mod in prunable_layers(before):
-        wb = mod.weight.detach()
+        wb = layer_weight(mod)
         wa = after_w.get(name)
         nz = int(torch.count_nonzero(wa)) if wa is not None else 0
         rows.append({
             "layer": name,
             "type": type(mod).__name__,
-            "shape_before": list(wb.shape),
-            "shape_after": list(wa.shape) if wa is not None else [],
+            "shape_before": layer_shape(mod),
+            "shape_after": layer_shape(after_mods[name]) if wa is not None else [],
             "sparsity": round(1.0 - nz / wb.numel(), 6),
             "target": name in targets,
         })

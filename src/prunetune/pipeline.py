@@ -37,6 +37,7 @@ from .finetune_methods import trainable_summary
 from .registry import FINETUNE_METHODS, TASKS, load_builtins
 from .tasks import to_device
 from .report import speedups, write_reports
+from .robustness import check_inputs as check_robustness
 from .tracking import Tracker, make_tracker
 from .training import Trainer, pick_device
 
@@ -95,7 +96,9 @@ def run(recipe: Recipe, out: str | Path | None = None, log: Callable[[str], None
         recipe = recipe.model_copy(update={"dense": recipe.dense.model_copy(update={"epochs": 0})})
         log("prune.order prune_first: dense.epochs taken as 0")
     bundle = build_data(recipe.data, recipe.seed, recipe.model)
-    log(f"data: {len(bundle.train)} train / {len(bundle.val)} val / {len(bundle.test)} test, {bundle.num_classes} classes")
+    log(f"data: {len(bundle.train)} train / {len(bundle.val)} val / {len(bundle.test)} test"
+        + (f", {bundle.num_classes} classes" if task.labels else ""))
+    check_robustness(bundle, recipe.evaluate.robustness, task)  # text, or no ART: refused before any training
     if score_on == "val":
         bundle = dataclasses.replace(bundle, test=bundle.val)
 
@@ -175,6 +178,9 @@ def run(recipe: Recipe, out: str | Path | None = None, log: Callable[[str], None
         report = {
             "prunetune_version": __version__,
             "recipe": recipe.model_dump(mode="json"),
+            "task": task.name,
+            "metric": task.metric,
+            "higher_is_better": task.higher_is_better,
             "stages": stages,
             "speedup": speedups(stages),
             "plan": plan_rows(dense, model, targets),

@@ -29,6 +29,10 @@ def image_preprocess(manifest: Manifest, where: str | Path = "model") -> dict[st
     """The manifest's image preprocessing, checked: {"size": (H, W), "channels": C, "mean": [C], "std": [C]}."""
     pre = manifest.preprocess or {}
     kind = pre.get("kind")
+    if kind in ("sequence", "ratings"):
+        raise PrunetuneError(f"{where}: predict reads image files and text lines; a {kind} model takes "
+                             f"{'feature sequences' if kind == 'sequence' else 'user-item ids'}: score files with "
+                             "prunetune eval MODEL_DIR --set data.path=..., or load it with prunetune.artifacts.load_model")
     if kind != "image":
         raise PrunetuneError(f"{where}: manifest preprocess kind {kind!r} is unknown; predict supports image models; re-save the model")
     missing = [k for k in ("size", "channels", "mean", "std") if k not in pre]
@@ -116,6 +120,11 @@ def predict(model_dir: str | Path, inputs: list[str | Path], batch_size: int = 6
     if batch_size < 1:
         raise PrunetuneError(f"--batch-size {batch_size}: must be at least 1")
     manifest = read_manifest(model_dir)  # checked before the model is built (a text model may not build yet)
+    from .lm.checks import refuse_lm_folder
+
+    refuse_lm_folder(manifest, model_dir, "predict")
+    if manifest.preprocess.get("kind") in ("sequence", "ratings"):
+        image_preprocess(manifest, model_dir)  # the one-line refusal: predict reads images and text
     if not manifest.class_names:
         raise PrunetuneError(f"{model_dir}: manifest has no class_names; re-save the model with its class names")
     if len(manifest.class_names) != manifest.num_classes:

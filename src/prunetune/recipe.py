@@ -11,6 +11,7 @@ Example:
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any, Literal
 
@@ -49,12 +50,17 @@ class DataSpec(_Section):
         "memory (default: stream when the decoded train + test images would exceed 1 GiB; other sources are always in memory)")
     eval_batch_size: int = Field(512, gt=0)
     # Text sources (sst2, trec, text).
-    format: Literal["auto", "tsv", "csv", "jsonl"] = Field("auto", description="text: file format (auto: by extension)")
-    train_file: str | None = Field(None, description="text: training file (default: train.* in data.path)")
-    val_file: str | None = Field(None, description="text: validation file (default: dev.*/val.* in data.path, else split from train)")
-    test_file: str | None = Field(None, description="text: test file (default: test.* in data.path)")
+    format: Literal["auto", "tsv", "csv", "jsonl", "txt"] = Field(
+        "auto", description="text: file format (auto: by extension; txt, one text per line: lm_text only)")
+    train_file: str | None = Field(None, description="text, sequences, ratings: training file (default: train.* in data.path)")
+    val_file: str | None = Field(None, description="text, sequences, ratings: validation file (default: dev.*/val.* in data.path, else split from train)")
+    test_file: str | None = Field(None, description="text, sequences, ratings: test file (default: test.* in data.path)")
     text_column: str | None = Field(None, description="text: column with the text (default: sentence or text)")
-    label_column: str | None = Field(None, description="text: column with the label (default: label)")
+    label_column: str | None = Field(None, description="text, sequences (CSV): column with the label (default: label)")
+    prompt_column: str | None = Field(
+        None, description="lm_text: field / column with the prompt of a prompt-completion pair (default: prompt); "
+        "the loss is on the completion only")
+    completion_column: str | None = Field(None, description="lm_text: field / column with the completion (default: completion)")
     max_length: int = Field(128, ge=2, le=8192, description="text: tokens per example (longer ones are truncated)")
     tokenizer: str | None = Field(None, description="text: tokenizer folder or hub id (default: the model's)")
     trec_labels: Literal["coarse", "fine"] = Field("coarse", description="trec: 6 coarse or 50 fine classes")
@@ -193,6 +199,44 @@ class FinetuneSpec(TrainSpec):
     distill: DistillSpec | None = Field(None, description="distil from a teacher (default: the dense model)")
 
 
+class RobustnessSpec(_Section):
+    """Accuracy under Gaussian input noise and FGSM / PGD attacks (images only; needs `prunetune[robust]`).
+
+    Strengths are in pixel units of the [0, 1] range (0.1 = a tenth of the pixel range), whatever the
+    data's normalisation; attacked and noisy images are clipped to valid pixels."""
+
+    noise: list[float] = Field(default_factory=list, description="Gaussian noise sigmas, pixel units of [0, 1]; noisy images are clipped to [0, 1]")
+    fgsm: list[float] = Field(default_factory=list, description="FGSM epsilons (L-inf), pixel units of [0, 1]")
+    pgd: list[float] = Field(default_factory=list, description="PGD epsilons (L-inf), pixel units of [0, 1]")
+    pgd_steps: int = Field(10, ge=1, le=1000, description="PGD iterations")
+    pgd_step_size: float | None = Field(
+        None, gt=0, le=1, description="PGD step as a fraction of epsilon (default 2.5 / pgd_steps, Madry et al.)")
+    pgd_random_init: int = Field(1, ge=0, le=100, description="PGD random starts inside the ball (0: start at the image)")
+    examples: int = Field(1000, ge=1, description="test examples measured: a seeded, class-balanced subset (all when fewer)")
+    seed: int = Field(0, ge=0, lt=2**32, description="seeds the subset, the noise and PGD's random start")
+
+    @field_validator("noise", "fgsm", "pgd", mode="before")
+    @classmethod
+    def _listed(cls, v: Any) -> Any:
+        return [v] if isinstance(v, (int, float)) and not isinstance(v, bool) else v
+
+    @field_validator("noise", "fgsm", "pgd")
+    @classmethod
+    def _strengths(cls, v: list[float], info) -> list[float]:
+        for x in v:
+            if not (math.isfinite(x) and x >= 0):
+                raise ValueError(f"strengths must be >= 0 (got {x}); they are pixel units of the [0, 1] range")
+            if info.field_name != "noise" and x > 1:
+                raise ValueError(f"epsilon {x} is more than the whole [0, 1] pixel range; use a value <= 1")
+        return sorted(set(v))
+
+    @model_validator(mode="after")
+    def _some(self) -> "RobustnessSpec":
+        if not (self.noise or self.fgsm or self.pgd):
+            raise ValueError("give at least one of noise, fgsm, pgd (e.g. fgsm: [0.05])")
+        return self
+
+
 class EvaluateSpec(_Section):
     """What is measured at every stage."""
 
@@ -203,6 +247,17 @@ class EvaluateSpec(_Section):
     latency: bool = True
     memory: bool = True
     device: str | None = Field(None, description="cpu or cuda (default: cuda when present)")
+    generate: int = Field(3, ge=0, le=100, description="causal_lm: greedy generations from test prompts shown per stage (0: none)")
+    max_new_tokens: int = Field(20, ge=1, le=1024, description="causal_lm: tokens generated per sample")
+    robustness: RobustnessSpec | None = Field(None, description="accuracy under input noise and FGSM / PGD attacks (images)")
+
+
+class RobustnessFloor(_Section):
+    """`prunetune sweep`: a trial is infeasible when its validation accuracy under this condition is below the floor."""
+
+    attack: Literal["noise", "fgsm", "pgd"]
+    strength: float = Field(ge=0, description="sigma or epsilon, pixel units of [0, 1]; must be listed in evaluate.robustness")
+    min_accuracy: float = Field(ge=0, le=100, description="lowest acceptable validation accuracy (%) under that condition")
 
 
 class SearchSpec(_Section):
@@ -223,6 +278,8 @@ class SearchSpec(_Section):
         "dense - tolerance - slack x (epochs left)")
     heartbeat_s: int = Field(10, ge=1, description="worker heartbeat; a trial silent for 3 heartbeats is failed and retried")
     retries: int = Field(2, ge=0, description="times a failed (killed) trial is retried")
+    robustness_floor: RobustnessFloor | None = Field(
+        None, description="constraint: trials whose robust validation accuracy is below it are infeasible")
 
 
 class Recipe(_Section):
@@ -281,7 +338,17 @@ class Recipe(_Section):
                 f"finetune.method prompt_tuning needs a transformers model with token embeddings, not {self.model.name!r}; "
                 "choose lora, ia3, bitfit or full"
             )
+        from .lm.checks import check_recipe as check_lm
+
+        check_lm(self, R)  # causal_lm with lm_text data, and what language models support
         pruner = R.PRUNERS.get(self.prune.method)
+        floor = self.search.robustness_floor if self.search else None
+        if floor is not None:
+            rob = self.evaluate.robustness
+            listed = getattr(rob, floor.attack) if rob else []
+            if not any(math.isclose(x, floor.strength, rel_tol=1e-9, abs_tol=1e-12) for x in listed):
+                raise ValueError(f"search.robustness_floor: evaluate.robustness.{floor.attack} must include {floor.strength} "
+                                 f"(the floor is checked on that measurement); add it")
         if self.prune.schedule.kind not in pruner.schedules:
             raise ValueError(
                 f"prune.schedule.kind {self.prune.schedule.kind!r} is not supported by prune.method "

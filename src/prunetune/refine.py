@@ -36,7 +36,7 @@ from .checkpoint import Checkpointer, Resume, kernel_settings, refuse_stale
 from .data import build_data
 from .errors import PrunetuneError, RuntimeFault
 from .measure import count_params, measure_stage, reference_counts
-from .pruning.masks import masked_layers, realise
+from .pruning.masks import masked_layer_names, masked_tensors, realise
 from .recipe import Recipe, apply_overrides, dump_recipe, format_validation_error
 from .registry import TASKS, load_builtins
 from .report import write_reports
@@ -126,12 +126,12 @@ def _reference(manifest, recipe: Recipe, model, trust_code: bool) -> dict[str, A
         spec = ModelSpec.model_validate(manifest.model)
         if ":" in spec.name and not spec.name.startswith(("torchvision:", "timm:")):
             spec = spec.model_copy(update={"trust_code": trust_code})
-        dense = build_model(spec, manifest.num_classes, tuple(manifest.input_shape))
+        dense = build_model(spec, manifest.num_classes, tuple(manifest.input_shape), manifest.model_kwargs)
         p = recipe.prune
         keep = [classifier_name(dense)] if p.keep_classifier else []
         return reference_counts(dense, select_targets(dense, p.include, p.exclude, [k for k in keep if k]))
     except PrunetuneError:
-        return reference_counts(model, list(masked_layers(model)))
+        return reference_counts(model, masked_layer_names(model))
 
 
 def fingerprint(folder: Path) -> str:
@@ -160,6 +160,9 @@ def refine(model_dir: str | Path, overrides: list[str] | None = None, out: str |
     _check_overrides(overrides)
     model_dir = model_folder(model_dir)
     manifest = read_manifest(model_dir)
+    from .lm.checks import refuse_lm_folder
+
+    refuse_lm_folder(manifest, model_dir, "refine")
     if not manifest.recipe:
         raise PrunetuneError(f"{model_dir}: the manifest holds no recipe; refine needs the recipe the model was made with")
     original = _validate(copy.deepcopy(manifest.recipe), f"{model_dir}/manifest.json recipe")
@@ -237,7 +240,9 @@ def _refine(model_dir: Path, recipe: Recipe, notes: list[str], out: Path, log: C
         tok = resolve_tokenizer(Path(model_dir), manifest.preprocess)
         recipe = recipe.model_copy(update={"data": recipe.data.model_copy(update={"tokenizer": recipe.data.tokenizer or tok})})
         original = original.model_copy(update={"data": original.data.model_copy(update={"tokenizer": original.data.tokenizer or tok})})
-    new = build_data(recipe.data, recipe.seed, recipe.model)
+    # Sources that check data against the model (sequence width, id tables) see its data-decided kwargs too.
+    saved_model = recipe.model.model_copy(update={"kwargs": {**manifest.model_kwargs, **recipe.model.kwargs}})
+    new = build_data(recipe.data, recipe.seed, saved_model)
     check_classes(new.class_names, manifest.class_names, f"data.path {recipe.data.path}")
     if list(new.input_shape) != list(manifest.input_shape):
         raise PrunetuneError(f"data.path {recipe.data.path}: inputs of shape {list(new.input_shape)} but the model takes "
@@ -256,7 +261,7 @@ def _refine(model_dir: Path, recipe: Recipe, notes: list[str], out: Path, log: C
         res["new_data"]["examples"], res["original_test"]["examples"] = len(new.test), len(old.test)
         return res
 
-    masks_before = {k: v.detach().cpu().clone() for k, v in masked_layers(model).items()}
+    masks_before = {k: v.detach().cpu().clone() for k, v in masked_tensors(model).items()}
     nonzero_before = count_params(realise(model))[1]
     stages = {"before": measure("before")}
 
@@ -277,7 +282,7 @@ def _refine(model_dir: Path, recipe: Recipe, notes: list[str], out: Path, log: C
         with ckpt.armed():
             history = trainer.fit(ft.epochs)
 
-        masks_after = {k: v.detach().cpu() for k, v in masked_layers(model).items()}
+        masks_after = {k: v.detach().cpu() for k, v in masked_tensors(model).items()}
         changed = [k for k in masks_before if k not in masks_after or not torch.equal(masks_before[k], masks_after[k])]
         if changed or set(masks_after) != set(masks_before):
             raise RuntimeFault(f"refine: the masks of {', '.join(changed) or 'the model'} changed while training; nothing was written")

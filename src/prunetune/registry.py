@@ -86,6 +86,11 @@ ALL = {
 def load_builtins() -> None:
     """Import every module that registers something (kept lazy so `import prunetune` is fast)."""
     from . import finetune_methods, tasks, tracking, training  # noqa: F401
+    from . import regression  # noqa: F401
     from .data import fashion_mnist, image_folder, text  # noqa: F401
+    from .data import ratings, sequences  # noqa: F401
     from .models import builtin, external  # noqa: F401
-    from .pruning import importance, layers, pruners, schedules  # noqa: F401
+    from .models import sequence as sequence_models  # noqa: F401
+    from .pruning import importance, layers, pruners, schedules, sequence  # noqa: F401
+    from .pruning import hf_conv1d  # noqa: F401  (transformers' Conv1D, GPT-2)
+    from . import lm  # noqa: F401  (causal language models: task, data source)

@@ -46,7 +46,9 @@ def markdown(report: dict[str, Any]) -> str:
                   f"teacher time {d['teacher_s']:.1f} s.", ""]
     any_lat = "latency_ms" in stages["dense"]
     n = stages["dense"].get("latency_ms", {}).get("batch_N", {}).get("batch", "N")
-    head = "| stage | test acc | Δ pt | params | non-zero | sparsity | prunable sparsity | MACs (÷) | size | gzip |"
+    metric = report.get("metric", "accuracy")
+    label = {"accuracy": "test acc"}.get(metric, f"test {metric}")
+    head = f"| stage | {label} | Δ | params | non-zero | sparsity | prunable sparsity | MACs (÷) | size | gzip |"
     sep = "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     if any_lat:
         head += f" p50 b1 ms | p50 b{n} ms | measured speedup b1 / b{n} |"
@@ -54,7 +56,7 @@ def markdown(report: dict[str, Any]) -> str:
     lines += [head, sep]
     for name in STAGES:
         s = stages[name]
-        row = (f"| {name} | {s['accuracy']:.2f} | {s['accuracy'] - stages['dense']['accuracy']:+.2f} | {s['params']:,} | "
+        row = (f"| {name} | {s[metric]:.2f} | {s[metric] - stages['dense'][metric]:+.2f} | {s['params']:,} | "
                f"{s['nonzero_params']:,} | {s['sparsity']:.3f} | {s['prunable_sparsity']:.3f} | "
                f"{s['macs'] / 1e6:.2f} M (÷{sp[name]['macs_ratio']:.2f}) | {_fmt_bytes(s['size_bytes'])} | {_fmt_bytes(s['gzip_bytes'])} |")
         if any_lat:
@@ -81,15 +83,22 @@ def markdown(report: dict[str, Any]) -> str:
     if report.get("adaptive"):
         a = report["adaptive"]
         lines += [f"Adaptive schedule: kept sparsity {a['kept_sparsity']:.4f}" + (" (rolled back)" if a["rolled_back"] else "")
-                  + "; steps: " + ", ".join(f"{x['sparsity']:.3f} → {x['val_accuracy']:.2f}" for x in a["steps"]), ""]
+                  + "; steps: " + ", ".join(f"{x['sparsity']:.3f} → {x['val_' + metric]:.2f}" for x in a["steps"]), ""]
     if report.get("notes"):
         lines += ["Notes:", *[f"- {x}" for x in report["notes"]], ""]
+    from .robustness import markdown_lines as robustness_lines
+
+    lines += robustness_lines(stages, STAGES)
+    from .lm.report import markdown_lines as sample_lines
+
+    lines += sample_lines(stages, STAGES)  # language models: generations per stage
     lines += ["## Per-layer plan", "", "| layer | type | shape before | shape after | sparsity | pruned |", "|---|---|---|---|---:|---|"]
     for p in report["plan"]:
         lines.append(f"| {p['layer']} | {p['type']} | {p['shape_before']} | {p['shape_after']} | {p['sparsity']:.3f} | "
                      f"{'yes' if p['target'] else 'no'} |")
-    lines += ["", "## Per-class test accuracy", "", "| class | " + " | ".join(STAGES) + " |", "|---|" + "---:|" * len(STAGES)]
-    for cls in stages["dense"]["per_class_accuracy"]:
+    if "per_class_accuracy" in stages["dense"]:
+        lines += ["", "## Per-class test accuracy", "", "| class | " + " | ".join(STAGES) + " |", "|---|" + "---:|" * len(STAGES)]
+    for cls in stages["dense"].get("per_class_accuracy", {}):
         vals = [stages[s]["per_class_accuracy"].get(cls) for s in STAGES]
         lines.append(f"| {cls} | " + " | ".join("-" if v is None else f"{v:.2f}" for v in vals) + " |")
     return "\n".join(lines) + "\n"
@@ -114,6 +123,7 @@ def figures(report: dict[str, Any]) -> dict[str, bytes]:
         return buf.getvalue()
 
     out = {}
+    metric = report.get("metric", "accuracy")
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
     for label, hist in (("dense", report.get("dense", {}).get("history", [])), ("fine-tune", report["finetune"]["history"])):
         if not hist:
@@ -121,9 +131,9 @@ def figures(report: dict[str, Any]) -> dict[str, bytes]:
         x = range(1, len(hist) + 1)
         axes[0].plot(x, [h["train_loss"] for h in hist], marker="o", label=f"{label} train")
         axes[0].plot(x, [h["val_loss"] for h in hist], marker="x", ls="--", label=f"{label} val")
-        axes[1].plot(x, [h["val_accuracy"] for h in hist], marker="o", label=label)
+        axes[1].plot(x, [h.get(f"val_{metric}") for h in hist], marker="o", label=label)
     axes[0].set(title="loss", xlabel="epoch")
-    axes[1].set(title="validation accuracy (%)", xlabel="epoch")
+    axes[1].set(title="validation accuracy (%)" if metric == "accuracy" else f"validation {metric}", xlabel="epoch")
     for ax in axes:
         ax.grid(alpha=0.3)
         if ax.lines:

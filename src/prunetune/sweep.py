@@ -177,12 +177,21 @@ def open_storage(url: str, spec):
         raise PrunetuneError(f"--storage: cannot open the study storage at {where} ({first}); check the URL and that the server runs") from None
 
 
+def _constraints(trial) -> tuple[float, ...]:
+    """Optuna 4's `constraints_func`: the value the objective stored (> 0: below the robustness floor).
+    Optuna 5 deprecates it; there the objective calls `trial.set_constraint` itself."""
+    return tuple(trial.user_attrs.get("constraint", (0.0,)))
+
+
 def _sampler(spec, dims: list[Dim], seed: int | None):
     optuna = _optuna()
+    # TPE and NSGA-II steer away from infeasible trials (constraints); random and grid ignore them.
+    con = ({"constraints_func": _constraints}
+           if spec.robustness_floor is not None and not hasattr(optuna.trial.Trial, "set_constraint") else {})
     if spec.sampler == "tpe":
-        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=max(4, min(10, spec.trials // 3)))
+        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=max(4, min(10, spec.trials // 3)), **con)
     if spec.sampler == "nsga2":
-        return optuna.samplers.NSGAIISampler(seed=seed, population_size=max(4, min(50, spec.trials // 3)))
+        return optuna.samplers.NSGAIISampler(seed=seed, population_size=max(4, min(50, spec.trials // 3)), **con)
     if spec.sampler == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     return optuna.samplers.GridSampler({d.name: d.grid(spec.grid_points) for d in dims}, seed=seed)
@@ -212,6 +221,7 @@ def dense_reference(recipe: Recipe, log: Callable[[str], None]) -> dict[str, Any
     from .measure import measure_stage, reference_counts
     from .pipeline import seed_everything
     from .registry import TASKS, load_builtins
+    from .robustness import check_inputs as check_robustness
     from .training import pick_device
 
     load_builtins()
@@ -219,6 +229,7 @@ def dense_reference(recipe: Recipe, log: Callable[[str], None]) -> dict[str, Any
     device = pick_device(recipe.evaluate.device)
     task = TASKS.get(recipe.task, "task")()
     bundle = build_data(recipe.data, recipe.seed, recipe.model)
+    check_robustness(bundle, recipe.evaluate.robustness, task)
     bundle = dataclasses.replace(bundle, test=bundle.val)
     dense, info = obtain_dense(recipe, bundle, task, device, log)
     stage = measure_stage(dense, task, bundle, recipe.evaluate, device, reference_counts(dense, []))
@@ -255,6 +266,12 @@ class Sweep:
         if recipe.search is None:
             raise PrunetuneError("search: the recipe has no search section; add search.space (see README: prunetune sweep)")
         self.recipe, self.spec, self.out, self.log = recipe, recipe.search, Path(out), log
+        from .registry import TASKS, load_builtins
+
+        load_builtins()
+        if TASKS.get(recipe.task, "task").metric != "accuracy":
+            raise PrunetuneError(f"task: the sweep searches under an accuracy tolerance; task {recipe.task!r} is scored by "
+                                 f"{TASKS.get(recipe.task).metric}; use prunetune run per configuration")
         if self.spec.objective == "latency" and not recipe.evaluate.latency:
             raise PrunetuneError("search.objective latency needs evaluate.latency: true")
         self.base = recipe.model_dump(mode="json", exclude={"search"})
@@ -265,8 +282,11 @@ class Sweep:
 
     # -- study ----------------------------------------------------------------------------
     def _signature(self) -> dict[str, Any]:
-        return {"space": {d.name: d.describe() for d in self.dims}, "objective": self.spec.objective,
-                "tolerance": self.spec.tolerance, "base": self.base}
+        sig = {"space": {d.name: d.describe() for d in self.dims}, "objective": self.spec.objective,
+               "tolerance": self.spec.tolerance, "base": self.base}
+        if self.spec.robustness_floor is not None:
+            sig["robustness_floor"] = self.spec.robustness_floor.model_dump(mode="json")
+        return sig
 
     def open(self, create: bool = True):
         optuna = _optuna()
@@ -350,6 +370,15 @@ class Sweep:
             "dense_latency_ms": (d.get("latency_ms") or {}).get("batch_N", {}).get("p50"),
             "wall_s": round(time.time() - t0, 1), "val_curve": curve,
         }
+        floor = self.spec.robustness_floor
+        if floor is not None:  # feasible when robust validation accuracy >= the floor (constraint <= 0)
+            from .robustness import floor_accuracy
+
+            result["robust_accuracy"] = floor_accuracy(f, floor)
+            constraint = float(floor.min_accuracy - result["robust_accuracy"])
+            trial.set_user_attr("constraint", [constraint])
+            if hasattr(trial, "set_constraint"):
+                trial.set_constraint("robustness_floor", constraint)
         trial.set_user_attr("result", result)
         self.log(f"trial {trial.number}: val {f['accuracy']:.2f} (dense {dense_val:.2f}), {self.spec.objective} {_short(cost)}"
                  + (f", speedup {result['speedup']:.2f}x" if result["speedup"] else "") + f" ({result['wall_s']:.0f}s)")
@@ -408,12 +437,18 @@ def summarise(study, spec) -> dict[str, Any]:
             row["note"] = t.user_attrs.get("invalid") or f"stopped after epoch {t.user_attrs.get('stopped_at_epoch')}"
         if t.state == TrialState.FAIL:
             row["note"] = "failed (worker died or error)"
+        if spec.robustness_floor is not None:
+            row["robust_accuracy"] = r.get("robust_accuracy")
+            row["meets_floor"] = r.get("robust_accuracy") is not None and (t.user_attrs.get("constraint") or [0.0])[0] <= 0
+            if r and not row["meets_floor"]:
+                row["note"] = f"below the robustness floor ({r.get('robust_accuracy')} < {spec.robustness_floor.min_accuracy})"
         retry_of = t.system_attrs.get("failed_trial")
         if retry_of is not None:
             row["retry_of"] = retry_of
         rows.append(row)
         if t.state == TrialState.COMPLETE and r:
             complete.append(row)
+    complete = [r for r in complete if r.get("meets_floor", True)]  # infeasible under search.robustness_floor
     front = _pareto(complete)
     feasible = [r for r in complete if r["val_accuracy"] >= threshold]
     balance = min(feasible, key=lambda r: (r["cost"], -r["val_accuracy"])) if feasible else None
@@ -424,6 +459,7 @@ def summarise(study, spec) -> dict[str, Any]:
     return {
         "study": study.study_name, "objective": spec.objective, "objective_label": OBJECTIVES[spec.objective][0],
         "tolerance": spec.tolerance, "dense": dense, "threshold": threshold, "rows": rows,
+        "robustness_floor": spec.robustness_floor.model_dump(mode="json") if spec.robustness_floor else None,
         "front": [r["trial"] for r in front], "balance_trial": balance["trial"] if balance else None,
         "counts": {s: states.count(s) for s in sorted(set(states))},
     }
@@ -485,6 +521,15 @@ def to_markdown(doc: dict[str, Any]) -> str:
              f"Objective: validation accuracy (max) against {doc['objective_label']} (min). Dense validation accuracy "
              f"{doc['dense']['val_accuracy']:.2f}; tolerance {doc['tolerance']} pt (threshold {doc['threshold']:.2f}). "
              f"Trials: {', '.join(f'{n} {s}' for s, n in doc['counts'].items())}.", ""]
+    if doc.get("robustness_floor"):
+        from .robustness import floor_accuracy, floor_label
+
+        try:
+            dense = f" (dense {floor_accuracy(doc['dense']['stage'], doc['robustness_floor']):.2f})"
+        except PrunetuneError:  # a study whose dense reference predates the floor
+            dense = ""
+        lines += [f"Robustness floor: validation accuracy under {floor_label(doc['robustness_floor'])}{dense}; trials "
+                  "below it are infeasible (off the Pareto front, never the balance point).", ""]
     b = doc.get("balance")
     if b:
         t = b.get("test") or {}
@@ -494,7 +539,8 @@ def to_markdown(doc: dict[str, Any]) -> str:
                   f"non-zeros {t['nonzero_params']:,}, gzip {t['gzip_bytes']:,} bytes; run folder `{b.get('folder')}`" if t else
                   " (not yet scored on the test set)"), ""]
     else:
-        lines += ["No trial is within the tolerance yet.", ""]
+        lines += ["No trial is within the tolerance" + (" and above the robustness floor" if doc.get("robustness_floor") else "")
+                  + " yet.", ""]
     lines += ["| trial | state | params | val acc | cost | speedup | Pareto | note |", "|---:|---|---|---:|---:|---:|---|---|"]
     for r in doc["rows"]:
         p = ", ".join(f"{k.split('.')[-1]}={_short(v)}" for k, v in r["params"].items())

@@ -22,8 +22,43 @@ def to_device(inputs: Any, device: torch.device) -> Any:
     return inputs
 
 
+class Task:
+    """What every task gives the pipeline.
+
+    `metric` names the key of `evaluate()`'s result that decides model selection, early stopping,
+    the adaptive schedule and the sweep's tolerance; `higher_is_better` says which way it points.
+    `score(result)` turns it into one number where higher is always better. `labels` says whether
+    the data has class names (classification) or not (language modelling, regression).
+    """
+
+    name = "task"
+    metric = "accuracy"
+    higher_is_better = True
+    labels = True
+
+    def score(self, result: dict[str, Any]) -> float:
+        v = float(result[self.metric])
+        return v if self.higher_is_better else -v
+
+    def check_outputs(self, out: torch.Tensor, bundle, where: str) -> None:
+        """Refuse a model whose output does not fit the data (one clear line, before any training)."""
+        from .errors import PrunetuneError
+
+        if out.shape[-1] != bundle.num_classes:
+            raise PrunetuneError(
+                f"{where}: the model outputs {out.shape[-1]} classes but the data has {bundle.num_classes}; "
+                "match the model's classifier to the data"
+            )
+
+    def drop(self, result: dict[str, Any] | float, reference: dict[str, Any] | float) -> float:
+        """How much worse `result` is than `reference`, in the metric's units (positive = worse)."""
+        r = result if isinstance(result, (int, float)) else float(result[self.metric])
+        ref = reference if isinstance(reference, (int, float)) else float(reference[self.metric])
+        return ref - r if self.higher_is_better else r - ref
+
+
 @TASKS.register("classification")
-class Classification:
+class Classification(Task):
     """Single-label classification: cross-entropy loss, accuracy and per-class accuracy."""
 
     name = "classification"

@@ -57,7 +57,8 @@ def _number(v: Any) -> float | None:
 
 
 def epoch_metrics(prefix: str, row: dict[str, Any]) -> dict[str, float]:
-    return {f"{prefix}/{k}": x for k in EPOCH_KEYS if (x := _number(row.get(k))) is not None}
+    keys = [*EPOCH_KEYS, *(k for k in row if k.startswith("val_") and k not in EPOCH_KEYS)]  # e.g. val_perplexity
+    return {f"{prefix}/{k}": x for k in keys if (x := _number(row.get(k))) is not None}
 
 
 def _stage_record(rec: dict[str, Any], prefix: str, out: dict[str, float]) -> None:
@@ -80,7 +81,7 @@ def report_metrics(report: dict[str, Any]) -> dict[str, float]:
     out: dict[str, float] = {}
 
     def walk(node: dict[str, Any], prefix: str) -> None:
-        if "accuracy" in node:  # a stage record
+        if "params" in node or "accuracy" in node:  # a stage record
             _stage_record(node, prefix, out)
         else:  # refine: stage -> {new_data, original_test} -> record
             for k, v in node.items():

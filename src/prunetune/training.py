@@ -88,8 +88,8 @@ class Trainer:
 
     `fit(epochs, events, on_event)` calls `on_event(sparsity)` at each (fraction, sparsity) event;
     when it returns True the parameters were replaced and the optimizer is rebuilt (the learning
-    rate follows the global step, so the schedule is unaffected). The best epoch by validation
-    accuracy is tracked only once every event has happened, and restored at the end.
+    rate follows the global step, so the schedule is unaffected). The best epoch by the task's
+    validation metric is tracked only once every event has happened, and restored at the end.
     """
 
     def __init__(self, model: nn.Module, task, bundle, spec, device: torch.device, seed: int,
@@ -136,7 +136,7 @@ class Trainer:
         lr_fn = LR_SCHEDULES.get(spec.lr_schedule)
         pending = sorted(((min(total - 1, int(round(f * total))), s) for f, s in (events or [])))
         n_events = len(pending)
-        best_acc, best_state, bad_epochs = -1.0, None, 0
+        best_acc, best_state, bad_epochs = None, None, 0
         start = time.perf_counter()
         step, first, stopped = 0, 1, False
         resume, self.resume_from = self.resume_from, None
@@ -204,16 +204,18 @@ class Trainer:
                                                                       loss_sum=loss_sum, seen=seen))
             distributed.sync_buffers(model)
             val = self.task.evaluate(model, self.bundle.val, self.bundle.eval_batch_size, self.device, self.bundle.class_names)
+            metric = self.task.metric
             row = {"epoch": epoch, "train_loss": loss_sum / max(1, seen), "val_loss": val["loss"],
-                   "val_accuracy": val["accuracy"], "lr": lr, "epoch_s": round(time.perf_counter() - t0, 3)}
+                   f"val_{metric}": val[metric], "lr": lr, "epoch_s": round(time.perf_counter() - t0, 3)}
             self.history.append(row)
             self.log(f"{self.desc} epoch {epoch}/{epochs}: loss {row['train_loss']:.4f}  "
-                     f"val_acc {val['accuracy']:.2f}  ({row['epoch_s']:.1f}s)")
+                     f"val_{metric} {val[metric]:.2f}  ({row['epoch_s']:.1f}s)")
             if self.on_epoch is not None:
                 self.on_epoch(row)
             if not pending:  # while still pruning the model's shape may change: no best tracked yet
-                if val["accuracy"] > best_acc + (spec.early_stopping.min_delta if spec.early_stopping else 0.0):
-                    best_acc, self.best_epoch, bad_epochs = val["accuracy"], epoch, 0
+                score = self.task.score(val)  # higher is better, whatever the task's metric
+                if best_acc is None or score > best_acc + (spec.early_stopping.min_delta if spec.early_stopping else 0.0):
+                    best_acc, self.best_epoch, bad_epochs = score, epoch, 0
                     best_state = copy.deepcopy(model.state_dict())
                 else:
                     bad_epochs += 1
@@ -221,7 +223,7 @@ class Trainer:
             if self.checkpoint is not None:
                 self.checkpoint.after_epoch(self, lambda: position(epoch + 1, 0, stopped=stopped))
             if stopped:
-                self.log(f"{self.desc}: early stop after epoch {epoch} (best {self.best_epoch}: {best_acc:.2f})")
+                self.log(f"{self.desc}: early stop after epoch {epoch} (best: epoch {self.best_epoch})")
                 break
         # Events scheduled past the last step (e.g. epochs=0) still happen.
         for _, s in pending:

@@ -81,8 +81,16 @@ def load_config(src: str, num_classes: int, trust_code: bool = False):
 
 
 def hf_model(name: str, num_classes: int, trust_code: bool = False, pretrained: bool = True, config=None,
-             **kwargs) -> nn.Module:
-    """A sequence classifier: pretrained weights (new head for `num_classes`), or built from `config`."""
+             head: str = "sequence_classification", **kwargs) -> nn.Module:
+    """A sequence classifier: pretrained weights (new head for `num_classes`), or built from `config`.
+
+    `head="causal_lm"` (set by language-model data) builds `AutoModelForCausalLM` instead (lm/models.py)."""
+    if head == "causal_lm":
+        from ..lm.models import causal_lm
+
+        return causal_lm(name, trust_code=trust_code, pretrained=pretrained, config=config, **kwargs)
+    if head != "sequence_classification":
+        raise PrunetuneError(f"model.kwargs.head: unknown head {head!r}; use sequence_classification or causal_lm")
     tf = _transformers()
     src = pretrained_source(name)
     if config is None:

@@ -65,7 +65,8 @@ class PruningController:
         was = model.training
         model.eval()
         g = torch.Generator().manual_seed(self.seed + 31)
-        for i, (x, y) in enumerate(batches(self.bundle.train, 64, shuffle=True, generator=g)):
+        size = getattr(self.task, "calibration_batch_size", 64)  # language models: fewer sequences per batch
+        for i, (x, y) in enumerate(batches(self.bundle.train, size, shuffle=True, generator=g)):
             if i >= self.spec.calibration_batches:
                 break
             for p in model.parameters():
@@ -76,10 +77,27 @@ class PruningController:
         if cache is not None:
             _save_grads(model, cache)
 
+    def _activations(self, model: nn.Module, pruner: Pruner) -> None:
+        """Input norms of the pruner's target layers over `calibration_batches` training batches (wanda)."""
+        from .activations import input_norms
+        from .pruners import _modules
+
+        was = model.training
+        model.eval()
+        g = torch.Generator().manual_seed(self.seed + 31)
+        size = getattr(self.task, "calibration_batch_size", 64)
+        chosen = [x for i, (x, _) in zip(range(self.spec.calibration_batches),
+                                         batches(self.bundle.train, size, shuffle=True, generator=g))]
+        mods = dict(_modules(model, list(pruner.targets)))
+        self.importance.norms = input_norms(lambda x: self.task.forward(model, to_device(x, self.device)), mods, chosen)
+        model.train(was)
+
     def prune_step(self, pruner: Pruner, model: nn.Module, sparsity: float, from_dense: bool = False) -> bool:
         torch.manual_seed(self.seed + int(sparsity * 1e6))  # random importance repeats run to run
         if self.importance.needs_grad:
             self._calibrate(model, self.grad_cache if from_dense else None)
+        if getattr(self.importance, "needs_activations", False):
+            self._activations(model, pruner)
         changed = pruner.prune_to(model, sparsity)
         distributed.sync_masks(model)  # torchrun: every rank keeps rank 0's masks
         pruner.steps_done = getattr(pruner, "steps_done", 0) + 1  # a resumed structured pruner continues from here
@@ -121,14 +139,20 @@ class PruningController:
         return history
 
     def _adaptive(self, model: nn.Module, pruner: Pruner, trainer, log: Callable[[str], None]) -> list[dict[str, Any]]:
-        """Step sparsity up while validation accuracy holds; on a lasting drop, restore the last good step.
+        """Step sparsity up while the validation metric holds; on a lasting drop, restore the last good step.
 
         The model that should be kept is left in `self.final_model` (a different object after the
         roll-back of a structurally pruned model, whose tensors changed shape)."""
         sch = self.spec.schedule
-        dense_val = self.task.evaluate(model, self.bundle.val, self.bundle.eval_batch_size, self.device,
-                                       self.bundle.class_names)["accuracy"]
-        threshold = dense_val - sch.tolerance
+        task, metric = self.task, self.task.metric
+        dense_val = task.evaluate(model, self.bundle.val, self.bundle.eval_batch_size, self.device,
+                                  self.bundle.class_names)[metric]
+        # Within tolerance: at most `tolerance` worse than dense, in the metric's own units and direction.
+        threshold = dense_val - sch.tolerance if task.higher_is_better else dense_val + sch.tolerance
+
+        def within(v: float | None) -> bool:
+            return v is not None and task.drop(v, dense_val) <= sch.tolerance
+
         good, good_sparsity = copy.deepcopy(model), 0.0
         steps: list[dict[str, Any]] = []
         history: list[dict[str, Any]] = []
@@ -142,19 +166,19 @@ class PruningController:
                 start = len(trainer.history)
                 trainer.fit(1)
                 history += [{**row, "phase": i + 1} for row in trainer.history[start:]]
-                acc = trainer.history[-1]["val_accuracy"]
-                if extra + 1 >= phase.epochs and acc >= threshold:
+                acc = trainer.history[-1][f"val_{metric}"]
+                if extra + 1 >= phase.epochs and within(acc):
                     break
-            ok = acc is not None and acc >= threshold
-            steps.append({"sparsity": phase.sparsity, "val_accuracy": acc, "within_tolerance": ok})
+            ok = within(acc)
+            steps.append({"sparsity": phase.sparsity, f"val_{metric}": acc, "within_tolerance": ok})
             if not ok:
-                log(f"adaptive: validation {acc:.2f} below {threshold:.2f} at sparsity {phase.sparsity:.4f} after "
+                log(f"adaptive: validation {metric} {acc:.2f} beyond {threshold:.2f} at sparsity {phase.sparsity:.4f} after "
                     f"{sch.patience} extra epoch(s); rolling back to sparsity {good_sparsity:.4f}")
                 rolled_back = True
                 break
             good, good_sparsity = copy.deepcopy(model), phase.sparsity
         self.final_model = good if rolled_back else model
-        self.adaptive_summary = {"dense_val_accuracy": dense_val, "threshold": threshold, "steps": steps,
+        self.adaptive_summary = {"metric": metric, f"dense_val_{metric}": dense_val, "threshold": threshold, "steps": steps,
                                  "kept_sparsity": good_sparsity if rolled_back else steps[-1]["sparsity"],
                                  "rolled_back": rolled_back}
         return history

@@ -14,12 +14,18 @@ from ..registry import IMPORTANCES
 
 
 class Importance:
-    """Scores units: higher means keep. `needs_grad` asks the controller for calibration gradients."""
+    """Scores units: higher means keep. `needs_grad` asks the controller for calibration gradients,
+    `needs_activations` for the input norms of the target layers (`norms`, keyed by module)."""
 
     needs_grad = False
+    needs_activations = False
 
     def scores(self, weight: torch.Tensor, grad: torch.Tensor | None) -> torch.Tensor:
         raise NotImplementedError
+
+    def module_scores(self, module, weight: torch.Tensor, grad: torch.Tensor | None) -> torch.Tensor:
+        """Per-weight scores of `module`'s weight (shaped like it); activation-aware criteria use `module`."""
+        return self.scores(weight, grad)
 
     def structured(self):
         """The Torch-Pruning importance that scores coupled channel groups the same way."""
@@ -103,3 +109,45 @@ class LAMP(Importance):
         import torch_pruning as tp
 
         return tp.importance.LAMPImportance(p=2)
+
+
+@IMPORTANCES.register("wanda")
+class Wanda(Importance):
+    """Wanda (Sun et al. 2023): |w| times the L2 norm of its input feature over calibration tokens.
+
+    Magnitude weighted by how large the inputs it multiplies are, from `prune.calibration_batches` batches.
+
+    Per weight (unstructured, N:M); for structured pruning of language models the unit's weights are
+    summed (heads, MLP neurons); other structured pruning is refused."""
+
+    needs_activations = True
+
+    def __init__(self) -> None:
+        self.norms: dict = {}  # module -> [input features] L2 norms, set by the controller
+
+    def scores(self, weight, grad):
+        raise RuntimeError("wanda importance needs input activations; the controller collects them")
+
+    def module_scores(self, module, weight, grad):
+        from ..errors import PrunetuneError
+        from .layers import layer_type_of
+
+        lt = layer_type_of(module)
+        if lt is None or getattr(lt, "weights", None) is not None:  # recurrent layers: the hidden-state weights see no layer input
+            raise PrunetuneError(f"prune.importance: wanda scores linear and convolution weights, not a "
+                                 f"{type(module).__name__}; use l1 or l2, or exclude the layer")
+        norm = self.norms.get(module)
+        if norm is None:
+            raise PrunetuneError(f"prune.importance: wanda saw no input reach a {type(module).__name__} layer during "
+                                 "calibration; use l1 or l2, or exclude the layer")
+        rows = lt.to_rows(weight.detach().abs().float())
+        if rows.shape[-1] != norm.numel():
+            raise PrunetuneError(f"prune.importance: wanda cannot pair the {rows.shape[-1]} inputs of a "
+                                 f"{type(module).__name__} weight with {norm.numel()} input features; use l1 or l2")
+        return lt.from_rows(rows * norm.to(rows.device, rows.dtype), weight.shape)
+
+    def structured(self):
+        from ..errors import PrunetuneError
+
+        raise PrunetuneError("prune.importance: wanda with structured pruning is supported for causal language models "
+                             "(heads and MLP neurons); use l1, l2 or taylor here")

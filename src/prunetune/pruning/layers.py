@@ -23,6 +23,14 @@ class LayerType:
     # [out, in, *k] -> [rows, in-group dim] (N:M groups run along the last dim) and back.
     to_rows: Callable[[torch.Tensor], torch.Tensor] = lambda w: w
     from_rows: Callable[[torch.Tensor, torch.Size], torch.Tensor] = lambda r, shape: r.reshape(shape)
+    # Layers with several prunable tensors (LSTM / GRU gates): module -> their names (else just `weight`).
+    weights: Callable[[nn.Module], tuple[str, ...]] | None = None
+    # The shape the plan shows (default: the weight's), e.g. [hidden units, inputs] for an RNN.
+    shape: Callable[[nn.Module], list[int]] | None = None
+
+    def tensors(self, module: nn.Module) -> tuple[str, ...]:
+        """Names of the module's prunable tensors (each masked on its own by the masked pruners)."""
+        return tuple(self.weights(module)) if self.weights is not None else (self.weight,)
 
 
 def _conv_rows(w: torch.Tensor) -> torch.Tensor:
@@ -52,8 +60,40 @@ def layer_type_of(module: nn.Module) -> LayerType | None:
 
 
 def prunable_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    """Every (name, module) of a registered prunable type, in model order."""
-    return [(n, m) for n, m in model.named_modules() if n and layer_type_of(m) is not None]
+    """Every (name, module) of a registered prunable type, in model order.
+
+    The embeddings of a transformers model are not prunable layers: they own its hidden size (and are
+    often tied to the output layer)."""
+    hf = _is_transformers(model)
+    return [(n, m) for n, m in model.named_modules()
+            if n and layer_type_of(m) is not None and not (hf and isinstance(m, nn.Embedding))]
+
+
+def _is_transformers(model: nn.Module) -> bool:
+    """Whether the model is (or wraps) a transformers model."""
+    return any(type(m).__module__.startswith("transformers.") for m in model.modules())
+
+
+def layer_tensors(module: nn.Module) -> list[tuple[str, torch.Tensor]]:
+    """(name, tensor) of every prunable tensor of a layer (masked tensors as masked)."""
+    lt = layer_type_of(module)
+    names = lt.tensors(module) if lt is not None else ("weight",)
+    return [(t, getattr(module, t)) for t in names]
+
+
+def layer_weight(module: nn.Module) -> torch.Tensor:
+    """The layer's prunable weights as one tensor: the weight itself, or every gate tensor flattened."""
+    parts = layer_tensors(module)
+    if len(parts) == 1:
+        return parts[0][1].detach()
+    return torch.cat([t.detach().flatten() for _, t in parts])
+
+
+def layer_shape(module: nn.Module) -> list[int]:
+    lt = layer_type_of(module)
+    if lt is not None and lt.shape is not None:
+        return list(lt.shape(module))
+    return list(layer_weight(module).shape)
 
 
 def _sync_conv(m: nn.Module) -> None:

@@ -31,7 +31,30 @@ def attach_mask(module: nn.Module, tensor: str = "weight") -> WeightMask:
         return existing
     mask = WeightMask(getattr(module, tensor).shape).to(getattr(module, tensor).device)
     parametrize.register_parametrization(module, tensor, mask)
+    if isinstance(module, nn.RNNBase):
+        _copyable_rnn(type(module))
     return mask
+
+
+def _copyable_rnn(cls: type) -> None:
+    """A masked RNN caches its masked weights (non-leaf tensors, which cannot be deep-copied) in
+    `_flat_weights` after each forward; copies start without them (forward recomputes them)."""
+    if cls.__dict__.get("_prunetune_copyable"):
+        return
+    base = cls.__deepcopy__
+
+    def __deepcopy__(self, memo):
+        saved = self.__dict__.get("_flat_weights")
+        if saved is not None:
+            self.__dict__["_flat_weights"] = [None] * len(saved)
+        try:
+            return base(self, memo)
+        finally:
+            if saved is not None:
+                self.__dict__["_flat_weights"] = saved
+
+    cls.__deepcopy__ = __deepcopy__
+    cls._prunetune_copyable = True
 
 
 def get_mask(module: nn.Module, tensor: str = "weight") -> WeightMask | None:
@@ -44,13 +67,35 @@ def get_mask(module: nn.Module, tensor: str = "weight") -> WeightMask | None:
 
 
 def masked_layers(model: nn.Module) -> dict[str, torch.Tensor]:
-    """{layer name: bool mask} for every masked weight."""
+    """{layer name: bool mask} for every masked `weight` (see `masked_tensors` for every masked tensor,
+    LSTM / GRU gate tensors included)."""
     out = {}
     for name, mod in model.named_modules():
         m = get_mask(mod)
         if m is not None:
             out[name] = m.mask
     return out
+
+
+def masked_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
+    """{"<layer>.<tensor>": bool mask} for every masked tensor (`fc.weight`, `lstm.weight_hh_l0`, ...)."""
+    out = {}
+    for name, mod in model.named_modules():
+        if not parametrize.is_parametrized(mod):
+            continue
+        for tensor in mod.parametrizations.keys():
+            m = get_mask(mod, tensor)
+            if m is not None:
+                out[f"{name}.{tensor}" if name else tensor] = m.mask
+    return out
+
+
+def masked_layer_names(model: nn.Module) -> list[str]:
+    """Names of the layers with at least one masked tensor, in model order."""
+    seen: dict[str, None] = {}
+    for key in masked_tensors(model):
+        seen.setdefault(key.rsplit(".", 1)[0] if "." in key else "", None)
+    return list(seen)
 
 
 @torch.no_grad()

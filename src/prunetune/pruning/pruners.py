@@ -43,19 +43,24 @@ def _modules(model: nn.Module, names: list[str]) -> list[tuple[str, nn.Module]]:
     return [(n, getattr(d[n], "base_layer", d[n])) for n in names]
 
 
-def _original(mod: nn.Module) -> nn.Parameter:
-    return mod.parametrizations.weight.original
+def _original(mod: nn.Module, tensor: str = "weight") -> nn.Parameter:
+    return mod.parametrizations[tensor].original
+
+
+def _tensors(model: nn.Module, names: list[str]) -> list[tuple[str, nn.Module, str]]:
+    """(layer, module, tensor) for every prunable tensor of the named layers (one per LSTM / GRU gate matrix)."""
+    return [(n, mod, t) for n, mod in _modules(model, names) for t in layer_type_of(mod).tensors(mod)]
 
 
 class _MaskPruner(Pruner):
     def setup(self, model, example_inputs, sparsities):
-        for _, mod in _modules(model, self.targets):
-            attach_mask(mod)
+        for _, mod, t in _tensors(model, self.targets):
+            attach_mask(mod, t)
 
-    def _scores(self, mod: nn.Module) -> torch.Tensor:
-        orig = _original(mod)
-        mask = get_mask(mod).mask
-        s = self.importance.scores(orig * mask, orig.grad).float().cpu()
+    def _scores(self, mod: nn.Module, tensor: str = "weight") -> torch.Tensor:
+        orig = _original(mod, tensor)
+        mask = get_mask(mod, tensor).mask
+        s = self.importance.module_scores(mod, orig * mask, orig.grad).float().cpu()
         # Pruning is monotone: what is already masked stays masked.
         return s.masked_fill(~mask.cpu(), float("-inf"))
 
@@ -66,8 +71,9 @@ class Unstructured(_MaskPruner):
 
     @torch.no_grad()
     def prune_to(self, model, sparsity):
-        mods = _modules(model, self.targets)
-        scores = [self._scores(m) for _, m in mods]
+        # Every tensor is ranked on its own with scope `layer` (each LSTM / GRU gate matrix reaches the sparsity).
+        mods = _tensors(model, self.targets)
+        scores = [self._scores(m, t) for _, m, t in mods]
         if self.spec.scope == "global":
             flat = torch.cat([s.flatten() for s in scores])
             k = int(round(sparsity * flat.numel()))
@@ -81,8 +87,8 @@ class Unstructured(_MaskPruner):
                 d = torch.zeros(s.numel(), dtype=torch.bool)
                 d[torch.argsort(s.flatten(), stable=True)[:k]] = True
                 chunks.append(d)
-        for (_, mod), d in zip(mods, chunks):
-            mask = get_mask(mod).mask
+        for (_, mod, t), d in zip(mods, chunks):
+            mask = get_mask(mod, t).mask
             mask.copy_((~d).view_as(mask).to(mask.device))
         return False
 
@@ -96,26 +102,31 @@ class NM(_MaskPruner):
     def setup(self, model, example_inputs, sparsities):
         m = self.spec.m
         usable = []
-        for name, mod in _modules(model, self.targets):
-            rows = layer_type_of(mod).to_rows(mod.weight)
+        for name, mod, t in _tensors(model, self.targets):
+            rows = layer_type_of(mod).to_rows(getattr(mod, t))
+            where = name if t == "weight" else f"{name}.{t}"
             if rows.shape[1] % m:
-                self.notes.append(f"{name}: {rows.shape[1]} inputs not divisible by M={m}; left dense")
+                self.notes.append(f"{where}: {rows.shape[1]} inputs not divisible by M={m}; left dense")
             else:
-                usable.append(name)
+                usable.append((name, mod, t))
         if not usable:
             raise PrunetuneError(
                 f"prune.m: no selected layer has an input size divisible by M={m}; choose another M or other layers"
             )
-        self.targets = usable
-        super().setup(model, example_inputs, sparsities)
+        self.targets = list(dict.fromkeys(n for n, _, _ in usable))
+        self._usable = {(n, t) for n, _, t in usable}
+        for _, mod, t in usable:
+            attach_mask(mod, t)
 
     @torch.no_grad()
     def prune_to(self, model, sparsity):
         n, m = self.spec.n, self.spec.m
-        for _, mod in _modules(model, self.targets):
+        for name, mod, t in _tensors(model, self.targets):
+            if (name, t) not in self._usable:
+                continue
             lt = layer_type_of(mod)
-            mask = get_mask(mod).mask
-            rows = lt.to_rows(self._scores(mod))
+            mask = get_mask(mod, t).mask
+            rows = lt.to_rows(self._scores(mod, t))
             groups = rows.reshape(rows.shape[0], -1, m)
             keep = torch.zeros_like(groups, dtype=torch.bool)
             keep.scatter_(2, groups.topk(n, dim=2).indices, True)
@@ -133,8 +144,14 @@ class Structured(Pruner):
     def setup(self, model, example_inputs, sparsities):
         import torch_pruning as tp
 
+        from ..lm.structured import DecoderPruner, decoder_blocks, is_causal_lm
         from ..models.hf import attention_modules
 
+        self._decoder = None
+        if is_causal_lm(model) or decoder_blocks(model):  # decoders (GPT-2, Llama, NeoX): heads and MLP neurons
+            self._decoder = DecoderPruner(self.spec, self.importance, self.targets, self.notes)
+            self._decoder.setup(model, list(sparsities))
+            return
         ignored = [m for n, m in prunable_layers(model) if n not in self.targets]
         steps = list(sparsities)
         final = steps[-1]
@@ -155,10 +172,13 @@ class Structured(Pruner):
                 for p in ("query", "key", "value"):
                     heads[getattr(a, p)] = count
             ignored += _hidden_size_owners(model)
+        from .sequence import structured_options
+
+        # RNN / embedding support (importance, tracing, custom pruner, root types); fresh channel-group dicts.
+        options = structured_options(model, self.targets, self.importance, self._forward_fn)
         self._tp = tp.pruner.BasePruner(
             model,
             example_inputs,
-            importance=self.importance.structured(),
             pruning_ratio=final,
             iterative_steps=len(steps),
             # The schedule's sparsities, scaled for heads (whose final ratio may differ).
@@ -167,11 +187,11 @@ class Structured(Pruner):
             global_pruning=self.spec.scope == "global",
             max_pruning_ratio=0.95,
             round_to=self.spec.round_to,
-            forward_fn=self._forward_fn,
             num_heads=heads,
             prune_num_heads=bool(heads),
             prune_head_dims=False,
             head_pruning_ratio=head_ratio,
+            **options,
         )
         self._attn = list(attn.values())
 
@@ -183,6 +203,8 @@ class Structured(Pruner):
     def prune_to(self, model, sparsity):
         from ..models.hf import sync_attention
 
+        if getattr(self, "_decoder", None) is not None:
+            return self._decoder.prune_to(model, sparsity)
         self._tp.step()
         for a in self._attn:
             sync_attention(a)

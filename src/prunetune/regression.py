@@ -1,0 +1,72 @@
+"""The `regression` task: one number per example (e.g. a rating), MSE loss, RMSE (lower is better) and MAE.
+
+The model outputs [batch, 1] (or [batch]); targets are float. Model selection, early stopping, the
+adaptive schedule and report drops all follow RMSE downwards.
+
+Example:
+    >>> import torch
+    >>> Regression().loss(torch.tensor([[1.0], [3.0]]), torch.tensor([1.0, 1.0])).item()
+    2.0
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from .errors import PrunetuneError
+from .registry import TASKS
+from .tasks import Task, to_device
+
+
+@TASKS.register("regression")
+class Regression(Task):
+    """One number per example (ratings): MSE loss, RMSE (lower is better) and MAE."""
+
+    name = "regression"
+    metric = "rmse"
+    higher_is_better = False
+    labels = False
+
+    def forward(self, model: nn.Module, inputs: Any) -> torch.Tensor:
+        out = model(**inputs) if isinstance(inputs, dict) else model(inputs)
+        return getattr(out, "logits", out)
+
+    @staticmethod
+    def _flat(out: torch.Tensor) -> torch.Tensor:
+        return out.float().reshape(out.shape[0], -1)[:, 0] if out.dim() > 1 else out.float()
+
+    def loss(self, out: torch.Tensor, target: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
+        return F.mse_loss(self._flat(out), target.float())
+
+    def check_outputs(self, out: torch.Tensor, bundle, where: str) -> None:
+        width = out.shape[-1] if out.dim() > 1 else 1
+        if width != 1:
+            raise PrunetuneError(f"{where}: the model outputs {width} values per example but task regression predicts one; "
+                                 "use a model with one output (e.g. recommender)")
+        if not torch.is_floating_point(bundle.train.y):
+            raise PrunetuneError("task: regression needs numeric targets (e.g. data.source ratings); "
+                                 "for class labels use task classification")
+
+    @torch.no_grad()
+    def predict(self, model: nn.Module, data, batch_size: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """Predictions for the whole dataset (in order) and the mean squared error."""
+        from .data.base import batches
+
+        was_training = model.training
+        model.eval()
+        outs, total = [], 0.0
+        for x, y in batches(data, batch_size):
+            pred = self._flat(self.forward(model, to_device(x, device))).cpu()
+            total += float(F.mse_loss(pred, y.float(), reduction="sum"))
+            outs.append(pred)
+        model.train(was_training)
+        return torch.cat(outs), torch.tensor(total / max(1, len(data)))
+
+    def evaluate(self, model: nn.Module, data, batch_size: int, device: torch.device, class_names: list[str]) -> dict[str, Any]:
+        pred, mse = self.predict(model, data, batch_size, device)
+        err = pred - data.y.float()
+        return {"rmse": round(float(mse) ** 0.5, 6), "mae": round(float(err.abs().mean()), 6), "loss": float(mse)}
