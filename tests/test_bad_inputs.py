@@ -279,6 +279,50 @@ BUILDERS: dict[str, Callable[[Path, Templates, str], Path]] = {
 ALIASES = {"ro_with_model_img": "ro"}  # builders whose path the case names differently
 
 
+# Sequences and ratings (issue 8): data folders, and saved models built for other sizes than the data.
+def _seq_model(w: Path, t: Templates, name: str, model: str, kwargs: dict, task: str, data: dict) -> Path:
+    def make(p: Path) -> None:
+        import torch
+
+        from prunetune.artifacts import save_model
+        from prunetune.models import build_model
+        from prunetune.recipe import ModelSpec, Recipe
+
+        torch.manual_seed(0)
+        spec = ModelSpec(name=model, kwargs=kwargs)
+        classes = ["0", "1", "2"] if task == "classification" else []
+        shape = (5, kwargs["features"]) if "features" in kwargs else (2,)
+        recipe = Recipe.model_validate({"task": task, "model": spec.model_dump(), "data": data}).model_dump(mode="json")
+        save_model(build_model(spec, len(classes), shape), p / "model", {
+            "task": task, "model": spec.model_dump(mode="json"), "num_classes": len(classes), "class_names": classes,
+            "input_shape": list(shape), "preprocess": {"kind": data["source"]}, "recipe": recipe})
+
+    return _copy(t.get(name, make) / "model", w / name)
+
+
+def _str_ratings(w: Path, name: str) -> Path:
+    root = w / name
+    root.mkdir()
+    (root / "train.csv").write_text("user,item,rating\n" + "ann,tea,4\nbob,coffee,2\nann,coffee,3\nbob,tea,5\n" * 3)
+    (root / "test.csv").write_text("user,item,rating\nbob,tea,4\nann,cocoa,1\n")
+    return root
+
+
+BUILDERS.update({
+    "seq_w4": lambda w, t, name: __import__("sequence_fixtures").write_sequences(w / name, n_train=24, n_test=9, time=5),
+    "seq_test_w3": lambda w, t, name: __import__("sequence_fixtures").write_sequences(
+        w / name, n_train=24, n_test=9, time=5, test_features=3),
+    "ratings_user_beyond": lambda w, t, name: __import__("sequence_fixtures").write_ratings(
+        w / name, users=10, items=8, n=60, test=["3,2,4", "10,1,3"]),
+    "ratings_str_ids": lambda w, t, name: _str_ratings(w, name),
+    "ratings_40_users": lambda w, t, name: __import__("sequence_fixtures").write_ratings(w / name, users=40, items=8, n=200),
+    "seq_model_w8": lambda w, t, name: _seq_model(w, t, name, "lstm_classifier", {"features": 8, "hidden_size": 4},
+                                                  "classification", {"source": "sequences"}),
+    "rec_model_10_users": lambda w, t, name: _seq_model(w, t, name, "recommender", {"num_users": 10, "num_items": 8, "dim": 4},
+                                                        "regression", {"source": "ratings"}),
+})
+
+
 @pytest.fixture(scope="session")
 def templates(tmp_path_factory) -> Templates:
     return Templates(tmp_path_factory.mktemp("bad-input-templates"))

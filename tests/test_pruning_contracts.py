@@ -52,6 +52,10 @@ def test_contract(model_name, method, importance, schedule):
         with pytest.raises(ValueError, match="not supported by prune.method"):
             _recipe(model_name, method, importance, schedule)
         return
+    if method == "structured" and importance == "wanda":  # Wanda scores weights; channel groups only in decoders
+        with pytest.raises(ValueError, match="wanda with structured pruning is supported for causal language models"):
+            _recipe(model_name, method, importance, schedule)
+        return
     recipe = _recipe(model_name, method, importance, schedule)
     bundle = make_bundle()
     task = Classification()
@@ -118,3 +122,105 @@ def test_round_to_keeps_channel_multiples():
     model, _ = ctl.one_shot_copy(dense)
     widths = [dict(model.named_modules())[n].weight.shape[0] for n in targets]
     assert all(w % 4 == 0 for w in widths) and widths != [8, 16, 32]
+
+
+# ---------------------------------------------------------------- sequence and embedding layers (issue 8)
+# LSTM (2 layers, bidirectional), GRU read through h_n, 1-D convolutions, an embedding feeding a GRU:
+# the same contracts, with every gate tensor of an RNN masked on its own.
+
+from sequence_fixtures import BUNDLES, SEQ_MODELS  # noqa: E402  (registers the tiny sequence models)
+
+SEQ_IMPORTANCES = [i for i in IMPORTANCES.names() if i != "wanda"]  # wanda: input norms of linear / conv layers only
+SEQ_CASES = [(m, p, i, s) for m in SEQ_MODELS for p in PRUNERS.names() for i in SEQ_IMPORTANCES for s in SCHEDULES.names()
+             if s in PRUNERS.get(p).schedules]
+
+
+def _check_all_masks(model: torch.nn.Module) -> None:
+    from prunetune.pruning.masks import masked_tensors
+
+    mods = dict(model.named_modules())
+    for key, mask in masked_tensors(model).items():
+        layer, _, tensor = key.rpartition(".")
+        assert torch.count_nonzero(getattr(mods[layer], tensor)[~mask]) == 0, f"{key}: a masked weight is non-zero"
+
+
+def _units(mod: torch.nn.Module) -> int:
+    from prunetune.pruning.sequence import RNN_TYPES
+
+    if isinstance(mod, RNN_TYPES):
+        return mod.hidden_size
+    if isinstance(mod, torch.nn.Embedding):
+        return mod.embedding_dim
+    return mod.weight.shape[0]
+
+
+@pytest.mark.parametrize("model_name,method,importance,schedule", SEQ_CASES)
+def test_sequence_contract(model_name, method, importance, schedule):
+    import tempfile
+    from pathlib import Path
+
+    from prunetune.pruning.masks import masked_layer_names, masked_tensors
+    from prunetune.pruning.sequence import RNN_TYPES, gates
+
+    recipe = _recipe(model_name, method, importance, schedule)
+    bundle = BUNDLES[model_name]()
+    task = Classification()
+    torch.manual_seed(0)
+    dense = build_model(recipe.model, bundle.num_classes, bundle.input_shape)
+    targets = select_targets(dense, ["*"], [], [classifier_name(dense)])
+    ctl = PruningController(recipe.prune, task, bundle, torch.device("cpu"), targets, recipe.finetune.epochs, 0)
+    model = copy.deepcopy(dense)
+    pruner = ctl.make_pruner(model, ctl.sparsities)
+    trainer = Trainer(model, task, bundle, recipe.finetune, torch.device("cpu"), 0, log=lambda m: None)
+    steps = []
+    handle = register_optimizer_step_post_hook(lambda opt, a, k: (_check_all_masks(model), steps.append(1)))
+    try:
+        ctl.finetune(model, pruner, trainer, already_pruned=False, log=lambda m: None)
+    finally:
+        handle.remove()
+    assert steps, "fine-tuning made no optimizer step"
+
+    x = bundle.test.x[:5]
+    model.eval()
+    out = model(x)
+    assert out.shape == (5, bundle.num_classes) and torch.isfinite(out).all()
+    mods, dense_mods = dict(model.named_modules()), dict(dense.named_modules())
+    if pruner.masked:
+        assert set(masked_layer_names(model)) == set(pruner.targets)
+        rnn_tensors = {f"{n}.{t}" for n in targets if isinstance(mods[n], RNN_TYPES)
+                       for t in ("weight_ih_l0", "weight_hh_l0")}
+        assert rnn_tensors <= set(masked_tensors(model))  # every gate tensor, the recurrent ones included
+        for key, mask in masked_tensors(model).items():
+            layer, _, tensor = key.rpartition(".")
+            w = getattr(mods[layer], tensor).detach()
+            if method == "nm":
+                groups = w.reshape(w.shape[0], -1, recipe.prune.m) if w.dim() == 2 else None
+                if groups is not None:
+                    assert (torch.count_nonzero(groups, dim=2) <= recipe.prune.n).all(), key
+            elif recipe.prune.scope == "layer":
+                assert abs(1 - mask.float().mean().item() - 0.5) < 0.05, key
+        assert macs(realise(model), x[:1]) == macs(dense, x[:1])
+    else:
+        for name in targets:
+            before, after = _units(dense_mods[name]), _units(mods[name])
+            assert after == before - int(before * 0.5), f"{name}: {before} -> {after} units"
+            m = mods[name]
+            if isinstance(m, RNN_TYPES):
+                g, h = gates(m), m.hidden_size
+                for key, t in m.named_parameters():
+                    if key.startswith("weight_hh"):
+                        assert tuple(t.shape) == (g * h, h), key
+                    elif key.startswith(("weight_ih", "bias")):
+                        assert t.shape[0] == g * h, key
+            if isinstance(m, torch.nn.Embedding):
+                assert m.num_embeddings == dense_mods[name].num_embeddings  # rows (ids) are never removed
+        assert mods[classifier_name(model)].weight.shape[0] == bundle.num_classes
+        assert macs(model, x[:1]) < 0.7 * macs(dense, x[:1])
+
+    info = {"task": "classification", "model": recipe.model.model_dump(), "num_classes": bundle.num_classes,
+            "class_names": bundle.class_names, "input_shape": list(bundle.input_shape), "preprocess": bundle.preprocess}
+    with tempfile.TemporaryDirectory() as d:
+        save_model(model, Path(d) / "m", info)
+        loaded, _ = load_model(Path(d) / "m")
+        assert torch.equal(loaded(x), model(x))
+        assert set(masked_tensors(loaded)) == set(masked_tensors(model))
