@@ -182,3 +182,117 @@ def test_every_sampler_runs_a_study(tmp_path, sampler):
         if r["state"] == "complete":
             assert r["cost"] > 0 and r["speedup"] == pytest.approx(1 / r["cost"], rel=1e-2)
             assert not (tmp_path / "s" / "trials" / f"trial-{r['trial']:04d}" / "model").exists()
+
+
+# -- tasks whose metric is not accuracy: the tolerance, the front and the balance point follow its direction --
+
+
+def test_a_regression_sweep_minimises_rmse_within_tolerance(tmp_path):
+    from sequence_fixtures import write_ratings
+
+    data = write_ratings(tmp_path / "ratings", users=40, items=30, n=1200)
+    recipe = Recipe.model_validate({
+        "name": "rsw", "task": "regression", "model": {"name": "recommender", "kwargs": {"dim": 16, "hidden": [32, 16]}},
+        "data": {"source": "ratings", "path": str(data)},
+        "dense": {"epochs": 8, "batch_size": 64, "lr": 0.01}, "finetune": {"epochs": 2, "batch_size": 64, "lr": 0.005},
+        "evaluate": {"latency": False, "memory": False},
+        "search": {"tolerance": 0.1, "sampler": "grid", "trials": 4, "grid_points": 2, "objective": "nonzero",
+                   "space": {"prune.method": {"choices": ["structured", "unstructured"]}, "prune.sparsity": [0.2, 0.8]}},
+    })
+    doc = sweep(recipe, tmp_path / "s", log=lambda m: None)
+    assert doc["metric"] == "rmse" and doc["higher_is_better"] is False
+    dense = doc["dense"]["val_rmse"]
+    assert doc["threshold"] == pytest.approx(dense + 0.1)
+    done = [r for r in doc["rows"] if r["state"] == "complete"]
+    assert len(doc["rows"]) == 4 and done and all("val_accuracy" not in r for r in doc["rows"])
+    feasible = [r for r in done if r["val_rmse"] <= doc["threshold"] + 1e-9]
+    assert feasible, "some trial must be within 0.1 RMSE of dense, or the balance checks below test nothing"
+    best = min(feasible, key=lambda r: (r["cost"], r["val_rmse"]))
+    assert doc["balance_trial"] == best["trial"]
+    assert any(r["cost"] < best["cost"] for r in done if r not in feasible)  # the tolerance decided, not cost alone
+    # Pareto in the minimise direction: no trial is both cheaper and lower (better) than a front trial.
+    front = [r for r in done if r["pareto"]]
+    assert front and doc["front"] == [r["trial"] for r in sorted(front, key=lambda r: r["cost"])]
+    for f in front:
+        assert not any(o["val_rmse"] < f["val_rmse"] and o["cost"] < f["cost"] for o in done)
+    for r in done:  # every trial off the front is dominated by one on it
+        if not r["pareto"]:
+            assert any(f["val_rmse"] <= r["val_rmse"] and f["cost"] <= r["cost"] for f in front)
+    rep = json.loads((tmp_path / "s" / "balance" / "report.json").read_text())
+    assert doc["balance"]["test"]["rmse"] == rep["stages"]["finetuned"]["rmse"]
+    assert doc["balance"]["test"]["dense_rmse"] == rep["stages"]["dense"]["rmse"]
+    md = (tmp_path / "s" / "sweep.md").read_text()
+    assert "Objective: validation rmse (min)" in md and "| val rmse |" in md and "tolerance 0.1 rmse" in md
+    html = (tmp_path / "s" / "report.html").read_text()
+    assert "Validation rmse (min)" in html and "test rmse (dense)" in html and "val acc" not in html
+
+    import optuna
+
+    study = optuna.load_study(study_name="rsw", storage=f"sqlite:///{tmp_path / 's' / 'study.db'}")
+    assert [d.name for d in study.directions] == ["MINIMIZE", "MINIMIZE"]
+    # Reopened for --report, the stored study keeps its metric and direction.
+    again = sweep(recipe, tmp_path / "s", report_only=True, log=lambda m: None)
+    assert (again["metric"], again["balance_trial"], again["front"]) == ("rmse", doc["balance_trial"], doc["front"])
+
+
+def test_the_early_stop_rule_follows_the_metric_direction():
+    from prunetune.registry import TASKS, load_builtins
+    from prunetune.sweep import hopeless, threshold_of
+
+    load_builtins()
+    rmse, acc = TASKS.get("regression")(), TASKS.get("classification")()
+    assert threshold_of(rmse, 1.0, 0.1) == pytest.approx(1.1) and threshold_of(acc, 80.0, 3.0) == pytest.approx(77.0)
+    # Lower is better: worse means higher. Dense 1.0, tolerance 0.1, slack 0.05 per epoch left.
+    assert hopeless(rmse, 1.3, 1.0, 0.1, 0.05, epochs_left=2)        # 0.3 worse > 0.1 + 0.1
+    assert not hopeless(rmse, 1.15, 1.0, 0.1, 0.05, epochs_left=2)   # 0.15 worse: two epochs may recover it
+    assert not hopeless(rmse, 0.5, 1.0, 0.1, 0.0, epochs_left=3)     # better than dense: never stopped
+    assert not hopeless(rmse, 9.0, 1.0, 0.1, 0.0, epochs_left=0)     # last epoch: always completes
+    # Higher is better: the same rule mirrored.
+    assert hopeless(acc, 70.0, 80.0, 3.0, 2.0, epochs_left=2) and not hopeless(acc, 90.0, 80.0, 3.0, 0.0, epochs_left=2)
+
+
+def test_a_stored_study_with_other_directions_is_refused(tmp_path):
+    import optuna
+
+    search = {**SEARCH, "sampler": "random", "trials": 1}
+    url = f"sqlite:///{tmp_path / 's' / 'study.db'}"
+    (tmp_path / "s").mkdir()
+    optuna.create_study(storage=url, study_name="sw", directions=["minimize", "minimize"])
+    with pytest.raises(PrunetuneError) as e:
+        sweep(_recipe(search), tmp_path / "s", log=lambda m: None)
+    assert "--study sw: exists with directions ['minimize', 'minimize']" in str(e.value)
+    assert "(accuracy) needs ['maximize', 'minimize']" in str(e.value)
+
+
+def test_a_causal_lm_sweep_minimises_perplexity(tmp_path):
+    import csv
+    from pathlib import Path
+
+    sst2 = Path(__file__).resolve().parents[2] / "shared" / "data" / "sst2"
+    if not (sst2 / "train.tsv").is_file():
+        pytest.skip(f"SST-2 not found at {sst2}")
+    from prunetune.lm.tiny import tiny_model_folder, train_tokenizer
+
+    with open(sst2 / "train.tsv", encoding="utf-8") as f:
+        rows = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
+        next(rows)
+        sentences = [r[0].strip() for _, r in zip(range(2000), rows)]
+    folder = tiny_model_folder(tmp_path / "gpt", [], "gpt2", tokenizer=train_tokenizer(sentences, 512), layers=1, heads=2,
+                               dim=32, positions=64)
+    recipe = Recipe.model_validate({
+        "name": "lmsw", "task": "causal_lm", "model": {"name": f"hf:{folder}"},
+        "data": {"source": "lm_text", "path": str(sst2), "limit": 320, "test_limit": 64, "max_length": 32, "eval_batch_size": 64},
+        "dense": {"epochs": 1, "lr": 3e-3, "batch_size": 16},
+        "prune": {"method": "unstructured", "importance": "l1"},
+        "finetune": {"epochs": 1, "lr": 1e-3, "batch_size": 32},
+        "evaluate": {"latency": False, "memory": False, "generate": 0},
+        "search": {"tolerance": 1000.0, "sampler": "grid", "trials": 2, "grid_points": 2, "objective": "nonzero",
+                   "space": {"prune.sparsity": [0.2, 0.6]}},
+    })
+    doc = sweep(recipe, tmp_path / "s", log=lambda m: None)
+    assert doc["metric"] == "perplexity" and doc["higher_is_better"] is False
+    assert doc["threshold"] == pytest.approx(doc["dense"]["val_perplexity"] + 1000.0)
+    done = [r for r in doc["rows"] if r["state"] == "complete"]
+    assert len(done) == 2 and all(r["val_perplexity"] > 1 for r in done)
+    assert doc["balance_trial"] == min(done, key=lambda r: r["cost"])["trial"]  # a generous tolerance: the cheapest
+    assert "perplexity" in doc["balance"]["test"] and "dense_perplexity" in doc["balance"]["test"]

@@ -105,7 +105,7 @@ def sweep(
     out: Optional[Path] = typer.Option(None, "--out", help="sweep folder (default sweeps/NAME); trials, outputs and the balance run go here"),
     report: bool = typer.Option(False, "--report", help="rebuild the outputs from the study storage; run nothing"),
 ) -> None:
-    """Search pruning x fine-tuning for the cheapest model within search.tolerance of the dense accuracy."""
+    """Search pruning x fine-tuning for the cheapest model within search.tolerance of the dense model's metric."""
 
     def go():
         from .recipe import load_recipe
@@ -116,15 +116,21 @@ def sweep(
             raise PrunetuneError(f"--trials {trials}: must be 0 or more")
         folder = out or Path("sweeps") / r.name
         doc = run_sweep(r, folder, trials=trials, storage=storage, study=study, report_only=report, log=_log)
+        from .sweep import doc_metric, fmt_metric
+
+        metric, key, _ = doc_metric(doc)
         b = doc.get("balance")
         if b and b.get("test"):
             t = b["test"]
-            print(f"balance point: trial {doc['balance_trial']}: validation {b['val_accuracy']:.2f}, test {t['accuracy']:.2f} "
-                  f"(dense {t['dense_accuracy']:.2f}), measured speedup {t.get('speedup_batch_N', float('nan')):.2f}x; {b.get('folder')}")
+            speed = (f", measured speedup {t['speedup_batch_N']:.2f}x" if t.get("speedup_batch_N") is not None
+                     else " (latency not measured)")
+            print(f"balance point: trial {doc['balance_trial']}: validation {fmt_metric(b[key], metric)}, test "
+                  f"{fmt_metric(t[metric], metric)} (dense {fmt_metric(t['dense_' + metric], metric)}){speed}; {b.get('folder')}")
         elif b:
-            print(f"balance point: trial {doc['balance_trial']}: validation {b['val_accuracy']:.2f} (not scored on test yet)")
+            print(f"balance point: trial {doc['balance_trial']}: validation {fmt_metric(b[key], metric)} (not scored on test yet)")
         else:
-            print(f"no trial within {doc['tolerance']} points of the dense model yet; see {folder / 'sweep.md'}")
+            units = "points" if metric == "accuracy" else metric
+            print(f"no trial within {doc['tolerance']} {units} of the dense model yet; see {folder / 'sweep.md'}")
 
     _guard(go)
 

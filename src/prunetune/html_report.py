@@ -158,7 +158,8 @@ def _sweep(sweep: Any, folder: Path | None) -> list[str]:
         if not path.is_absolute() and folder is not None:
             path = folder / path
         if path.is_file():
-            out.append(img(path.read_bytes(), "sweep: accuracy against cost (Pareto front)"))
+            metric = sweep.get("metric", "accuracy")
+            out.append(img(path.read_bytes(), f"sweep: {metric} against cost (Pareto front)"))
     out.append("</section>")
     return out
 
@@ -273,16 +274,20 @@ def write_html(report: dict[str, Any], folder: Path, images: dict[str, bytes] | 
 
 def render_sweep(doc: dict[str, Any], folder: Path) -> str:
     """The page of a sweep folder: balance point, Pareto plot and every trial."""
+    from .sweep import doc_metric, fmt_metric, metric_units, short_label
+
+    metric, key, higher = doc_metric(doc)
     body = [f"<h1>Sweep {esc(doc['study'])}</h1>",
-            f"<p>Validation accuracy (max) against {esc(doc['objective_label'])} (min). Dense validation accuracy "
-            f"<b>{doc['dense']['val_accuracy']:.2f}</b>, tolerance {doc['tolerance']} pt (threshold {doc['threshold']:.2f}). "
+            f"<p>Validation {esc(metric)} ({'max' if higher else 'min'}) against {esc(doc['objective_label'])} (min). "
+            f"Dense validation {esc(metric)} <b>{fmt_metric(doc['dense'][key], metric)}</b>, tolerance {doc['tolerance']} "
+            f"{esc(metric_units(metric))} (threshold {fmt_metric(doc['threshold'], metric)}). "
             f"Trials: {esc(', '.join(f'{n} {s}' for s, n in doc['counts'].items()))}.</p>"]
     b = doc.get("balance")
     if b:
         t = b.get("test") or {}
-        rows = [["validation accuracy", f"{b['val_accuracy']:.2f}"], [doc["objective_label"], _cell(b["cost"])]]
+        rows = [[f"validation {metric}", fmt_metric(b[key], metric)], [doc["objective_label"], _cell(b["cost"])]]
         if t:
-            rows += [["test accuracy (dense)", f"{t['accuracy']:.2f} ({t['dense_accuracy']:.2f})"],
+            rows += [[f"test {metric} (dense)", f"{fmt_metric(t[metric], metric)} ({fmt_metric(t['dense_' + metric], metric)})"],
                      ["measured speedup batch 1 / N", f"{_cell(t.get('speedup_batch_1'))}× / {_cell(t.get('speedup_batch_N'))}×"],
                      ["parameters / non-zeros", f"{t['params']:,} / {t['nonzero_params']:,}"],
                      ["size (gzip)", f"{_fmt_bytes(t['size_bytes'])} ({_fmt_bytes(t['gzip_bytes'])})"]]
@@ -292,9 +297,10 @@ def render_sweep(doc: dict[str, Any], folder: Path) -> str:
         body.append("<p>No trial is within the tolerance yet.</p>")
     png = folder / "pareto.png"
     if png.is_file():
-        body += ["<h2>Pareto front</h2>", img(png.read_bytes(), "sweep: validation accuracy against cost, Pareto front and balance point")]
-    head = ["trial", "state", "params", "val acc", "cost", "speedup", "Pareto", "note"]
-    trs = [[r["trial"], r["state"], ", ".join(f"{k}={v}" for k, v in r["params"].items()), r["val_accuracy"], r["cost"],
+        body += ["<h2>Pareto front</h2>",
+                 img(png.read_bytes(), f"sweep: validation {metric} against cost, Pareto front and balance point")]
+    head = ["trial", "state", "params", short_label(metric), "cost", "speedup", "Pareto", "note"]
+    trs = [[r["trial"], r["state"], ", ".join(f"{k}={v}" for k, v in r["params"].items()), r.get(key), r["cost"],
             r.get("speedup"), "balance" if r["balance"] else ("yes" if r["pareto"] else ""), r.get("note", "")] for r in doc["rows"]]
     body += ["<h2>Trials</h2>", table(head, [[_cell(v) for v in r] for r in trs], numeric={0, 3, 4, 5})]
     return _page(f"prunetune sweep {doc['study']}", body)

@@ -261,12 +261,14 @@ class RobustnessFloor(_Section):
 
 
 class SearchSpec(_Section):
-    """`prunetune sweep`: which recipe fields to search, the accuracy tolerance and the cost to minimise."""
+    """`prunetune sweep`: which recipe fields to search, the tolerance on the task's metric and the cost to minimise."""
 
     space: dict[str, Any] = Field(
         default_factory=dict,
         description="dotted recipe field -> [low, high] (float or int range), {low, high, log: true}, or {choices: [...]}")
-    tolerance: float = Field(0.5, ge=0, description="accuracy points the balance point may lose against the dense model (validation)")
+    tolerance: float = Field(
+        0.5, ge=0, description="how much worse than the dense model the balance point may be on validation, in the task "
+        "metric's units (accuracy points, perplexity, RMSE)")
     objective: Literal["latency", "nonzero", "size", "macs"] = Field(
         "latency", description="cost to minimise: measured p50 latency at evaluate.latency_batch relative to the dense model's "
         "(both measured in the trial), non-zero parameters, gzip bytes or MACs")
@@ -274,8 +276,8 @@ class SearchSpec(_Section):
     trials: int = Field(20, ge=0, description="finished trials the study aims for (all workers together)")
     grid_points: int = Field(3, ge=2, description="grid sampler: points per numeric range")
     early_stop_slack: float = Field(
-        2.0, ge=0, description="stop a trial after a fine-tuning epoch when validation accuracy is below "
-        "dense - tolerance - slack x (epochs left)")
+        2.0, ge=0, description="stop a trial after a fine-tuning epoch when its validation metric is worse than the dense "
+        "model's by more than tolerance + slack x (epochs left), in the task metric's units")
     heartbeat_s: int = Field(10, ge=1, description="worker heartbeat; a trial silent for 3 heartbeats is failed and retried")
     retries: int = Field(2, ge=0, description="times a failed (killed) trial is retried")
     robustness_floor: RobustnessFloor | None = Field(

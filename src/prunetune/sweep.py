@@ -1,16 +1,24 @@
-"""`prunetune sweep`: search pruning x fine-tuning under an accuracy tolerance (Optuna).
+"""`prunetune sweep`: search pruning x fine-tuning under a tolerance on the task's metric (Optuna).
 
 A multi-objective study over the recipe's `search.space` (any recipe field: a float or int range, or
-a choice) maximises validation accuracy and minimises a measured cost (latency, non-zeros, gzip
-bytes or MACs). The *balance point* is the cheapest trial whose validation accuracy is within
-`search.tolerance` of the dense model's; only it is scored on the test set (re-run as a normal run
-in `OUT/balance/`): the test set never guides the search.
+a choice) optimises the task's validation metric in its direction (accuracy up; perplexity or RMSE
+down: `Task.metric`, `Task.higher_is_better`) and minimises a measured cost (latency, non-zeros,
+gzip bytes or MACs). The *balance point* is the cheapest trial whose validation metric is at most
+`search.tolerance` worse than the dense model's (`Task.drop`, in the metric's units: accuracy
+points, perplexity, RMSE); only it is scored on the test set (re-run as a normal run in
+`OUT/balance/`): the test set never guides the search.
+
+Stored keys follow the trainer's history rows: a trial's validation metric is `val_<metric>`
+(`val_accuracy`, `val_perplexity`, `val_rmse`) and the balance point's test scores are `<metric>` and
+`dense_<metric>`; the study's dense reference records `metric`. A study stored before the sweep was
+generalised (accuracy only, no `metric`) opens and reports unchanged.
 
 Trials are cheap where they can be: the dense model is trained once and cached by content hash
 (cache.py) and every trial starts from it; a trial is stopped after a fine-tuning epoch once its
-validation accuracy is so far below the threshold that the epochs left cannot plausibly recover it
-(`search.early_stop_slack` points per epoch left; a trial on its last epoch always completes). Optuna's own pruners are single-objective only,
-so the stop raises `optuna.TrialPruned` from our epoch hook.
+validation metric is so far on the wrong side of the threshold that the epochs left cannot plausibly
+recover it (`search.early_stop_slack` metric units per epoch left; a trial on its last epoch always
+completes). Optuna's own pruners are single-objective only, so the stop raises `optuna.TrialPruned`
+from our epoch hook.
 
 Storage: a SQLite file `OUT/study.db` by default; any SQLAlchemy URL (PostgreSQL) lets many
 workers on many machines join one study (`--storage URL --study NAME`, the same command started N
@@ -47,6 +55,7 @@ from typing import Any, Callable
 
 from .errors import PrunetuneError
 from .recipe import Recipe, _set_path, format_validation_error
+from .tasks import Task
 
 def _relative_latency(stage: dict[str, Any], dense: dict[str, Any] | None = None) -> float:
     """Latency at batch N relative to the dense model's, both measured in the same trial (so a busy
@@ -213,7 +222,7 @@ def _total_epochs(recipe: Recipe) -> int:
 
 
 def dense_reference(recipe: Recipe, log: Callable[[str], None]) -> dict[str, Any]:
-    """The dense model's validation accuracy and costs (the tolerance's and the plot's reference)."""
+    """The dense model's validation metric and costs (the tolerance's and the plot's reference)."""
     import dataclasses
 
     from .cache import obtain_dense
@@ -233,8 +242,8 @@ def dense_reference(recipe: Recipe, log: Callable[[str], None]) -> dict[str, Any
     bundle = dataclasses.replace(bundle, test=bundle.val)
     dense, info = obtain_dense(recipe, bundle, task, device, log)
     stage = measure_stage(dense, task, bundle, recipe.evaluate, device, reference_counts(dense, []))
-    return {"val_accuracy": stage["accuracy"], "stage": {k: v for k, v in stage.items() if k != "per_class_accuracy"},
-            "cache": info.get("cache")}
+    return {"metric": task.metric, f"val_{task.metric}": stage[task.metric],
+            "stage": {k: v for k, v in stage.items() if k not in ("per_class_accuracy", "samples")}, "cache": info.get("cache")}
 
 
 def interleaved_latency_ratio(dense_dir: Path, model_dir: Path, recipe: Recipe, rounds: int = 2) -> float:
@@ -260,6 +269,54 @@ def interleaved_latency_ratio(dense_dir: Path, model_dir: Path, recipe: Recipe, 
     return best["m"] / best["d"]
 
 
+# -- the task's metric -------------------------------------------------------------------------
+
+
+def direction(task: Task) -> str:
+    """The Optuna direction of the study's first objective (the validation metric)."""
+    return "maximize" if task.higher_is_better else "minimize"
+
+
+def threshold_of(task: Task, dense: float, tolerance: float) -> float:
+    """The worst validation metric still within the tolerance: dense - tol (higher is better) or dense + tol."""
+    return dense - tolerance if task.higher_is_better else dense + tolerance
+
+
+def hopeless(task: Task, value: float, dense: float, tolerance: float, slack: float, epochs_left: int) -> bool:
+    """Whether a trial at `value` after an epoch should stop: it is worse than the dense model by more
+    than the tolerance plus `slack` (metric units) per epoch left. Never with no epochs left: a
+    finished trial is kept (it still belongs on the Pareto front)."""
+    return epochs_left > 0 and task.drop(value, dense) > tolerance + slack * epochs_left
+
+
+def study_task(study) -> Task:
+    """The metric and direction a stored study was created with; a study from before the sweep followed
+    the task's metric has no `metric` in its dense reference and maximised accuracy."""
+    from optuna.study import StudyDirection
+
+    t = Task()
+    t.metric = (study.user_attrs.get("dense") or {}).get("metric", "accuracy")
+    t.higher_is_better = study.directions[0] == StudyDirection.MAXIMIZE
+    return t
+
+
+def metric_units(metric: str) -> str:
+    """How a tolerance reads: '3.0 pt' for accuracy, '0.05 rmse' otherwise."""
+    return "pt" if metric == "accuracy" else metric
+
+
+def fmt_metric(v: float | None, metric: str) -> str:
+    """Two decimals for accuracy (and large values such as perplexity); four for small ones such as RMSE."""
+    if v is None:
+        return ""
+    return f"{v:.2f}" if metric == "accuracy" or abs(v) >= 10 else f"{v:.4f}"
+
+
+def short_label(metric: str) -> str:
+    """The trial table's column header."""
+    return "val acc" if metric == "accuracy" else f"val {metric}"
+
+
 class Sweep:
     def __init__(self, recipe: Recipe, out: Path, storage: str | None, study_name: str | None,
                  log: Callable[[str], None]) -> None:
@@ -269,9 +326,11 @@ class Sweep:
         from .registry import TASKS, load_builtins
 
         load_builtins()
-        if TASKS.get(recipe.task, "task").metric != "accuracy":
-            raise PrunetuneError(f"task: the sweep searches under an accuracy tolerance; task {recipe.task!r} is scored by "
-                                 f"{TASKS.get(recipe.task).metric}; use prunetune run per configuration")
+        self.task = TASKS.get(recipe.task, "task")()
+        self.metric = self.task.metric
+        if self.spec.robustness_floor is not None and self.metric != "accuracy":
+            raise PrunetuneError(f"search.robustness_floor: a floor on robust accuracy needs a classification task; task "
+                                 f"{recipe.task!r} is scored by {self.metric}; remove search.robustness_floor")
         if self.spec.objective == "latency" and not recipe.evaluate.latency:
             raise PrunetuneError("search.objective latency needs evaluate.latency: true")
         self.base = recipe.model_dump(mode="json", exclude={"search"})
@@ -298,7 +357,8 @@ class Sweep:
             except KeyError:
                 raise PrunetuneError(f"--study {self.study_name}: no such study in the storage; run the sweep first") from None
         seed = self.recipe.seed if self.local else None  # workers sharing a study must not draw the same points
-        study = optuna.create_study(storage=storage, study_name=self.study_name, directions=["maximize", "minimize"],
+        want = [direction(self.task), "minimize"]
+        study = optuna.create_study(storage=storage, study_name=self.study_name, directions=want,
                                     sampler=_sampler(self.spec, self.dims, seed), load_if_exists=True)
         sig = self._signature()
         have = study.user_attrs.get("signature")
@@ -306,6 +366,11 @@ class Sweep:
             raise PrunetuneError(
                 f"--study {self.study_name}: exists with a different search space, objective, tolerance or base recipe; "
                 f"name a new study (--study {self.study_name}-2) or use another --storage")
+        stored = [d.name.lower() for d in study.directions]  # Optuna's load_if_exists does not compare them
+        if stored != want:
+            raise PrunetuneError(
+                f"--study {self.study_name}: exists with directions {stored} but task {self.recipe.task!r} "
+                f"({self.metric}) needs {want}; name a new study (--study {self.study_name}-2) or use another --storage")
         if have is None:
             study.set_user_attr("signature", sig)
         if "dense" not in study.user_attrs:
@@ -330,18 +395,17 @@ class Sweep:
             self.log(f"trial {trial.number}: skipped, invalid combination ({e})")
             raise optuna.TrialPruned() from None
         trial.set_user_attr("recipe", data)
-        threshold = dense_val - self.spec.tolerance
+        m, key = self.metric, f"val_{self.metric}"
+        threshold = threshold_of(self.task, dense_val, self.spec.tolerance)
         total, seen, curve = _total_epochs(recipe), [0], []
 
         def check(row: dict[str, Any]) -> None:
             seen[0] += 1
-            curve.append(row["val_accuracy"])
-            left = max(0, total - seen[0])
-            # Only with epochs left: a finished trial is kept (it still belongs on the Pareto front).
-            if left > 0 and row["val_accuracy"] < threshold - self.spec.early_stop_slack * left:
+            curve.append(row[key])
+            if hopeless(self.task, row[key], dense_val, self.spec.tolerance, self.spec.early_stop_slack, max(0, total - seen[0])):
                 trial.set_user_attr("val_curve", curve)
                 trial.set_user_attr("stopped_at_epoch", seen[0])
-                raise optuna.TrialPruned(f"validation accuracy {row['val_accuracy']:.2f} after epoch {seen[0]}")
+                raise optuna.TrialPruned(f"validation {m} {fmt_metric(row[key], m)} after epoch {seen[0]}")
 
         folder = self.out / "trials" / f"trial-{trial.number:04d}"
         if folder.exists():
@@ -353,7 +417,8 @@ class Sweep:
             rep = run(recipe, folder, log=lambda m: None, score_on="val", save=self.spec.objective == "latency",
                       on_finetune_epoch=check, checkpoint=False)
         except optuna.TrialPruned:
-            self.log(f"trial {trial.number}: stopped early (validation accuracy {curve[-1]:.2f}, threshold {threshold:.2f})")
+            self.log(f"trial {trial.number}: stopped early (validation {m} {fmt_metric(curve[-1], m)}, "
+                     f"threshold {fmt_metric(threshold, m)})")
             raise
         f, d = rep["stages"]["finetuned"], rep["stages"]["dense"]
         cost = float(OBJECTIVES[self.spec.objective][1](f, d))
@@ -362,7 +427,7 @@ class Sweep:
             cost = interleaved_latency_ratio(Path(rep["dense"]["cache"]), folder / "model", recipe)
             shutil.rmtree(folder / "model", ignore_errors=True)  # only the balance point's model is kept (OUT/balance)
         result = {
-            "val_accuracy": f["accuracy"], "cost": cost, "params": f["params"], "nonzero_params": f["nonzero_params"],
+            key: f[m], "cost": cost, "params": f["params"], "nonzero_params": f["nonzero_params"],
             "sparsity": f["sparsity"], "macs": f["macs"], "gzip_bytes": f["gzip_bytes"],
             "latency_ms": (f.get("latency_ms") or {}).get("batch_N", {}).get("p50"),
             "speedup": (round(1.0 / cost, 3) if self.spec.objective == "latency" and cost > 0
@@ -380,9 +445,9 @@ class Sweep:
             if hasattr(trial, "set_constraint"):
                 trial.set_constraint("robustness_floor", constraint)
         trial.set_user_attr("result", result)
-        self.log(f"trial {trial.number}: val {f['accuracy']:.2f} (dense {dense_val:.2f}), {self.spec.objective} {_short(cost)}"
-                 + (f", speedup {result['speedup']:.2f}x" if result["speedup"] else "") + f" ({result['wall_s']:.0f}s)")
-        return f["accuracy"], cost
+        self.log(f"trial {trial.number}: val {fmt_metric(f[m], m)} (dense {fmt_metric(dense_val, m)}), {self.spec.objective} "
+                 f"{_short(cost)}" + (f", speedup {result['speedup']:.2f}x" if result["speedup"] else "") + f" ({result['wall_s']:.0f}s)")
+        return f[m], cost
 
     def optimize(self, trials: int | None) -> Any:
         from optuna.study import MaxTrialsCallback
@@ -390,10 +455,10 @@ class Sweep:
 
         study = self.open()
         target = self.spec.trials if trials is None else trials
-        dense_val = study.user_attrs["dense"]["val_accuracy"]
+        dense_val = study.user_attrs["dense"][f"val_{self.metric}"]
         done = _finished(study)
         self.log(f"sweep: study {self.study_name!r} at {_redact(self.storage_url)}: {done} of {target} trials finished; "
-                 f"dense validation accuracy {dense_val:.2f}, tolerance {self.spec.tolerance}")
+                 f"dense validation {self.metric} {fmt_metric(dense_val, self.metric)}, tolerance {self.spec.tolerance}")
         if done < target:
             study.optimize(lambda t: self.objective(t, dense_val), n_trials=target,
                            callbacks=[MaxTrialsCallback(target, states=(TrialState.COMPLETE, TrialState.PRUNED))],
@@ -425,13 +490,15 @@ def summarise(study, spec) -> dict[str, Any]:
     """Everything the outputs show, from the study storage alone."""
     from optuna.trial import TrialState
 
+    task = study_task(study)
+    key = f"val_{task.metric}"
     dense = study.user_attrs["dense"]
-    threshold = dense["val_accuracy"] - spec.tolerance
+    threshold = threshold_of(task, dense[key], spec.tolerance)
     rows, complete = [], []
     for t in study.get_trials(deepcopy=False):
         r = t.user_attrs.get("result") or {}
         row = {"trial": t.number, "state": t.state.name.lower(), "params": t.params,
-               "val_accuracy": r.get("val_accuracy"), "cost": r.get("cost"), "speedup": r.get("speedup"),
+               key: r.get(key), "cost": r.get("cost"), "speedup": r.get("speedup"),
                "nonzero_params": r.get("nonzero_params"), "gzip_bytes": r.get("gzip_bytes"), "wall_s": r.get("wall_s")}
         if t.state == TrialState.PRUNED:
             row["note"] = t.user_attrs.get("invalid") or f"stopped after epoch {t.user_attrs.get('stopped_at_epoch')}"
@@ -449,15 +516,17 @@ def summarise(study, spec) -> dict[str, Any]:
         if t.state == TrialState.COMPLETE and r:
             complete.append(row)
     complete = [r for r in complete if r.get("meets_floor", True)]  # infeasible under search.robustness_floor
-    front = _pareto(complete)
-    feasible = [r for r in complete if r["val_accuracy"] >= threshold]
-    balance = min(feasible, key=lambda r: (r["cost"], -r["val_accuracy"])) if feasible else None
+    front = _pareto(complete, key, task.higher_is_better)
+    feasible = [r for r in complete if task.drop(r[key], dense[key]) <= spec.tolerance]
+    # The cheapest feasible trial; of equally cheap ones, the better metric.
+    balance = min(feasible, key=lambda r: (r["cost"], -task.score({task.metric: r[key]}))) if feasible else None
     for r in rows:
         r["pareto"] = r in front
         r["balance"] = balance is not None and r["trial"] == balance["trial"]
     states = [r["state"] for r in rows]
     return {
-        "study": study.study_name, "objective": spec.objective, "objective_label": OBJECTIVES[spec.objective][0],
+        "study": study.study_name, "metric": task.metric, "higher_is_better": task.higher_is_better,
+        "objective": spec.objective, "objective_label": OBJECTIVES[spec.objective][0],
         "tolerance": spec.tolerance, "dense": dense, "threshold": threshold, "rows": rows,
         "robustness_floor": spec.robustness_floor.model_dump(mode="json") if spec.robustness_floor else None,
         "front": [r["trial"] for r in front], "balance_trial": balance["trial"] if balance else None,
@@ -465,15 +534,23 @@ def summarise(study, spec) -> dict[str, Any]:
     }
 
 
-def _pareto(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Rows no other row beats on both accuracy (higher) and cost (lower)."""
+def _pareto(rows: list[dict[str, Any]], key: str = "val_accuracy", higher_is_better: bool = True) -> list[dict[str, Any]]:
+    """Rows no other row beats on both the metric (`key`, in its direction) and cost (lower)."""
+    sign = 1.0 if higher_is_better else -1.0
     out = []
     for r in rows:
-        dominated = any(o["val_accuracy"] >= r["val_accuracy"] and o["cost"] <= r["cost"]
-                        and (o["val_accuracy"] > r["val_accuracy"] or o["cost"] < r["cost"]) for o in rows)
+        dominated = any(sign * o[key] >= sign * r[key] and o["cost"] <= r["cost"]
+                        and (sign * o[key] > sign * r[key] or o["cost"] < r["cost"]) for o in rows)
         if not dominated:
             out.append(r)
     return sorted(out, key=lambda r: r["cost"])
+
+
+def doc_metric(doc: dict[str, Any]) -> tuple[str, str, bool]:
+    """(metric, row key, higher is better) of a sweep document; a document from before the sweep
+    followed the task's metric is accuracy."""
+    metric = doc.get("metric", "accuracy")
+    return metric, f"val_{metric}", doc.get("higher_is_better", True)
 
 
 def plot(doc: dict[str, Any], path: Path) -> None:
@@ -482,44 +559,61 @@ def plot(doc: dict[str, Any], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    done = [r for r in doc["rows"] if r["val_accuracy"] is not None]
+    metric, key, higher = doc_metric(doc)
+    dense_val, thr = doc["dense"][key], doc["threshold"]
+    done = [r for r in doc["rows"] if r.get(key) is not None]
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
-    ax.scatter([r["cost"] for r in done], [r["val_accuracy"] for r in done], s=18, color="#9aa5b1", label="trials")
+    ax.scatter([r["cost"] for r in done], [r[key] for r in done], s=18, color="#9aa5b1", label="trials")
     front = sorted((r for r in done if r["pareto"]), key=lambda r: r["cost"])
     if front:
-        ax.plot([r["cost"] for r in front], [r["val_accuracy"] for r in front], "-o", color="#1f6feb", ms=5, label="Pareto front")
+        ax.plot([r["cost"] for r in front], [r[key] for r in front], "-o", color="#1f6feb", ms=5, label="Pareto front")
     stage = doc["dense"]["stage"]
     try:
         dense_cost = OBJECTIVES[doc["objective"]][1](stage)
-        ax.scatter([dense_cost], [doc["dense"]["val_accuracy"]], marker="*", s=160, color="black", label="dense", zorder=5)
+        ax.scatter([dense_cost], [dense_val], marker="*", s=160, color="black", label="dense", zorder=5)
     except (KeyError, TypeError):
         pass
-    ax.axhline(doc["threshold"], ls="--", color="#d1242f", lw=1, label=f"dense − {doc['tolerance']} pt")
+    ax.axhline(thr, ls="--", color="#d1242f", lw=1,
+               label=f"dense {'−' if higher else '+'} {doc['tolerance']} {metric_units(metric)}")
     bal = next((r for r in done if r["balance"]), None)
     if bal:
-        ax.scatter([bal["cost"]], [bal["val_accuracy"]], s=140, facecolors="none", edgecolors="#d1242f", lw=2,
+        ax.scatter([bal["cost"]], [bal[key]], s=140, facecolors="none", edgecolors="#d1242f", lw=2,
                    label=f"balance point (trial {bal['trial']})", zorder=6)
     if doc["objective"] == "latency":
         ax.axvline(1.0, color="black", lw=0.6, alpha=0.4)
     ax.set_xlabel(doc["objective_label"])
-    ax.set_ylabel("validation accuracy (%)")
+    ax.set_ylabel("validation accuracy (%)" if metric == "accuracy"
+                  else f"validation {metric} ({'higher' if higher else 'lower'} is better)")
     if doc["objective"] != "latency":
         ax.set_xscale("log")
-    accs = [r["val_accuracy"] for r in done]
-    lo, hi = min(accs + [doc["threshold"]]), max(accs + [doc["dense"]["val_accuracy"]])
-    ax.set_ylim(max(lo - 1, doc["threshold"] - 8), hi + 1)  # far-off trials fall below the frame
+    vals = [r[key] for r in done]
+    if metric == "accuracy":
+        lo, hi = min(vals + [thr]), max(vals + [dense_val])
+        ax.set_ylim(max(lo - 1, thr - 8), hi + 1)  # far-off trials fall below the frame
+    else:
+        # Far-off trials (a perplexity that exploded) fall outside the frame: it reaches at most four
+        # times the dense-to-threshold distance beyond the threshold.
+        sign = 1.0 if higher else -1.0
+        best = max(vals + [dense_val], key=lambda v: sign * v)
+        worst = min(vals + [thr], key=lambda v: sign * v)
+        reach = 4 * max(abs(best - thr), abs(doc["tolerance"]), 1e-9)
+        worst = max(worst, thr - reach) if higher else min(worst, thr + reach)
+        pad = 0.05 * max(abs(best - worst), 1e-9)
+        ax.set_ylim(min(best, worst) - pad, max(best, worst) + pad)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
-    ax.set_title(f"sweep {doc['study']}: accuracy against {doc['objective_label']}")
+    ax.legend(fontsize=8, loc="lower right" if higher else "upper right")
+    ax.set_title(f"sweep {doc['study']}: {metric} against {doc['objective_label']}")
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
 
 
 def to_markdown(doc: dict[str, Any]) -> str:
+    metric, key, higher = doc_metric(doc)
     lines = [f"# Sweep `{doc['study']}`", "",
-             f"Objective: validation accuracy (max) against {doc['objective_label']} (min). Dense validation accuracy "
-             f"{doc['dense']['val_accuracy']:.2f}; tolerance {doc['tolerance']} pt (threshold {doc['threshold']:.2f}). "
+             f"Objective: validation {metric} ({'max' if higher else 'min'}) against {doc['objective_label']} (min). "
+             f"Dense validation {metric} {fmt_metric(doc['dense'][key], metric)}; tolerance {doc['tolerance']} "
+             f"{metric_units(metric)} (threshold {fmt_metric(doc['threshold'], metric)}). "
              f"Trials: {', '.join(f'{n} {s}' for s, n in doc['counts'].items())}.", ""]
     if doc.get("robustness_floor"):
         from .robustness import floor_accuracy, floor_label
@@ -533,22 +627,27 @@ def to_markdown(doc: dict[str, Any]) -> str:
     b = doc.get("balance")
     if b:
         t = b.get("test") or {}
+        if t:
+            speed = (f"measured speedup {_short(t.get('speedup_batch_N'))}× at batch N, {_short(t.get('speedup_batch_1'))}× at batch 1, "
+                     if t.get("speedup_batch_N") is not None else "latency not measured, ")
+            scored = (f"; test {fmt_metric(t[metric], metric)} (dense {fmt_metric(t['dense_' + metric], metric)}), {speed}"
+                      f"non-zeros {t['nonzero_params']:,}, gzip {t['gzip_bytes']:,} bytes; run folder `{b.get('folder')}`")
+        else:
+            scored = " (not yet scored on the test set)"
         lines += [f"**Balance point: trial {doc['balance_trial']}** — " + ", ".join(f"{k}={_short(v)}" for k, v in b["params"].items()),
-                  "", f"validation {b['val_accuracy']:.2f}" + (f"; test {t['accuracy']:.2f} (dense {t['dense_accuracy']:.2f}), "
-                  f"measured speedup {_short(t.get('speedup_batch_N'))}× at batch N, {_short(t.get('speedup_batch_1'))}× at batch 1, "
-                  f"non-zeros {t['nonzero_params']:,}, gzip {t['gzip_bytes']:,} bytes; run folder `{b.get('folder')}`" if t else
-                  " (not yet scored on the test set)"), ""]
+                  "", f"validation {fmt_metric(b[key], metric)}{scored}", ""]
     else:
         lines += ["No trial is within the tolerance" + (" and above the robustness floor" if doc.get("robustness_floor") else "")
                   + " yet.", ""]
-    lines += ["| trial | state | params | val acc | cost | speedup | Pareto | note |", "|---:|---|---|---:|---:|---:|---|---|"]
+    lines += [f"| trial | state | params | {short_label(metric)} | cost | speedup | Pareto | note |",
+              "|---:|---|---|---:|---:|---:|---|---|"]
     for r in doc["rows"]:
         p = ", ".join(f"{k.split('.')[-1]}={_short(v)}" for k, v in r["params"].items())
-        acc = "" if r["val_accuracy"] is None else f"{r['val_accuracy']:.2f}"
+        val = fmt_metric(r.get(key), metric)
         cost = "" if r["cost"] is None else _short(r["cost"])
         sp = "" if not r.get("speedup") else f"{r['speedup']:.2f}×"
         mark = "balance" if r["balance"] else ("yes" if r["pareto"] else "")
-        lines.append(f"| {r['trial']} | {r['state']} | {p} | {acc} | {cost} | {sp} | {mark} | {r.get('note', '')} |")
+        lines.append(f"| {r['trial']} | {r['state']} | {p} | {val} | {cost} | {sp} | {mark} | {r.get('note', '')} |")
     return "\n".join(lines) + "\n"
 
 
@@ -559,12 +658,13 @@ def write_outputs(sweep: Sweep, study, score: bool) -> dict[str, Any]:
     from .html_report import render_sweep
 
     doc = summarise(study, sweep.spec)
+    metric, key, _ = doc_metric(doc)
     out = sweep.out
     bal_dir = out / "balance"
     if doc["balance_trial"] is not None:
         trial = next(t for t in study.get_trials(deepcopy=False) if t.number == doc["balance_trial"])
         row = next(r for r in doc["rows"] if r["trial"] == doc["balance_trial"])
-        doc["balance"] = {"params": trial.params, "val_accuracy": row["val_accuracy"], "cost": row["cost"]}
+        doc["balance"] = {"params": trial.params, key: row[key], "cost": row["cost"]}
         if score and not bal_dir.exists():
             from .pipeline import run
 
@@ -583,7 +683,7 @@ def write_outputs(sweep: Sweep, study, score: bool) -> dict[str, Any]:
             if rep.get("recipe", {}).get("name") == f"{sweep.recipe.name}-balance":
                 f, d = rep["stages"]["finetuned"], rep["stages"]["dense"]
                 doc["balance"]["folder"] = str(bal_dir)
-                doc["balance"]["test"] = {"accuracy": f["accuracy"], "dense_accuracy": d["accuracy"],
+                doc["balance"]["test"] = {metric: f[metric], f"dense_{metric}": d[metric],
                                           "nonzero_params": f["nonzero_params"], "params": f["params"], "gzip_bytes": f["gzip_bytes"],
                                           "size_bytes": f["size_bytes"], "macs": f["macs"], **rep["speedup"]["finetuned"]}
     tmp = atomic_dir(out / "report")
