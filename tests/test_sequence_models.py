@@ -392,3 +392,66 @@ def test_sequence_runs_resume_to_the_same_result(tmp_path, monkeypatch, extra, a
     _run_killed(recipe, tmp_path / "x", after, monkeypatch)
     C.resume_run(tmp_path / "x", log=lambda m: None)
     assert_same_run(tmp_path / "ref", tmp_path / "x")
+
+
+# ---------------------------------------------------------------- a saved model preprocesses new data as it was trained
+
+
+def _saved(tmp_path, sets: list[str]) -> Path:
+    from prunetune.pipeline import run
+    from prunetune.recipe import load_recipe
+
+    recipe = load_recipe(None, ["dense.epochs=3", "dense.cache=false", "finetune.epochs=1", "evaluate.latency=false",
+                                "evaluate.memory=false", *sets])
+    run(recipe, tmp_path / "run", log=lambda m: None)
+    return tmp_path / "run" / "model"
+
+
+def test_eval_standardises_new_sequence_files_with_the_saved_statistics(tmp_path):
+    from prunetune.evaluation import evaluate_model
+
+    data = write_sequences(tmp_path / "seq", n_train=90, n_test=30, time=5)
+    model = _saved(tmp_path, [f"data.path={data}", "data.source=sequences", "model.name=lstm_classifier",
+                              "model.kwargs.hidden_size=8", "model.kwargs.hidden=8"])
+    # The same test file beside a training file on another scale: standardising with the new training
+    # file's statistics would move every test input; the saved model's statistics must be used.
+    other = tmp_path / "seq2"
+    other.mkdir()
+    np.save(other / "train.npy", np.load(data / "train.npy") * 10 + 5)
+    for name in ("train_labels.npy", "test.npy", "test_labels.npy"):
+        (other / name).write_bytes((data / name).read_bytes())
+    manifest = json.loads((model / "manifest.json").read_text())
+    spec = DataSpec(source="sequences", path=str(other))
+    with_saved = build_data(spec, 0, saved=manifest["preprocess"])
+    refit = build_data(spec, 0)
+    original = build_data(DataSpec(source="sequences", path=str(data)), 0)
+    assert torch.allclose(with_saved.test.x, original.test.x, atol=1e-5)  # the manifest keeps 8 decimals
+    assert not torch.allclose(refit.test.x, original.test.x, atol=1e-2)  # the negative control: refitting moves the inputs
+    assert evaluate_model(model, [f"data.path={other}"])["accuracy"] == evaluate_model(model)["accuracy"]
+
+
+def test_eval_maps_string_ids_to_the_rows_the_model_was_trained_with(tmp_path):
+    from prunetune.evaluation import evaluate_model
+
+    data = write_ratings(tmp_path / "r", users=20, items=15, n=250)
+    lines = (data / "train.csv").read_text().splitlines()
+    named = ["user,item,rating"] + [f"u{u},i{i},{r}" for u, i, r in (ln.split(",") for ln in lines[1:])]
+    (data / "train.csv").write_text("\n".join(named) + "\n")
+    (data / "test.csv").write_text("\n".join(["user,item,rating", *named[1:51]]) + "\n")
+    model = _saved(tmp_path, ["task=regression", "model.name=recommender", "model.kwargs.dim=8", "data.source=ratings",
+                              f"data.path={data}"])
+    manifest = json.loads((model / "manifest.json").read_text())
+    assert len(manifest["preprocess"]["id_tables"]["users"]) == manifest["model_kwargs"]["num_users"]
+    # The same triples with the training lines reversed: numbering ids by first appearance would give
+    # every user and item another row.
+    other = tmp_path / "r2"
+    other.mkdir()
+    (other / "train.csv").write_text("\n".join([named[0], *reversed(named[1:])]) + "\n")
+    (other / "test.csv").write_text((data / "test.csv").read_text())
+    spec = DataSpec(source="ratings", path=str(other))
+    kept = build_data(spec, 0, saved=manifest["preprocess"])
+    renumbered = build_data(spec, 0)
+    original = build_data(DataSpec(source="ratings", path=str(data)), 0)
+    assert torch.equal(kept.test.x, original.test.x)
+    assert not torch.equal(renumbered.test.x, original.test.x)  # the negative control
+    assert evaluate_model(model, [f"data.path={other}"])["rmse"] == evaluate_model(model)["rmse"]

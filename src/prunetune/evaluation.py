@@ -41,7 +41,7 @@ def evaluate_model(folder: str | Path, overrides: list[str] | None = None, trust
 
     saved = ModelSpec.model_validate(manifest.model)
     saved = saved.model_copy(update={"kwargs": {**manifest.model_kwargs, **saved.kwargs}})
-    bundle = build_data(spec, recipe.get("seed", 0), saved)
+    bundle = build_data(spec, recipe.get("seed", 0), saved, saved=manifest.preprocess)
     if bundle.class_names != manifest.class_names:
         raise PrunetuneError(
             f"{folder}: the model's classes {manifest.class_names[:4]}... differ from the data's "

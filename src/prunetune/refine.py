@@ -242,12 +242,12 @@ def _refine(model_dir: Path, recipe: Recipe, notes: list[str], out: Path, log: C
         original = original.model_copy(update={"data": original.data.model_copy(update={"tokenizer": original.data.tokenizer or tok})})
     # Sources that check data against the model (sequence width, id tables) see its data-decided kwargs too.
     saved_model = recipe.model.model_copy(update={"kwargs": {**manifest.model_kwargs, **recipe.model.kwargs}})
-    new = build_data(recipe.data, recipe.seed, saved_model)
+    new = build_data(recipe.data, recipe.seed, saved_model, saved=manifest.preprocess)
     check_classes(new.class_names, manifest.class_names, f"data.path {recipe.data.path}")
     if list(new.input_shape) != list(manifest.input_shape):
         raise PrunetuneError(f"data.path {recipe.data.path}: inputs of shape {list(new.input_shape)} but the model takes "
                              f"{manifest.input_shape}; set data.image_size / data.grayscale to match")
-    old = build_data(original.data, original.seed, original.model)
+    old = build_data(original.data, original.seed, original.model, saved=manifest.preprocess)
     log(f"data: {len(new.train)} train / {len(new.val)} val / {len(new.test)} test new examples; "
         f"original test set {len(old.test)}")
 

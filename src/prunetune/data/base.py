@@ -233,11 +233,13 @@ def finish_bundle(
     )
 
 
-def build_data(spec: "DataSpec", seed: int, model: Any = None) -> DataBundle:
+def build_data(spec: "DataSpec", seed: int, model: Any = None, saved: dict[str, Any] | None = None) -> DataBundle:
     """Build the data bundle of the registered source named by `spec.source`.
 
     Sources that declare a `model` parameter (text: the tokenizer defaults to the model's) get the
-    recipe's model spec."""
+    recipe's model spec. Sources that declare `saved` get a saved model's `preprocess` (eval, refine):
+    they preprocess new data exactly as the model was trained (feature statistics, id tables)
+    instead of deriving it again from the files."""
     import inspect
 
     from .. import registry as R
@@ -245,7 +247,12 @@ def build_data(spec: "DataSpec", seed: int, model: Any = None) -> DataBundle:
     R.load_builtins()
     source = R.DATA_SOURCES.get(spec.source, "data.source")
     try:
-        wants_model = "model" in inspect.signature(source).parameters
+        params = inspect.signature(source).parameters
     except (TypeError, ValueError):
-        wants_model = False
-    return source(spec, seed, model=model) if wants_model else source(spec, seed)
+        params = {}
+    kwargs: dict[str, Any] = {}
+    if "model" in params:
+        kwargs["model"] = model
+    if "saved" in params and saved is not None:
+        kwargs["saved"] = saved
+    return source(spec, seed, **kwargs)

@@ -127,10 +127,13 @@ def read_triples(path: Path) -> Triples:
 class IdTable:
     """Ids of one kind (users or items) -> table rows, decided by the training file."""
 
-    def __init__(self, kind: str, train: Triples, ids: list[str], size: int | None) -> None:
+    def __init__(self, kind: str, train: Triples, ids: list[str], size: int | None, known: list[str] | None = None) -> None:
         self.kind, self.train = kind, train
-        self.integer = all(re.fullmatch(r"\d+", i) for i in ids)
-        if self.integer:
+        self.integer = known is None and all(re.fullmatch(r"\d+", i) for i in ids)
+        if known is not None:  # a saved model's table: its ids keep their rows, whatever the new files hold
+            self.index = {i: n for n, i in enumerate(known)}
+            self.size = len(known)
+        elif self.integer:
             self.index: dict[str, int] = {}
             self.size = max(int(i) for i in ids) + 1
         else:
@@ -186,7 +189,8 @@ def _holdout(n: int, size: float, seed: int, field: str) -> tuple[torch.Tensor, 
 
 
 @DATA_SOURCES.register("ratings", "user-item-rating triples (CSV / TSV / MovieLens .dat) for recommenders")
-def ratings(spec, seed: int, model=None) -> DataBundle:
+def ratings(spec, seed: int, model=None, saved: dict | None = None) -> DataBundle:
+    """`saved`: a saved model's preprocess; string ids keep the rows the model was trained with (eval, refine)."""
     root = None
     if spec.path:
         root = Path(spec.path).expanduser()
@@ -200,8 +204,9 @@ def ratings(spec, seed: int, model=None) -> DataBundle:
     if not train.lines:
         raise PrunetuneError(f"{train_path}: the training set is empty; give user, item, rating lines")
     kw = (getattr(model, "kwargs", None) or {}) if model is not None else {}
-    users = IdTable("user", train, train.users, kw.get("num_users"))
-    items = IdTable("item", train, train.items, kw.get("num_items"))
+    known = (saved or {}).get("id_tables") or {}
+    users = IdTable("user", train, train.users, kw.get("num_users"), known.get("users"))
+    items = IdTable("item", train, train.items, kw.get("num_items"), known.get("items"))
 
     def tensors(t: Triples) -> TensorData:
         x = torch.stack([users.encode(t, t.users), items.encode(t, t.items)], dim=1)
@@ -234,6 +239,8 @@ def ratings(spec, seed: int, model=None) -> DataBundle:
         train=full, val=val, test=test, class_names=[], input_shape=(2,),
         preprocess={"kind": "ratings", "ids": {"users": "int" if users.integer else "str",
                                                "items": "int" if items.integer else "str"},
+                    # String ids -> rows, in row order, so a saved model maps new files' ids as it was trained.
+                    "id_tables": {k: list(t.index) for k, t in (("users", users), ("items", items)) if not t.integer},
                     "rating_range": [float(r.min()), float(r.max())]},
         eval_batch_size=spec.eval_batch_size,
         model_kwargs={"num_users": users.size, "num_items": items.size, "rating_mean": round(float(r.mean()), 6)},

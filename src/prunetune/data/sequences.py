@@ -225,7 +225,8 @@ def check_width(path: Path, width: int, model) -> None:
 
 
 @DATA_SOURCES.register("sequences", "labelled feature sequences: NPY [N, time, features] + labels, or long-format CSV")
-def sequences(spec, seed: int, model=None) -> DataBundle:
+def sequences(spec, seed: int, model=None, saved: dict | None = None) -> DataBundle:
+    """`saved`: a saved model's preprocess; its feature mean / std standardise the data (eval, refine)."""
     root = _folder(spec)
     train_path = find_file(root, spec.train_file, ("train",), "train_file", True)
     test_path = find_file(root, spec.test_file, ("test",), "test_file", False)
@@ -255,9 +256,17 @@ def sequences(spec, seed: int, model=None) -> DataBundle:
         rest, held = split_train_val(y_tr, 0.2, seed + 104729)
         splits["test"] = (x_tr_t[held], y_tr[held])
         x_tr_t, y_tr = x_tr_t[rest], y_tr[rest]
-    flat = x_tr_t.reshape(-1, width).double()
-    mean, std = flat.mean(0), flat.std(0, unbiased=False)
-    std = torch.where(std > 1e-8, std, torch.ones_like(std))
+    if saved and saved.get("kind") == "sequence" and "mean" in saved and "std" in saved:
+        # The statistics the model was trained with, not the new files' (a saved model's input scale is fixed).
+        mean = torch.tensor(saved["mean"], dtype=torch.float64)
+        std = torch.tensor(saved["std"], dtype=torch.float64)
+        if mean.numel() != width or std.numel() != width:
+            raise PrunetuneError(f"{train_path}: feature width {width} but the saved model standardises "
+                                 f"{mean.numel()} features; give data with the model's features")
+    else:
+        flat = x_tr_t.reshape(-1, width).double()
+        mean, std = flat.mean(0), flat.std(0, unbiased=False)
+        std = torch.where(std > 1e-8, std, torch.ones_like(std))
 
     def norm(x: torch.Tensor) -> torch.Tensor:
         return ((x.double() - mean) / std).float()
