@@ -169,7 +169,7 @@ def test_jsonl_and_format_errors(tmp_path):
     (tmp_path / "train.data").write_text("text\tlabel\na\t1\n")
     with pytest.raises(PrunetuneError, match=r"train\.data: cannot tell the format .*set data\.format"):
         build(source="text", path=str(tmp_path), train_file="train.data")
-    with pytest.raises(PrunetuneError, match=r"nope\.tsv: file not found"):
+    with pytest.raises(PrunetuneError, match=r"data\.test_file: .*nope\.tsv not found; check data\.path"):
         build(source="text", path=str(tmp_path), train_file="train.data", format="tsv", test_file="nope.tsv")
 
 

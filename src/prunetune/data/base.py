@@ -11,6 +11,7 @@ Example:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
 import torch
@@ -231,6 +232,48 @@ def finish_bundle(
         preprocess=preprocess,
         eval_batch_size=spec.eval_batch_size,
     )
+
+
+def find_file(root: Path | None, given: str | None, stems: tuple[str, ...], field: str, required: bool,
+              exts: tuple[str, ...] | dict[str, str], what: str) -> Path | None:
+    """The file `data.<field>` names (relative to data.path), else the first `<stem><ext>` in data.path.
+
+    `what` names the files looked for in the error (e.g. "train.tsv/.csv/.jsonl"); a named file that
+    does not exist is refused naming the field."""
+    if given:
+        p = Path(given).expanduser()
+        p = p if p.is_absolute() or root is None else root / p
+        if not p.is_file():
+            raise PrunetuneError(f"data.{field}: {p} not found; check data.path and data.{field}")
+        return p
+    for stem in stems:
+        for ext in exts:
+            if root is not None and (root / f"{stem}{ext}").is_file():
+                return root / f"{stem}{ext}"
+    if required:
+        where = f"in {root}" if root else "(no data.path)"
+        raise PrunetuneError(f"data.{field}: no {what} {where}; set data.{field} or data.path")
+    return None
+
+
+def file_format(spec: "DataSpec", path: Path, formats: dict[str, str]) -> str:
+    """data.format, or the format `formats` maps the file's extension to."""
+    if spec.format != "auto":
+        return spec.format
+    if path.suffix.lower() not in formats:
+        names = ", ".join(dict.fromkeys(formats.values()))
+        raise PrunetuneError(f"{path}: cannot tell the format from the name {path.name!r}; set data.format ({names})")
+    return formats[path.suffix.lower()]
+
+
+def read_utf8(path: Path) -> str:
+    """A text file's contents (a UTF-8 byte-order mark dropped), or one line naming the file and the fix."""
+    try:
+        return path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise PrunetuneError(f"{path}: not UTF-8 text (byte {e.start}); save the file as UTF-8") from None
+    except OSError as e:
+        raise PrunetuneError(f"{path}: cannot read ({e.strerror})") from None
 
 
 def build_data(spec: "DataSpec", seed: int, model: Any = None, saved: dict[str, Any] | None = None) -> DataBundle:

@@ -32,8 +32,7 @@ import torch
 
 from ..errors import PrunetuneError
 from ..registry import DATA_SOURCES
-from .base import DataBundle, TensorData
-from .sequences import find_file
+from .base import DataBundle, TensorData, find_file, read_utf8
 
 EXTS = (".csv", ".tsv", ".dat", ".data", ".txt")
 USER = ("user", "user_id", "userid", "uid")
@@ -79,12 +78,7 @@ def _number(v: str) -> float | None:
 
 
 def read_triples(path: Path) -> Triples:
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError as e:
-        raise PrunetuneError(f"{path}: not UTF-8 text (byte {e.start}); save the file as UTF-8") from None
-    except OSError as e:
-        raise PrunetuneError(f"{path}: cannot read ({e.strerror})") from None
+    text = read_utf8(path)
     lines = text.splitlines()
     first = next((ln for ln in lines if ln.strip()), "")
     sep = _separator(path, first)

@@ -35,7 +35,7 @@ import torch
 
 from ..errors import PrunetuneError
 from ..registry import DATA_SOURCES
-from .base import DataBundle, finish_bundle, split_train_val
+from .base import DataBundle, find_file, finish_bundle, read_utf8, split_train_val
 
 EXTS = (".npy", ".csv")
 ID_COLUMNS = ("sequence", "sequence_id", "seq", "id")
@@ -49,25 +49,6 @@ def _folder(spec) -> Path | None:
     if not root.is_dir():
         raise PrunetuneError(f"data.path: folder {root} not found; give the folder with the sequence files")
     return root
-
-
-def find_file(root: Path | None, given: str | None, stems: tuple[str, ...], field: str, required: bool,
-              exts: tuple[str, ...] = EXTS, what: str = "train.npy / train.csv") -> Path | None:
-    """data.<field> (relative to data.path), else the first `<stem><ext>` in data.path."""
-    if given:
-        p = Path(given).expanduser()
-        p = p if p.is_absolute() or root is None else root / p
-        if not p.is_file():
-            raise PrunetuneError(f"data.{field}: {p} not found; check data.path and data.{field}")
-        return p
-    for stem in stems:
-        for ext in exts:
-            if root is not None and (root / f"{stem}{ext}").is_file():
-                return root / f"{stem}{ext}"
-    if required:
-        where = f"in {root}" if root else "(no data.path)"
-        raise PrunetuneError(f"data.{field}: no {what} {where}; set data.path (or data.{field})")
-    return None
 
 
 def _load_npy(path: Path) -> np.ndarray:
@@ -103,12 +84,7 @@ def _read_npy(path: Path) -> tuple[np.ndarray, list[str], list[int] | None]:
 
 def _read_csv(path: Path, label_column: str | None) -> tuple[np.ndarray, list[str], list[int]]:
     """Long-format CSV -> [sequences, time, features], labels, and the line of each sequence's first row."""
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError as e:
-        raise PrunetuneError(f"{path}: not UTF-8 text (byte {e.start}); save the file as UTF-8") from None
-    except OSError as e:
-        raise PrunetuneError(f"{path}: cannot read ({e.strerror})") from None
+    text = read_utf8(path)
     reader = csv.reader(io.StringIO(text))
     try:
         header = next(reader)
@@ -228,9 +204,9 @@ def check_width(path: Path, width: int, model) -> None:
 def sequences(spec, seed: int, model=None, saved: dict | None = None) -> DataBundle:
     """`saved`: a saved model's preprocess; its feature mean / std standardise the data (eval, refine)."""
     root = _folder(spec)
-    train_path = find_file(root, spec.train_file, ("train",), "train_file", True)
-    test_path = find_file(root, spec.test_file, ("test",), "test_file", False)
-    val_path = find_file(root, spec.val_file, ("val", "dev"), "val_file", False)
+    train_path = find_file(root, spec.train_file, ("train",), "train_file", True, EXTS, "train.npy / train.csv")
+    test_path = find_file(root, spec.test_file, ("test",), "test_file", False, EXTS, "test.npy / test.csv")
+    val_path = find_file(root, spec.val_file, ("val", "dev"), "val_file", False, EXTS, "val.npy / val.csv")
     x_tr, l_tr, ln_tr = read_sequences(train_path, spec.label_column)
     if len(l_tr) == 0:
         raise PrunetuneError(f"{train_path}: the training set is empty; give at least one sequence")

@@ -34,7 +34,7 @@ import torch
 from ..cache import cache_root
 from ..errors import PrunetuneError
 from ..registry import DATA_SOURCES
-from .base import DataBundle, TensorData, finish_bundle
+from .base import DataBundle, TensorData, file_format, find_file, finish_bundle
 
 CACHE_VERSION = 1
 TOKENIZE_CALLS = 0  # files tokenised (cache misses) in this process; tests check the cache with it
@@ -294,35 +294,12 @@ def trec(spec, seed: int, model=None) -> DataBundle:
     return build_text(spec, seed, model, f"trec {root}", train, test, None, sorted(set(train.labels)))
 
 
-def _find(root: Path | None, given: str | None, stems: tuple[str, ...], field: str, required: bool) -> Path | None:
-    if given:
-        p = Path(given).expanduser()
-        return p if p.is_absolute() or root is None else root / p
-    for stem in stems:
-        for ext in FORMATS:
-            if root is not None and (root / f"{stem}{ext}").is_file():
-                return root / f"{stem}{ext}"
-    if required:
-        where = f"in {root}" if root else "(no data.path)"
-        raise PrunetuneError(f"data.{field}: no {'/'.join(stems)}.tsv/.csv/.jsonl {where}; set data.{field} or data.path")
-    return None
-
-
-def _format(spec, path: Path) -> str:
-    if spec.format != "auto":
-        return spec.format
-    if path.suffix.lower() not in FORMATS:
-        raise PrunetuneError(f"{path}: cannot tell the format from the name {path.name!r}; "
-                             "set data.format (tsv, csv or jsonl)")
-    return FORMATS[path.suffix.lower()]
-
-
 @DATA_SOURCES.register("text", "TSV / CSV / JSON Lines files with a text and a label column")
 def text(spec, seed: int, model=None) -> DataBundle:
     root = _folder(spec, "text") if spec.path else None
-    files = [_find(root, spec.train_file, ("train",), "train_file", True),
-             _find(root, spec.test_file, ("test",), "test_file", True),
-             _find(root, spec.val_file, ("dev", "val"), "val_file", False)]
-    train, test, val = (read_table(p, _format(spec, p), spec.text_column, spec.label_column, spec.encoding) if p else None
+    files = [find_file(root, spec.train_file, ("train",), "train_file", True, FORMATS, "train.tsv/.csv/.jsonl"),
+             find_file(root, spec.test_file, ("test",), "test_file", True, FORMATS, "test.tsv/.csv/.jsonl"),
+             find_file(root, spec.val_file, ("dev", "val"), "val_file", False, FORMATS, "dev.tsv/.csv/.jsonl")]
+    train, test, val = (read_table(p, file_format(spec, p, FORMATS), spec.text_column, spec.label_column, spec.encoding) if p else None
                         for p in files)
     return build_text(spec, seed, model, f"text {files[0]}", train, test, val, label_names(train.labels))

@@ -37,7 +37,7 @@ from typing import Any, Callable
 import torch
 
 from ..cache import cache_root
-from ..data.base import DataBundle, TensorData
+from ..data.base import DataBundle, TensorData, file_format, find_file
 from ..data.text import FORMATS, _decode, _folder, _lazy_tokenizer, _tokenizer_id, tokenizer_source
 from ..errors import PrunetuneError
 from ..registry import DATA_SOURCES
@@ -252,29 +252,6 @@ def _trim(d: TensorData) -> TensorData:
     return TensorData(x, d.y[:, : x["input_ids"].shape[1]].contiguous())
 
 
-def _find(root: Path | None, given: str | None, stems: tuple[str, ...], field: str, required: bool) -> Path | None:
-    if given:
-        p = Path(given).expanduser()
-        return p if p.is_absolute() or root is None else root / p
-    for stem in stems:
-        for ext in LM_FORMATS:
-            if root is not None and (root / f"{stem}{ext}").is_file():
-                return root / f"{stem}{ext}"
-    if required:
-        where = f"in {root}" if root else "(no data.path)"
-        raise PrunetuneError(f"data.{field}: no {'/'.join(stems)}.txt/.tsv/.csv/.jsonl {where}; set data.{field} or data.path")
-    return None
-
-
-def _format(spec, path: Path) -> str:
-    if spec.format != "auto":
-        return spec.format
-    if path.suffix.lower() not in LM_FORMATS:
-        raise PrunetuneError(f"{path}: cannot tell the format from the name {path.name!r}; "
-                             "set data.format (txt, tsv, csv or jsonl)")
-    return LM_FORMATS[path.suffix.lower()]
-
-
 def build_lm(spec, seed: int, model, where: str, train: LMRows, test: LMRows, val: LMRows | None) -> DataBundle:
     src = tokenizer_source(spec, model)
     get_tok = _lazy_tokenizer(src)
@@ -303,10 +280,11 @@ def build_lm(spec, seed: int, model, where: str, train: LMRows, test: LMRows, va
 @DATA_SOURCES.register("lm_text", "language-model text: .txt lines, a TSV/CSV text column, JSON Lines text or prompt/completion")
 def lm_text(spec, seed: int, model=None) -> DataBundle:
     root = _folder(spec, "lm_text") if spec.path else None
-    files = [_find(root, spec.train_file, ("train",), "train_file", True),
-             _find(root, spec.test_file, ("test",), "test_file", True),
-             _find(root, spec.val_file, ("dev", "val"), "val_file", False)]
-    train, test, val = (read_lm(p, _format(spec, p), spec) if p else None for p in files)
+    exts = ".txt/.tsv/.csv/.jsonl"
+    files = [find_file(root, spec.train_file, ("train",), "train_file", True, LM_FORMATS, f"train{exts}"),
+             find_file(root, spec.test_file, ("test",), "test_file", True, LM_FORMATS, f"test{exts}"),
+             find_file(root, spec.val_file, ("dev", "val"), "val_file", False, LM_FORMATS, f"dev{exts}")]
+    train, test, val = (read_lm(p, file_format(spec, p, LM_FORMATS), spec) if p else None for p in files)
     return build_lm(spec, seed, model, f"lm_text {files[0]}", train, test, val)
 
 
