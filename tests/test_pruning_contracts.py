@@ -46,6 +46,27 @@ def _check_masks(model: torch.nn.Module) -> None:
             assert torch.count_nonzero(orig_masked) == 0, f"{name}: a masked weight is non-zero"
 
 
+def _prune_and_finetune(recipe: Recipe, bundle, check_masks):
+    """Build the dense model, prune it by the recipe's schedule during fine-tuning, and call
+    `check_masks(model)` after every optimizer step. Returns (dense, model, pruner, targets)."""
+    torch.manual_seed(0)
+    dense = build_model(recipe.model, bundle.num_classes, bundle.input_shape)
+    targets = select_targets(dense, ["*"], [], [classifier_name(dense)])
+    task = Classification()
+    ctl = PruningController(recipe.prune, task, bundle, torch.device("cpu"), targets, recipe.finetune.epochs, 0)
+    model = copy.deepcopy(dense)
+    pruner = ctl.make_pruner(model, ctl.sparsities)
+    trainer = Trainer(model, task, bundle, recipe.finetune, torch.device("cpu"), 0, log=lambda m: None)
+    steps = []
+    handle = register_optimizer_step_post_hook(lambda opt, a, k: (check_masks(model), steps.append(1)))
+    try:
+        ctl.finetune(model, pruner, trainer, already_pruned=False, log=lambda m: None)
+    finally:
+        handle.remove()
+    assert steps, "fine-tuning made no optimizer step"
+    return dense, model, pruner, targets
+
+
 @pytest.mark.parametrize("model_name,method,importance,schedule", CASES)
 def test_contract(model_name, method, importance, schedule):
     if schedule not in PRUNERS.get(method).schedules:
@@ -58,22 +79,7 @@ def test_contract(model_name, method, importance, schedule):
         return
     recipe = _recipe(model_name, method, importance, schedule)
     bundle = make_bundle()
-    task = Classification()
-    torch.manual_seed(0)
-    dense = build_model(recipe.model, bundle.num_classes, bundle.input_shape)
-    targets = select_targets(dense, ["*"], [], [classifier_name(dense)])
-    ctl = PruningController(recipe.prune, task, bundle, torch.device("cpu"), targets, recipe.finetune.epochs, 0)
-    model = copy.deepcopy(dense)
-    pruner = ctl.make_pruner(model, ctl.sparsities)
-    trainer = Trainer(model, task, bundle, recipe.finetune, torch.device("cpu"), 0, log=lambda m: None)
-
-    steps = []
-    handle = register_optimizer_step_post_hook(lambda opt, a, k: (_check_masks(model), steps.append(1)))
-    try:
-        ctl.finetune(model, pruner, trainer, already_pruned=False, log=lambda m: None)
-    finally:
-        handle.remove()
-    assert steps, "fine-tuning made no optimizer step"
+    dense, model, pruner, targets = _prune_and_finetune(recipe, bundle, _check_masks)
 
     x = bundle.test.x[:5]
     model.eval()
@@ -164,21 +170,7 @@ def test_sequence_contract(model_name, method, importance, schedule):
 
     recipe = _recipe(model_name, method, importance, schedule)
     bundle = BUNDLES[model_name]()
-    task = Classification()
-    torch.manual_seed(0)
-    dense = build_model(recipe.model, bundle.num_classes, bundle.input_shape)
-    targets = select_targets(dense, ["*"], [], [classifier_name(dense)])
-    ctl = PruningController(recipe.prune, task, bundle, torch.device("cpu"), targets, recipe.finetune.epochs, 0)
-    model = copy.deepcopy(dense)
-    pruner = ctl.make_pruner(model, ctl.sparsities)
-    trainer = Trainer(model, task, bundle, recipe.finetune, torch.device("cpu"), 0, log=lambda m: None)
-    steps = []
-    handle = register_optimizer_step_post_hook(lambda opt, a, k: (_check_all_masks(model), steps.append(1)))
-    try:
-        ctl.finetune(model, pruner, trainer, already_pruned=False, log=lambda m: None)
-    finally:
-        handle.remove()
-    assert steps, "fine-tuning made no optimizer step"
+    dense, model, pruner, targets = _prune_and_finetune(recipe, bundle, _check_all_masks)
 
     x = bundle.test.x[:5]
     model.eval()
