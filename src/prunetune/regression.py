@@ -31,10 +31,6 @@ class Regression(Task):
     higher_is_better = False
     labels = False
 
-    def forward(self, model: nn.Module, inputs: Any) -> torch.Tensor:
-        out = model(**inputs) if isinstance(inputs, dict) else model(inputs)
-        return getattr(out, "logits", out)
-
     @staticmethod
     def _flat(out: torch.Tensor) -> torch.Tensor:
         return out.float().reshape(out.shape[0], -1)[:, 0] if out.dim() > 1 else out.float()

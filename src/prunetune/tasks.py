@@ -36,6 +36,11 @@ class Task:
     higher_is_better = True
     labels = True
 
+    def forward(self, model: nn.Module, inputs: Any) -> torch.Tensor:
+        """The model's output tensor for a batch: keyword inputs (text) or one tensor; HF outputs give `.logits`."""
+        out = model(**inputs) if isinstance(inputs, dict) else model(inputs)
+        return getattr(out, "logits", out)
+
     def score(self, result: dict[str, Any]) -> float:
         v = float(result[self.metric])
         return v if self.higher_is_better else -v
@@ -62,10 +67,6 @@ class Classification(Task):
     """Single-label classification: cross-entropy loss, accuracy and per-class accuracy."""
 
     name = "classification"
-
-    def forward(self, model: nn.Module, inputs: Any) -> torch.Tensor:
-        out = model(**inputs) if isinstance(inputs, dict) else model(inputs)
-        return getattr(out, "logits", out)
 
     def loss(self, logits: torch.Tensor, target: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
         return F.cross_entropy(logits.float(), target, label_smoothing=label_smoothing)
