@@ -131,21 +131,31 @@ def balanced_subset(y: torch.Tensor, limit: int, seed: int) -> torch.Tensor:
     return chosen.sort().values
 
 
+def holdout(n: int, size: float, seed: int, labels: torch.Tensor | None = None,
+            field: str = "data.val_size") -> tuple[torch.Tensor, torch.Tensor]:
+    """Indices (kept, held out) of a seeded split of `n` examples; `size` is a count (>= 1) or a fraction
+    (< 1). With class `labels` the held-out part is class-balanced, else a uniform random subset."""
+    k = int(round(size * n)) if size < 1 else int(size)
+    if k <= 0 or k >= n:
+        raise PrunetuneError(f"{field}: {size} leaves no training or no held-out data from {n} examples; "
+                             "use a fraction below 1 or a smaller count")
+    if labels is not None:
+        held = balanced_subset(labels, k, seed=seed)
+    else:
+        held = torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:k].sort().values
+    mask = torch.ones(n, dtype=torch.bool)
+    mask[held] = False
+    return torch.nonzero(mask).flatten(), held
+
+
+def default_val_size(n: int) -> int:
+    return min(5000, max(1, n // 10))
+
+
 def split_train_val(y: torch.Tensor, val_size: float | None, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Seeded, class-stratified split; `val_size` is a count (>= 1) or a fraction (< 1)."""
-    n = len(y)
-    if val_size is None:
-        val_size = min(5000, max(1, n // 10))
-    n_val = int(round(val_size * n)) if val_size < 1 else int(val_size)
-    if n_val <= 0 or n_val >= n:
-        raise PrunetuneError(
-            f"data.val_size: {val_size} leaves no training or no validation data from {n} examples; "
-            "use a fraction below 1 or a smaller count"
-        )
-    val_idx = balanced_subset(y, n_val, seed=seed + 7919)
-    mask = torch.ones(n, dtype=torch.bool)
-    mask[val_idx] = False
-    return torch.nonzero(mask).flatten(), val_idx
+    size = default_val_size(len(y)) if val_size is None else val_size
+    return holdout(len(y), size, seed + 7919, labels=y)
 
 
 def batches(

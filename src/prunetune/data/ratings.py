@@ -32,7 +32,7 @@ import torch
 
 from ..errors import PrunetuneError
 from ..registry import DATA_SOURCES
-from .base import DataBundle, TensorData, find_file, read_utf8
+from .base import DataBundle, TensorData, default_val_size, find_file, holdout, read_utf8
 
 EXTS = (".csv", ".tsv", ".dat", ".data", ".txt")
 USER = ("user", "user_id", "userid", "uid")
@@ -171,17 +171,6 @@ def _subset(n: int, k: int, seed: int) -> torch.Tensor:
     return torch.randperm(n, generator=g)[:k].sort().values
 
 
-def _holdout(n: int, size: float, seed: int, field: str) -> tuple[torch.Tensor, torch.Tensor]:
-    k = int(round(size * n)) if size < 1 else int(size)
-    if k <= 0 or k >= n:
-        raise PrunetuneError(f"{field}: {size} leaves no training or no held-out triples from {n}; "
-                             "use a fraction below 1 or a smaller count")
-    held = _subset(n, k, seed)
-    mask = torch.ones(n, dtype=torch.bool)
-    mask[held] = False
-    return torch.nonzero(mask).flatten(), held
-
-
 @DATA_SOURCES.register("ratings", "user-item-rating triples (CSV / TSV / MovieLens .dat) for recommenders")
 def ratings(spec, seed: int, model=None, saved: dict | None = None) -> DataBundle:
     """`saved`: a saved model's preprocess; string ids keep the rows the model was trained with (eval, refine)."""
@@ -218,13 +207,13 @@ def ratings(spec, seed: int, model=None, saved: dict | None = None) -> DataBundl
             else:
                 val = tensors(t)
     if test is None:
-        rest, held = _holdout(len(full), 0.2, seed + 104729, "data.path")
+        rest, held = holdout(len(full), 0.2, seed + 104729, field="data.path")
         test, full = full.subset(held), full.subset(rest)
     if spec.limit and spec.limit < len(full):
         full = full.subset(_subset(len(full), spec.limit, seed))
     if val is None:
-        size = spec.val_size if spec.val_size is not None else min(5000, max(1, len(full) // 10))
-        tr, va = _holdout(len(full), size, seed + 7919, "data.val_size")
+        size = spec.val_size if spec.val_size is not None else default_val_size(len(full))
+        tr, va = holdout(len(full), size, seed + 7919)
         val, full = full.subset(va), full.subset(tr)
     if spec.test_limit and spec.test_limit < len(test):
         test = test.subset(_subset(len(test), spec.test_limit, seed + 1))

@@ -37,7 +37,7 @@ from typing import Any, Callable
 import torch
 
 from ..cache import cache_root
-from ..data.base import DataBundle, TensorData, file_format, find_file
+from ..data.base import DataBundle, TensorData, default_val_size, file_format, find_file, holdout
 from ..data.text import FORMATS, _decode, _folder, _lazy_tokenizer, _tokenizer_id, tokenizer_source
 from ..errors import PrunetuneError
 from ..registry import DATA_SOURCES
@@ -258,14 +258,9 @@ def build_lm(spec, seed: int, model, where: str, train: LMRows, test: LMRows, va
     train, test = _subset(train, spec.limit, seed), _subset(test, spec.test_limit, seed + 1)
     tr, te, va = (_data(tokenize_lm(r, src, spec.max_length, get_tok)) if r else None for r in (train, test, val))
     if va is None:
-        n = len(tr)
-        size = spec.val_size if spec.val_size is not None else min(5000, max(1, n // 10))
-        n_val = int(round(size * n)) if size < 1 else int(size)
-        if n_val <= 0 or n_val >= n:
-            raise PrunetuneError(f"data.val_size: {size} leaves no training or no validation data from {n} examples; "
-                                 "use a fraction below 1 or a smaller count")
-        perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed + 7919))
-        va, tr = tr.subset(perm[:n_val].sort().values), tr.subset(perm[n_val:].sort().values)
+        size = spec.val_size if spec.val_size is not None else default_val_size(len(tr))
+        keep, held = holdout(len(tr), size, seed + 7919)
+        va, tr = tr.subset(held), tr.subset(keep)
     splits = {"training": tr, "validation": va, "test": te}
     for name, d in splits.items():
         if not bool((d.y[:, 1:] != IGNORE).any()):
