@@ -185,8 +185,7 @@ def measure_stage(model: nn.Module, task, bundle, spec, device: torch.device, re
     """The stage record `S` of report.json; `reference` holds the dense counts and target layer names."""
     shipped = realise(model).to(device).eval()
     result: dict[str, Any] = task.evaluate(shipped, bundle.test, bundle.eval_batch_size, device, bundle.class_names)
-    if hasattr(task, "samples") and getattr(spec, "generate", 0):  # causal LMs: a few greedy generations
-        result["samples"] = task.samples(shipped, bundle, spec, device)
+    result.update(task.stage_extras(shipped, bundle, spec, device))  # e.g. a causal LM's generations
     params, nonzero = count_params(shipped)
     targets = layer_weights(shipped, reference["targets"])
     target_nonzero = sum(int(torch.count_nonzero(w)) for w in targets.values())

@@ -45,6 +45,10 @@ class Task:
         v = float(result[self.metric])
         return v if self.higher_is_better else -v
 
+    def stage_extras(self, model: nn.Module, bundle, spec, device: torch.device) -> dict[str, Any]:
+        """Task-specific records added to every measured stage (`spec`: the recipe's evaluate section)."""
+        return {}
+
     def check_outputs(self, out: torch.Tensor, bundle, where: str) -> None:
         """Refuse a model whose output does not fit the data (one clear line, before any training)."""
         from .errors import PrunetuneError

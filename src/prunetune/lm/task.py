@@ -85,6 +85,9 @@ class CausalLM(Task):
         ppl = math.exp(loss) if loss < 700 else float("inf")
         return {"perplexity": round(ppl, 4), "loss": round(loss, 6), "tokens": count}
 
+    def stage_extras(self, model: nn.Module, bundle, spec, device: torch.device) -> dict[str, Any]:
+        return {"samples": self.samples(model, bundle, spec, device)} if getattr(spec, "generate", 0) else {}
+
     @torch.no_grad()
     def samples(self, model: nn.Module, bundle, spec, device: torch.device) -> list[dict[str, str]]:
         """Greedy continuations of the first `spec.generate` test examples with 4 or more tokens: the prompt
