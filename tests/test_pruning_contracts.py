@@ -186,9 +186,9 @@ def test_sequence_contract(model_name, method, importance, schedule):
             layer, _, tensor = key.rpartition(".")
             w = getattr(mods[layer], tensor).detach()
             if method == "nm":
-                groups = w.reshape(w.shape[0], -1, recipe.prune.m) if w.dim() == 2 else None
-                if groups is not None:
-                    assert (torch.count_nonzero(groups, dim=2) <= recipe.prune.n).all(), key
+                rows = layer_type_of(mods[layer]).to_rows(w)  # conv1d: [out * k, in]; gate tensors as they are
+                groups = rows.reshape(rows.shape[0], -1, recipe.prune.m)
+                assert (torch.count_nonzero(groups, dim=2) <= recipe.prune.n).all(), key
             elif recipe.prune.scope == "layer":
                 assert abs(1 - mask.float().mean().item() - 0.5) < 0.05, key
         assert macs(realise(model), x[:1]) == macs(dense, x[:1])
