@@ -18,12 +18,9 @@ from torch import nn
 
 from .artifacts import FORMAT, load_model, save_model
 from .errors import PrunetuneError
+from .files import cache_root
 from .models import build_model, classifier_name
 from .training import Trainer
-
-
-def cache_root() -> Path:
-    return Path(os.environ.get("PRUNETUNE_CACHE") or Path.home() / ".cache" / "prunetune")
 
 
 # Bump when a default that changes how the dense model trains changes: keys hash only the values

@@ -55,6 +55,7 @@ from torch import nn
 
 from . import __version__
 from .errors import Interrupted, PrunetuneError
+from .files import atomic_write, fsync_dir
 
 FORMAT = "prunetune-checkpoint/1"
 RECORD = "checkpoint.json"
@@ -78,33 +79,6 @@ def kernel_settings(device: torch.device | str) -> bool | dict[str, Any]:
             "torch.backends.cudnn.deterministic": bool(torch.backends.cudnn.deterministic),
             "torch.backends.cudnn.benchmark": bool(torch.backends.cudnn.benchmark),
             "torch.are_deterministic_algorithms_enabled": det}
-
-
-def _fsync_dir(folder: Path) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write `data` to `path` so that `path` is always either the old or the complete new file."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as e:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        if isinstance(e, OSError):  # name the file meant, not its temporary name (e.g. disk full)
-            raise OSError(e.errno, e.strerror, str(path)) from None
-        raise
-    _fsync_dir(path.parent)
 
 
 def _storage_key(t: torch.Tensor) -> tuple:
@@ -299,8 +273,8 @@ class Checkpointer:
         for f in folder.iterdir():
             with open(f, "rb") as fh:
                 os.fsync(fh.fileno())
-        _fsync_dir(folder)
-        _fsync_dir(self.dir)
+        fsync_dir(folder)
+        fsync_dir(self.dir)
         self.setup_s += time.perf_counter() - t0
 
     def save(self, trainer, pos: dict[str, Any]) -> None:
@@ -316,7 +290,7 @@ class Checkpointer:
             return
         if not self.dir.is_dir():  # refine's first checkpoint (a run's is made with dense/)
             self.dir.mkdir(parents=True, exist_ok=True)
-            _fsync_dir(self.dir.parent)
+            fsync_dir(self.dir.parent)
         if self.dense is not None and not (self.dir / DENSE / "manifest.json").exists():
             self._write_dense()
             t0 = time.perf_counter()

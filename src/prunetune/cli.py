@@ -205,7 +205,6 @@ def list_() -> None:
     """Print every registered data source, model, task, importance, pruner, schedule and method."""
     from . import registry as R
 
-    R.load_builtins()
     for title, reg in R.ALL.items():
         print(f"{title}:")
         for name, doc in reg.describe().items():

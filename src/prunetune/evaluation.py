@@ -9,7 +9,7 @@ from .artifacts import load_model
 from .data import build_data
 from .errors import PrunetuneError
 from .recipe import DataSpec, apply_overrides
-from .registry import TASKS, load_builtins
+from .registry import TASKS
 from .training import pick_device
 
 
@@ -18,7 +18,6 @@ def evaluate_model(folder: str | Path, overrides: list[str] | None = None, trust
     """Test accuracy of a saved model on the data its recipe names (overridable with `data.key=value`)."""
     from pydantic import ValidationError
 
-    load_builtins()
     model, manifest = load_model(folder, trust_code=trust_code)
     recipe = manifest.recipe
     data = dict(recipe.get("data", {}))

@@ -16,8 +16,7 @@ and the `adapters` library pins transformers 4.57 (we use 5.x); an adapter is no
 stays in the saved model (the manifest records where, and loading re-inserts it).
 
 Example:
-    >>> from prunetune.registry import FINETUNE_METHODS, load_builtins
-    >>> load_builtins()
+    >>> from prunetune.registry import FINETUNE_METHODS
     >>> FINETUNE_METHODS.names()
     ['adapter', 'bitfit', 'full', 'ia3', 'lora', 'prompt_tuning']
 """

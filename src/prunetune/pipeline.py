@@ -34,7 +34,7 @@ from .pruning.controller import PruningController
 from .pruning.targets import select_targets
 from .recipe import Recipe, dump_recipe
 from .finetune_methods import trainable_summary
-from .registry import FINETUNE_METHODS, TASKS, load_builtins
+from .registry import FINETUNE_METHODS, TASKS
 from .tasks import to_device
 from .report import speedups, write_reports
 from .robustness import check_inputs as check_robustness
@@ -82,7 +82,6 @@ def run(recipe: Recipe, out: str | Path | None = None, log: Callable[[str], None
     after each fine-tuning epoch and may raise to stop the run (e.g. optuna.TrialPruned).
     Fine-tuning is checkpointed into `<out>.checkpoint/` unless `checkpoint=False`; `resume` (a
     `checkpoint.Resume`; see `checkpoint.resume_run`) continues an interrupted run from its checkpoint."""
-    load_builtins()
     out = distributed.rank_folder(Path(out) if out else default_out(recipe))  # torchrun: rank r > 0 writes OUT.rank<r>
     rank, world_size = distributed.world()
     if out.exists():

@@ -21,7 +21,7 @@ from torch import nn
 from .artifacts import Manifest, as_final, load_model, read_manifest
 from .data.image_folder import IMAGE_SUFFIXES, load_image
 from .errors import PrunetuneError
-from .registry import TASKS, load_builtins
+from .registry import TASKS
 from .tasks import to_device
 
 
@@ -94,7 +94,6 @@ def expand_inputs(inputs: list[str | Path]) -> list[Path]:
 @torch.inference_mode()
 def predict_tensors(model: nn.Module, manifest: Manifest, x: torch.Tensor) -> list[dict[str, Any]]:
     """{"label", "probabilities"} for each row of an already preprocessed batch `x`."""
-    load_builtins()
     task = TASKS.get(manifest.task, "task")()
     model.eval()
     device = next(iter(model.parameters()), torch.empty(0)).device

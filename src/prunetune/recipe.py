@@ -309,7 +309,6 @@ class Recipe(_Section):
     def _registered(self) -> "Recipe":
         from . import registry as R
 
-        R.load_builtins()
         for field, reg, value in [
             ("task", R.TASKS, self.task),
             ("data.source", R.DATA_SOURCES, self.data.source),

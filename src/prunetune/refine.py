@@ -38,7 +38,7 @@ from .errors import PrunetuneError, RuntimeFault
 from .measure import count_params, measure_stage, reference_counts
 from .pruning.masks import masked_layer_names, masked_tensors, realise
 from .recipe import Recipe, apply_overrides, dump_recipe, format_validation_error
-from .registry import TASKS, load_builtins
+from .registry import TASKS
 from .report import write_reports
 from .tracking import Tracker, make_tracker
 from .training import Trainer, pick_device
@@ -155,7 +155,6 @@ def refine(model_dir: str | Path, overrides: list[str] | None = None, out: str |
     `track` ("tensorboard", "mlflow" or a `Tracker`) logs the recipe, every epoch and the report.
     Fine-tuning is checkpointed into `<out>.checkpoint/` unless `checkpoint=False` (see `resume_refine`);
     a leftover checkpoint of an interrupted refine into the same `out` is refused."""
-    load_builtins()
     overrides = list(overrides or [])
     _check_overrides(overrides)
     model_dir = model_folder(model_dir)
@@ -197,7 +196,6 @@ def resume_refine(out_dir: str | Path, log: Callable[[str], None] = print, *, tr
 
     Everything comes from the checkpoint: the merged recipe (data path included), the source model
     folder (which must be unchanged: its sha256 is checked), the notes and --trust-code."""
-    load_builtins()
     res = Resume.load(out_dir, command="refine")
     args = res.record.get("run_args")
     try:

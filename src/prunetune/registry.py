@@ -11,9 +11,14 @@ Example:
 
 from __future__ import annotations
 
+import importlib
+from importlib.metadata import entry_points
 from typing import Any, Callable, Generic, TypeVar
 
 from .errors import PrunetuneError
+
+# Third-party packages add pieces by naming a module in this entry-point group; importing it registers them.
+PLUGIN_GROUP = "prunetune.plugins"
 
 T = TypeVar("T")
 
@@ -38,6 +43,7 @@ class Registry(Generic[T]):
         return deco
 
     def get(self, name: str, field: str | None = None) -> T:
+        load_builtins()
         if name not in self._items:
             where = f"{field}: " if field else ""
             raise PrunetuneError(
@@ -46,12 +52,14 @@ class Registry(Generic[T]):
         return self._items[name]
 
     def names(self) -> list[str]:
+        load_builtins()
         return sorted(self._items)
 
     def describe(self) -> dict[str, str]:
         return {n: self._docs.get(n, "") for n in self.names()}
 
     def __contains__(self, name: Any) -> bool:
+        load_builtins()
         return name in self._items
 
 
@@ -83,14 +91,19 @@ ALL = {
 }
 
 
+_loaded = False
+
+
 def load_builtins() -> None:
-    """Import every module that registers something (kept lazy so `import prunetune` is fast)."""
-    from . import finetune_methods, tasks, tracking, training  # noqa: F401
-    from . import regression  # noqa: F401
-    from .data import fashion_mnist, image_folder, text  # noqa: F401
-    from .data import ratings, sequences  # noqa: F401
-    from .models import builtin, external  # noqa: F401
-    from .models import sequence as sequence_models  # noqa: F401
-    from .pruning import importance, layers, pruners, schedules, sequence  # noqa: F401
-    from .pruning import hf_conv1d  # noqa: F401  (transformers' Conv1D, GPT-2)
-    from . import lm  # noqa: F401  (causal language models: task, data source)
+    """Fill the registries, once per process, on the first lookup: prunetune's own pieces (the modules
+    `prunetune.builtins` lists) and every installed plugin of the `prunetune.plugins` entry-point group.
+
+    Kept lazy so `import prunetune` stays fast, and called by the registries themselves, so no caller
+    has to remember it."""
+    global _loaded
+    if _loaded:
+        return
+    _loaded = True  # first: modules being imported may look names up (they then see what is registered so far)
+    importlib.import_module("prunetune.builtins")
+    for ep in entry_points(group=PLUGIN_GROUP):
+        ep.load()

@@ -229,11 +229,10 @@ def dense_reference(recipe: Recipe, log: Callable[[str], None]) -> dict[str, Any
     from .data import build_data
     from .measure import measure_stage, reference_counts
     from .pipeline import seed_everything
-    from .registry import TASKS, load_builtins
+    from .registry import TASKS
     from .robustness import check_inputs as check_robustness
     from .training import pick_device
 
-    load_builtins()
     seed_everything(recipe.seed)
     device = pick_device(recipe.evaluate.device)
     task = TASKS.get(recipe.task, "task")()
@@ -323,9 +322,8 @@ class Sweep:
         if recipe.search is None:
             raise PrunetuneError("search: the recipe has no search section; add search.space (see README: prunetune sweep)")
         self.recipe, self.spec, self.out, self.log = recipe, recipe.search, Path(out), log
-        from .registry import TASKS, load_builtins
+        from .registry import TASKS
 
-        load_builtins()
         self.task = TASKS.get(recipe.task, "task")()
         self.metric = self.task.metric
         if self.spec.robustness_floor is not None and self.metric != "accuracy":

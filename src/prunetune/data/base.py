@@ -297,7 +297,6 @@ def build_data(spec: "DataSpec", seed: int, model: Any = None, saved: dict[str, 
 
     from .. import registry as R
 
-    R.load_builtins()
     source = R.DATA_SOURCES.get(spec.source, "data.source")
     try:
         params = inspect.signature(source).parameters

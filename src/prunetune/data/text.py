@@ -31,7 +31,7 @@ from typing import Any
 
 import torch
 
-from ..cache import cache_root
+from ..files import cache_root
 from ..errors import PrunetuneError
 from ..registry import DATA_SOURCES
 from .base import DataBundle, TensorData, file_format, find_file, finish_bundle

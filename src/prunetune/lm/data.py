@@ -36,7 +36,7 @@ from typing import Any, Callable
 
 import torch
 
-from ..cache import cache_root
+from ..files import cache_root
 from ..data.base import DataBundle, TensorData, default_val_size, file_format, find_file, holdout
 from ..data.text import FORMATS, _decode, _folder, _lazy_tokenizer, _tokenizer_id, tokenizer_source
 from ..errors import PrunetuneError

@@ -11,14 +11,13 @@ from __future__ import annotations
 
 from torch import nn
 
-from ..registry import MODELS, load_builtins
+from ..registry import MODELS
 from . import external
 
 
 def build_model(spec, num_classes: int, input_shape: tuple[int, ...], data_kwargs: dict | None = None) -> nn.Module:
     """`data_kwargs` (DataBundle.model_kwargs: sizes the data decides) are passed with the recipe's
     model.kwargs; a key in both takes the recipe's value."""
-    load_builtins()
     name, kwargs = spec.name, {**(data_kwargs or {}), **spec.kwargs}
     from . import hf
 

@@ -1,0 +1,16 @@
+"""Every module that registers a piece (task, data source, model, importance, pruner, schedule,
+fine-tuning method, optimizer, learning-rate schedule, layer type, tracker).
+
+Imported once, by `registry.load_builtins` on the first registry lookup: adding a piece is one file
+plus its line here.
+"""
+
+from . import finetune_methods, tasks, tracking, training  # noqa: F401
+from . import regression  # noqa: F401
+from .data import fashion_mnist, image_folder, text  # noqa: F401
+from .data import ratings, sequences  # noqa: F401
+from .models import builtin, external  # noqa: F401
+from .models import sequence as sequence_models  # noqa: F401
+from .pruning import importance, layers, pruners, schedules, sequence  # noqa: F401
+from .pruning import hf_conv1d  # noqa: F401  (transformers' Conv1D, GPT-2)
+from . import lm  # noqa: F401  (causal language models: task, data source)
