@@ -174,7 +174,7 @@ def remeasure(json_path: Path, runs: Path, min_run_time: float, only: list[str] 
     from prunetune.data import build_data
     from prunetune.measure import example_batch, latency_ms
     from prunetune.pruning.masks import realise
-    from prunetune.tasks import Classification
+    from prunetune.tasks.classification import Classification
 
     doc = json.loads(json_path.read_text())
     task = Classification()

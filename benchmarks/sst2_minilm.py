@@ -168,7 +168,7 @@ def train_step_cost(rep: dict, model_dir: Path, bundle, steps: int = 20) -> dict
     from prunetune.data.base import indexed_batches
     from prunetune.measure import training_memory
     from prunetune.registry import FINETUNE_METHODS, OPTIMIZERS, load_builtins
-    from prunetune.tasks import Classification
+    from prunetune.tasks.classification import Classification
 
     load_builtins()
     spec = Recipe.model_validate(rep["recipe"]).finetune
@@ -205,7 +205,7 @@ def remeasure(json_path: Path, runs: Path, min_run_time: float, only: list[str] 
     from prunetune.data import build_data
     from prunetune.measure import example_batch, latency_ms
     from prunetune.pruning.masks import realise
-    from prunetune.tasks import Classification
+    from prunetune.tasks.classification import Classification
 
     doc = json.loads(json_path.read_text())
     task, threads = Classification(), torch.get_num_threads()

@@ -81,7 +81,7 @@ def test_in_process_resume_equals_uninterrupted(tmp_path, monkeypatch, extra, af
 
 
 def test_non_finite_loss_names_the_last_good_checkpoint_and_keeps_it(tmp_path, monkeypatch):
-    from prunetune.tasks import Classification
+    from prunetune.tasks.classification import Classification
 
     real_save, real_loss = C.Checkpointer.save, Classification.loss
     writes = {"n": 0}

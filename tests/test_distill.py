@@ -1,18 +1,22 @@
 from __future__ import annotations
 
+import sys
+
 import pytest
 import torch
 from torch.nn import functional as F
 
+from prunetune.cli import main
 from prunetune.data.augment import augment
 from prunetune.distill import Distiller, load_teacher
 from prunetune.errors import PrunetuneError
 from prunetune.models import build_model
 from prunetune.pipeline import run
 from prunetune.recipe import AugmentSpec, DistillSpec, ModelSpec, load_recipe
-from prunetune.tasks import Classification
+from prunetune.tasks.classification import Classification
 
 from conftest import make_bundle
+from sequence_fixtures import write_ratings
 
 
 def _teacher(bundle):
@@ -101,3 +105,33 @@ def test_augment_crops_and_flips_reproducibly():
     assert augment(x, AugmentSpec(), torch.Generator()) is x
     with pytest.raises(PrunetuneError, match="image batches only"):
         augment(torch.ones(4, 10), spec, torch.Generator())
+
+
+def test_distillation_is_refused_for_a_task_that_cannot_distil(tmp_path, monkeypatch, capsys):
+    """Regression predicts one number, no class probabilities: refused in one line, before any work."""
+    data = write_ratings(tmp_path / "ratings", users=10, items=8, n=60)
+    sets = ["task=regression", "model.name=recommender", "data.source=ratings", f"data.path={data}",
+            "finetune.distill.alpha=0.5"]
+    with pytest.raises(PrunetuneError, match="finetune.distill: task regression cannot be distilled"):
+        load_recipe(None, sets)
+    monkeypatch.setattr(sys, "argv", ["prunetune", "run", "--out", str(tmp_path / "run"),
+                                      *(x for s in sets for x in ("--set", s))])
+    with pytest.raises(SystemExit) as e:
+        main()
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.count("\n") == 1 and "finetune.distill" in err, err
+    assert not (tmp_path / "run").exists()
+    load_recipe(None, sets[:-1])  # the same recipe without distillation is fine
+
+
+def test_the_teacher_is_scored_in_the_task_metric(tmp_path):
+    recipe = load_recipe(None, [
+        "model.name=tiny_mlp", "data.source=synthetic", "dense.epochs=2", "dense.lr=0.01", "finetune.epochs=1",
+        "prune.method=unstructured", "finetune.distill.alpha=0.5", "evaluate.metric=macro_f1",
+        "evaluate.latency=false", "evaluate.memory=false", "finetune.batch_size=16",
+    ])
+    report = run(recipe, tmp_path / "r", log=lambda m: None)
+    d = report["distill"]
+    assert d["teacher_test_macro_f1"] == report["stages"]["dense"]["macro_f1"] and "teacher_test_accuracy" not in d
+    md = (tmp_path / "r" / "report.md").read_text()
+    assert f"(test macro_f1 {d['teacher_test_macro_f1']:.2f})" in md

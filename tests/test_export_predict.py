@@ -23,7 +23,7 @@ from prunetune.pruning.controller import PruningController
 from prunetune.pruning.masks import masked_layers
 from prunetune.pruning.targets import select_targets
 from prunetune.recipe import ModelSpec, Recipe
-from prunetune.tasks import Classification
+from prunetune.tasks.classification import Classification
 
 from conftest import cli_env, make_bundle
 

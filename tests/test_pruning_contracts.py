@@ -22,7 +22,7 @@ from prunetune.pruning.masks import masked_layers, realise
 from prunetune.pruning.targets import select_targets
 from prunetune.recipe import Recipe
 from prunetune.registry import IMPORTANCES, PRUNERS, SCHEDULES
-from prunetune.tasks import Classification
+from prunetune.tasks.classification import Classification
 from prunetune.training import Trainer
 
 from conftest import make_bundle

@@ -14,6 +14,7 @@ import torch
 from safetensors.torch import load_file
 
 from prunetune.artifacts import load_model
+from prunetune.cli import main
 from prunetune.data.base import DataBundle
 from prunetune.errors import PrunetuneError
 from prunetune.measure import count_params
@@ -24,6 +25,7 @@ from prunetune.refine import next_version, refine
 from prunetune.registry import DATA_SOURCES
 
 from conftest import FMNIST, cli_env, make_bundle
+from sequence_fixtures import write_ratings
 
 
 def path_bundle(spec, seed: int) -> DataBundle:
@@ -145,3 +147,28 @@ def test_cli_refine_on_fashion_mnist(tmp_path):
     p = cli("refine", str(tmp_path / "run" / "model"), "--data", str(FMNIST), "--set", "dense.epochs=5")
     assert p.returncode == 2 and p.stderr.count("\n") == 1 and p.stderr.startswith("error: --set dense.epochs=5: refine only")
     assert not (tmp_path / "run" / "model-v3").exists()
+
+
+def test_refine_of_a_regression_model_reports_in_its_metric(tmp_path, monkeypatch, capsys):
+    """Refine scores, summarises and renders what the task is scored by (here RMSE, lower is better)."""
+    data = write_ratings(tmp_path / "ratings", users=12, items=10, n=110)
+    new = write_ratings(tmp_path / "new", users=12, items=10, n=110, seed=1)
+    run(load_recipe(None, ["task=regression", "model.name=recommender", "model.kwargs.dim=8", "data.source=ratings",
+                           f"data.path={data}", "dense.epochs=2", "finetune.epochs=1", "prune.method=unstructured",
+                           "evaluate.latency=false", "evaluate.memory=false"]), tmp_path / "run", log=lambda m: None)
+    monkeypatch.setattr(sys, "argv", ["prunetune", "refine", str(tmp_path / "run" / "model"), "--data", str(new),
+                                      "--set", "finetune.epochs=1"])
+    with pytest.raises(SystemExit) as e:
+        main()
+    out = capsys.readouterr()
+    assert e.value.code in (0, None), out.err[-2000:]
+    rep = json.loads((tmp_path / "run" / "model-v2" / "report.json").read_text())
+    assert rep["metric"] == "rmse" and rep["higher_is_better"] is False
+    st = rep["stages"]
+    assert all("rmse" in st[s][d] and "accuracy" not in st[s][d] for s in ("before", "after") for d in ("new_data", "original_test"))
+    b, a = st["before"]["new_data"]["rmse"], st["after"]["new_data"]["rmse"]
+    assert f"rmse new data {b:.4f} -> {a:.4f}; original test" in out.out
+    md = (tmp_path / "run" / "model-v2" / "report.md").read_text()
+    assert "| test rmse | Δ rmse |" in md and f"| after | new data | {st['after']['new_data']['examples']:,} | {a:.4f} | {a - b:+.4f} |" in md
+    html = (tmp_path / "run" / "model-v2" / "report.html").read_text()
+    assert "test rmse" in html and "Δ rmse" in html and "test acc" not in html and 'id="per-class"' not in html

@@ -20,7 +20,8 @@ from prunetune.errors import PrunetuneError
 from prunetune.recipe import Recipe, RobustnessSpec, load_recipe
 from prunetune.registry import DATA_SOURCES, load_builtins
 from prunetune.robustness import attack_inputs, check_inputs, measure_robustness
-from prunetune.tasks import Classification
+from prunetune.tasks import Task
+from prunetune.tasks.classification import Classification
 
 pytest.importorskip("art", reason="evaluate.robustness needs the robust extra (adversarial-robustness-toolbox)")
 
@@ -209,16 +210,13 @@ def test_text_inputs_are_refused_before_any_training(tmp_path, monkeypatch):
         measure_robustness(TinyMLP(2, (6,)), Classification(), text_bundle(), RobustnessSpec(fgsm=[0.1]), CPU)
 
 
-def test_tasks_not_scored_by_accuracy_are_refused(trained):
+def test_tasks_without_classes_are_refused(trained):
     _, b = trained
-
-    class Regression:
-        name, metric = "regression", "rmse"
-
     with pytest.raises(PrunetuneError, match="evaluate.robustness: measures classification accuracy; task 'regression' "
                                              "is scored by rmse"):
-        check_inputs(b, RobustnessSpec(fgsm=[0.1]), Regression())
+        check_inputs(b, RobustnessSpec(fgsm=[0.1]), Task.named("regression"))
     check_inputs(b, RobustnessSpec(fgsm=[0.1]), Classification())
+    check_inputs(b, RobustnessSpec(fgsm=[0.1]), Task.named("classification", "macro_f1"))  # still has classes
 
 
 def test_without_the_robust_extra_the_error_names_it(trained, monkeypatch):

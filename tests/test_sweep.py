@@ -236,19 +236,17 @@ def test_a_regression_sweep_minimises_rmse_within_tolerance(tmp_path):
 
 
 def test_the_early_stop_rule_follows_the_metric_direction():
-    from prunetune.registry import TASKS, load_builtins
-    from prunetune.sweep import hopeless, threshold_of
+    from prunetune.registry import TASKS
 
-    load_builtins()
     rmse, acc = TASKS.get("regression")(), TASKS.get("classification")()
-    assert threshold_of(rmse, 1.0, 0.1) == pytest.approx(1.1) and threshold_of(acc, 80.0, 3.0) == pytest.approx(77.0)
+    assert rmse.threshold(1.0, 0.1) == pytest.approx(1.1) and acc.threshold(80.0, 3.0) == pytest.approx(77.0)
     # Lower is better: worse means higher. Dense 1.0, tolerance 0.1, slack 0.05 per epoch left.
-    assert hopeless(rmse, 1.3, 1.0, 0.1, 0.05, epochs_left=2)        # 0.3 worse > 0.1 + 0.1
-    assert not hopeless(rmse, 1.15, 1.0, 0.1, 0.05, epochs_left=2)   # 0.15 worse: two epochs may recover it
-    assert not hopeless(rmse, 0.5, 1.0, 0.1, 0.0, epochs_left=3)     # better than dense: never stopped
-    assert not hopeless(rmse, 9.0, 1.0, 0.1, 0.0, epochs_left=0)     # last epoch: always completes
+    assert rmse.hopeless(1.3, 1.0, 0.1, 0.05, epochs_left=2)        # 0.3 worse > 0.1 + 0.1
+    assert not rmse.hopeless(1.15, 1.0, 0.1, 0.05, epochs_left=2)   # 0.15 worse: two epochs may recover it
+    assert not rmse.hopeless(0.5, 1.0, 0.1, 0.0, epochs_left=3)     # better than dense: never stopped
+    assert not rmse.hopeless(9.0, 1.0, 0.1, 0.0, epochs_left=0)     # last epoch: always completes
     # Higher is better: the same rule mirrored.
-    assert hopeless(acc, 70.0, 80.0, 3.0, 2.0, epochs_left=2) and not hopeless(acc, 90.0, 80.0, 3.0, 0.0, epochs_left=2)
+    assert acc.hopeless(70.0, 80.0, 3.0, 2.0, epochs_left=2) and not acc.hopeless(90.0, 80.0, 3.0, 0.0, epochs_left=2)
 
 
 def test_a_stored_study_with_other_directions_is_refused(tmp_path):

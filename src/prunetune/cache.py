@@ -20,6 +20,8 @@ from .artifacts import FORMAT, load_model, save_model
 from .errors import PrunetuneError
 from .files import cache_root
 from .models import build_model, classifier_name
+from .registry import TASKS
+from .tasks import Task
 from .training import Trainer
 
 
@@ -29,7 +31,7 @@ CACHE_DEFAULTS_VERSION = 1
 
 
 def dense_key(recipe) -> str:
-    """Hash of what determines the dense model: task, seed, model, data and dense (non-default values)."""
+    """Hash of what determines the dense model: task (and its metric), seed, model, data and dense (non-default values)."""
     data = recipe.data.model_dump(mode="json", exclude_defaults=True)
     for k in ("eval_batch_size", "test_limit"):
         data.pop(k, None)
@@ -38,6 +40,9 @@ def dense_key(recipe) -> str:
     dense.pop("checkpoint_every_steps", None)  # fine-tuning only: does not change the dense model
     payload = {"format": FORMAT, "defaults": CACHE_DEFAULTS_VERSION, "task": recipe.task, "seed": recipe.seed,
                "model": recipe.model.model_dump(mode="json", exclude_defaults=True), "data": data, "dense": dense}
+    metric = Task.from_recipe(recipe).metric
+    if metric != TASKS.get(recipe.task).metric:  # the dense model's best epoch follows it; the default keeps old keys
+        payload["metric"] = metric
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:20]
 
 

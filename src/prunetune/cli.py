@@ -11,6 +11,7 @@ from typing import List, Optional
 import typer
 
 from .errors import PrunetuneError, one_line
+from .tasks import Task
 
 TRACK_HELP = "log params, per-epoch metrics and the report to an experiment tracker: tensorboard or mlflow"
 TRACK_URI_HELP = "MLflow tracking URI (default $MLFLOW_TRACKING_URI, else a file store in mlruns/ beside the run folder)"
@@ -86,10 +87,10 @@ def run(
         s = report["stages"]
         sp = speedups(s)["finetuned"]
         lat = f", measured speedup {sp['speedup_batch_1']:.2f}x (b1) / {sp['speedup_batch_N']:.2f}x (b{r.evaluate.latency_batch})" if "speedup_batch_1" in sp else ""
-        m = report.get("metric", "accuracy")
-        unit, name = ("%", "") if m == "accuracy" else ("", f"{m} ")
-        print(f"{name}dense {s['dense'][m]:.2f}{unit} -> pruned {s['pruned'][m]:.2f}{unit} -> fine-tuned "
-              f"{s['finetuned'][m]:.2f}{unit}; MACs ÷{sp['macs_ratio']:.2f}{lat}")
+        task = Task.of_report(report)
+        m = task.metric
+        print(f"{task.headline}dense {task.show(s['dense'][m])} -> pruned {task.show(s['pruned'][m])} -> fine-tuned "
+              f"{task.show(s['finetuned'][m])}; MACs ÷{sp['macs_ratio']:.2f}{lat}")
 
     _guard(go)
 
@@ -116,21 +117,19 @@ def sweep(
             raise PrunetuneError(f"--trials {trials}: must be 0 or more")
         folder = out or Path("sweeps") / r.name
         doc = run_sweep(r, folder, trials=trials, storage=storage, study=study, report_only=report, log=_log)
-        from .sweep import doc_metric, fmt_metric
-
-        metric, key, _ = doc_metric(doc)
+        task = Task.of_report(doc)
+        metric, key = task.metric, task.key
         b = doc.get("balance")
         if b and b.get("test"):
             t = b["test"]
             speed = (f", measured speedup {t['speedup_batch_N']:.2f}x" if t.get("speedup_batch_N") is not None
                      else " (latency not measured)")
-            print(f"balance point: trial {doc['balance_trial']}: validation {fmt_metric(b[key], metric)}, test "
-                  f"{fmt_metric(t[metric], metric)} (dense {fmt_metric(t['dense_' + metric], metric)}){speed}; {b.get('folder')}")
+            print(f"balance point: trial {doc['balance_trial']}: validation {task.format(b[key])}, test "
+                  f"{task.format(t[metric])} (dense {task.format(t['dense_' + metric])}){speed}; {b.get('folder')}")
         elif b:
-            print(f"balance point: trial {doc['balance_trial']}: validation {fmt_metric(b[key], metric)} (not scored on test yet)")
+            print(f"balance point: trial {doc['balance_trial']}: validation {task.format(b[key])} (not scored on test yet)")
         else:
-            units = "points" if metric == "accuracy" else metric
-            print(f"no trial within {doc['tolerance']} {units} of the dense model yet; see {folder / 'sweep.md'}")
+            print(f"no trial within {doc['tolerance']} {task.units} of the dense model yet; see {folder / 'sweep.md'}")
 
     _guard(go)
 
@@ -242,8 +241,10 @@ def refine_(
             rep = refine(model_dir, set_, out, log=_log, data_path=data_path, trust_code=trust_code,
                          track=track, track_uri=track_uri)
         b, a = rep["stages"]["before"], rep["stages"]["after"]
-        print(f"new data {b['new_data']['accuracy']:.2f}% -> {a['new_data']['accuracy']:.2f}%; original test "
-              f"{b['original_test']['accuracy']:.2f}% -> {a['original_test']['accuracy']:.2f}%; "
+        task = Task.of_report(rep)
+        m = task.metric
+        print(f"{task.headline}new data {task.show(b['new_data'][m])} -> {task.show(a['new_data'][m])}; original test "
+              f"{task.show(b['original_test'][m])} -> {task.show(a['original_test'][m])}; "
               f"{rep['nonzero_params']:,} non-zero parameters kept; wrote {rep['folder']}")
 
     _guard(go)

@@ -75,7 +75,8 @@ class Distiller:
                       reduction="batchmean", log_target=True) * (t * t)
         return (1 - a) * task_loss + a * kd
 
-    def summary(self, teacher_name: str, teacher_accuracy: float | None) -> dict[str, Any]:
+    def summary(self, teacher_name: str, teacher_score: float | None) -> dict[str, Any]:
+        """The report's `distill` record; the teacher's test score in the task's metric (`teacher_test_<metric>`)."""
         return {"teacher": teacher_name, "alpha": self.spec.alpha, "temperature": self.spec.temperature,
-                "teacher_test_accuracy": teacher_accuracy, "cached_logits": self.cached is not None,
+                f"teacher_test_{self.task.metric}": teacher_score, "cached_logits": self.cached is not None,
                 "teacher_s": round(self.teacher_s, 2)}

@@ -9,7 +9,7 @@ from .artifacts import load_model
 from .data import build_data
 from .errors import PrunetuneError
 from .recipe import DataSpec, apply_overrides
-from .registry import TASKS
+from .tasks import Task
 from .training import pick_device
 
 
@@ -47,7 +47,7 @@ def evaluate_model(folder: str | Path, overrides: list[str] | None = None, trust
             f"{bundle.class_names[:4]}...; evaluate on data with the same classes"
         )
     dev = pick_device(device)
-    task = TASKS.get(manifest.task, "task")()
+    task = Task.from_manifest(manifest)
     result = task.evaluate(model.to(dev), bundle.test, bundle.eval_batch_size, dev, bundle.class_names)
     result["examples"] = len(bundle.test)
     return result

@@ -26,6 +26,7 @@ import torch
 from .artifacts import as_final, load_model, read_manifest
 from .errors import PrunetuneError, RuntimeFault
 from .pruning.masks import realise
+from .tasks.causal_lm import refuse_lm_folder
 
 FORMATS = ("onnx",)
 TOLERANCE = 1e-4  # max abs difference allowed between onnxruntime and PyTorch logits
@@ -158,8 +159,6 @@ def export_onnx(model_dir: str | Path, out_file: str | Path | None = None, opset
     both files' bytes and onnxruntime latencies, the size ratio and the measured speedup.
     """
     model_dir = Path(model_dir)
-    from .lm.checks import refuse_lm_folder
-
     refuse_lm_folder(read_manifest(model_dir), model_dir, "export")  # a clear error before anything else
     if opset is not None:
         from torch.onnx import _constants as C  # private, but the only place torch states the range

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from .report import STAGES, _fmt_bytes, speedups
+from .tasks import Task
 
 CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'; script-src 'unsafe-inline'"
 
@@ -95,13 +96,14 @@ def _lat(s: dict[str, Any], key: str) -> str:
     return f"{lat[key]['p50']:.3f}" if lat else "-"
 
 
-def _stage_table(stages: dict[str, Any], metric: str = "accuracy") -> str:
+def _stage_table(stages: dict[str, Any], task: Task) -> str:
+    metric = task.metric
     names = [n for n in STAGES if n in stages]
     sp = speedups(stages)
     dense = stages["dense"]
     n = dense.get("latency_ms", {}).get("batch_N", {}).get("batch", "N")
     mem = any("peak_memory_bytes" in stages[s] for s in names)
-    head = ["stage", "test acc %" if metric == "accuracy" else f"test {metric}", "Δ", "params", "non-zero", "sparsity", "prunable sparsity", "MACs (÷)",
+    head = ["stage", f"test {task.label}" + (" %" if task.percent else ""), "Δ", "params", "non-zero", "sparsity", "prunable sparsity", "MACs (÷)",
             "size", "gzip", f"p50 ms b1 / b{n}", f"measured speedup b1 / b{n}"]
     if mem:
         head.append(f"peak memory b{n}")
@@ -158,8 +160,7 @@ def _sweep(sweep: Any, folder: Path | None) -> list[str]:
         if not path.is_absolute() and folder is not None:
             path = folder / path
         if path.is_file():
-            metric = sweep.get("metric", "accuracy")
-            out.append(img(path.read_bytes(), f"sweep: {metric} against cost (Pareto front)"))
+            out.append(img(path.read_bytes(), f"sweep: {Task.of_report(sweep).metric} against cost (Pareto front)"))
     out.append("</section>")
     return out
 
@@ -174,6 +175,7 @@ def _images(report: dict[str, Any], images: dict[str, bytes] | None) -> dict[str
 
 def render_run(report: dict[str, Any], folder: Path | None = None, images: dict[str, bytes] | None = None) -> str:
     r, stages, ft = report["recipe"], report["stages"], report["finetune"]
+    task = Task.of_report(report)
     images = _images(report, images)
     title = f"prunetune run: {r['name']}"
     body = [f"<h1>{esc(title)}</h1>",
@@ -184,10 +186,10 @@ def render_run(report: dict[str, Any], folder: Path | None = None, images: dict[
             f"{ft['wall_s']:.1f} s).</p>"]
     if report.get("distill"):
         d = report["distill"]
-        body.append(f'<p id="distill">Distilled from <code>{esc(d["teacher"])}</code> (test accuracy '
-                    f"{d['teacher_test_accuracy']:.2f}), alpha {esc(d['alpha'])}, T {esc(d['temperature'])}; teacher logits "
+        body.append(f'<p id="distill">Distilled from <code>{esc(d["teacher"])}</code> (test {esc(task.metric)} '
+                    f"{task.format(d['teacher_test_' + task.metric])}), alpha {esc(d['alpha'])}, T {esc(d['temperature'])}; teacher logits "
                     f"{'cached per example' if d['cached_logits'] else 'per batch'}, teacher time {d['teacher_s']:.1f} s.</p>")
-    body += ['<section id="stages">', "<h2>Stages</h2>", _stage_table(stages, report.get("metric", "accuracy"))]
+    body += ['<section id="stages">', "<h2>Stages</h2>", _stage_table(stages, task)]
     d = stages["dense"]
     body.append(f'<p class="note">Latency: <code>torch.utils.benchmark</code>, {esc(d["threads"])} thread(s), device '
                 f"{esc(d.get('device', 'cpu'))}; speedup = dense p50 / stage p50 (measured, never inferred from MACs).</p>")
@@ -229,6 +231,8 @@ def render_refine(report: dict[str, Any], folder: Path | None = None, images: di
     """The page of a `prunetune refine` folder: before / after on the new data and on the original test set."""
     images = _images(report, images)
     r, ft, st = report["recipe"], report["finetune"], report["stages"]
+    task = Task.of_report(report)
+    m = task.metric
     title = f"prunetune refine: {r['name']}"
     body = [f"<h1>{esc(title)}</h1>",
             f"<p>Re-fine-tuned <code>{esc(report['source_model'])}</code> on <code>{esc(r['data']['source'])}</code> data "
@@ -240,20 +244,22 @@ def render_refine(report: dict[str, Any], folder: Path | None = None, images: di
     for data, label in (("new_data", "new data"), ("original_test", "original test")):
         for stage in ("before", "after"):
             s = st[stage][data]
-            rows.append([stage, label, _cell(s.get("examples", "-")), f"{s['accuracy']:.2f}",
-                         f"{s['accuracy'] - st['before'][data]['accuracy']:+.2f}", f"{s['nonzero_params']:,}",
+            rows.append([stage, label, _cell(s.get("examples", "-")), task.format(s[m]),
+                         task.format(s[m] - st['before'][data][m], signed=True), f"{s['nonzero_params']:,}",
                          f"{s['sparsity']:.3f}", _fmt_bytes(s["size_bytes"]), _fmt_bytes(s["gzip_bytes"]),
                          f"{_lat(s, 'batch_1')} / {_lat(s, 'batch_N')}" if s.get("latency_ms") else "-"])
             cls.append("hl" if stage == "after" else "")
     body += ['<section id="stages">', "<h2>Before and after</h2>",
-             table(["stage", "test set", "examples", "test acc %", "Δ pt", "non-zero", "sparsity", "size", "gzip",
+             table(["stage", "test set", "examples", f"test {task.label}" + (" %" if task.percent else ""),
+                    f"Δ {task.units}", "non-zero", "sparsity", "size", "gzip",
                     f"p50 ms b1 / b{n}"], rows, numeric=set(range(2, 10)), cls=cls),
              '<p class="note">The original test set shows what the new data made the model forget.</p>']
     body += _notes_and_curves(report, images)
-    body += ['<section id="per-class">', "<h2>Per-class test accuracy (%)</h2>",
-             _per_class({f"{stage} / {label}": st[stage][data]["per_class_accuracy"]
-                         for data, label in (("new_data", "new"), ("original_test", "original"))
-                         for stage in ("before", "after")}), "</section>"]
+    if "per_class_accuracy" in st["before"]["new_data"]:  # tasks with classes
+        body += ['<section id="per-class">', "<h2>Per-class test accuracy (%)</h2>",
+                 _per_class({f"{stage} / {label}": st[stage][data]["per_class_accuracy"]
+                             for data, label in (("new_data", "new"), ("original_test", "original"))
+                             for stage in ("before", "after")}), "</section>"]
     return _page(title, body)
 
 
@@ -274,20 +280,19 @@ def write_html(report: dict[str, Any], folder: Path, images: dict[str, bytes] | 
 
 def render_sweep(doc: dict[str, Any], folder: Path) -> str:
     """The page of a sweep folder: balance point, Pareto plot and every trial."""
-    from .sweep import doc_metric, fmt_metric, metric_units, short_label
-
-    metric, key, higher = doc_metric(doc)
+    task = Task.of_report(doc)
+    metric, key, higher = task.metric, task.key, task.higher_is_better
     body = [f"<h1>Sweep {esc(doc['study'])}</h1>",
             f"<p>Validation {esc(metric)} ({'max' if higher else 'min'}) against {esc(doc['objective_label'])} (min). "
-            f"Dense validation {esc(metric)} <b>{fmt_metric(doc['dense'][key], metric)}</b>, tolerance {doc['tolerance']} "
-            f"{esc(metric_units(metric))} (threshold {fmt_metric(doc['threshold'], metric)}). "
+            f"Dense validation {esc(metric)} <b>{task.format(doc['dense'][key])}</b>, tolerance {doc['tolerance']} "
+            f"{esc(task.units)} (threshold {task.format(doc['threshold'])}). "
             f"Trials: {esc(', '.join(f'{n} {s}' for s, n in doc['counts'].items()))}.</p>"]
     b = doc.get("balance")
     if b:
         t = b.get("test") or {}
-        rows = [[f"validation {metric}", fmt_metric(b[key], metric)], [doc["objective_label"], _cell(b["cost"])]]
+        rows = [[f"validation {metric}", task.format(b[key])], [doc["objective_label"], _cell(b["cost"])]]
         if t:
-            rows += [[f"test {metric} (dense)", f"{fmt_metric(t[metric], metric)} ({fmt_metric(t['dense_' + metric], metric)})"],
+            rows += [[f"test {metric} (dense)", f"{task.format(t[metric])} ({task.format(t['dense_' + metric])})"],
                      ["measured speedup batch 1 / N", f"{_cell(t.get('speedup_batch_1'))}× / {_cell(t.get('speedup_batch_N'))}×"],
                      ["parameters / non-zeros", f"{t['params']:,} / {t['nonzero_params']:,}"],
                      ["size (gzip)", f"{_fmt_bytes(t['size_bytes'])} ({_fmt_bytes(t['gzip_bytes'])})"]]
@@ -299,7 +304,7 @@ def render_sweep(doc: dict[str, Any], folder: Path) -> str:
     if png.is_file():
         body += ["<h2>Pareto front</h2>",
                  img(png.read_bytes(), f"sweep: validation {metric} against cost, Pareto front and balance point")]
-    head = ["trial", "state", "params", short_label(metric), "cost", "speedup", "Pareto", "note"]
+    head = ["trial", "state", "params", f"val {task.label}", "cost", "speedup", "Pareto", "note"]
     trs = [[r["trial"], r["state"], ", ".join(f"{k}={v}" for k, v in r["params"].items()), r.get(key), r["cost"],
             r.get("speedup"), "balance" if r["balance"] else ("yes" if r["pareto"] else ""), r.get("note", "")] for r in doc["rows"]]
     body += ["<h2>Trials</h2>", table(head, [[_cell(v) for v in r] for r in trs], numeric={0, 3, 4, 5})]

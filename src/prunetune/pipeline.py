@@ -34,8 +34,8 @@ from .pruning.controller import PruningController
 from .pruning.targets import select_targets
 from .recipe import Recipe, dump_recipe
 from .finetune_methods import trainable_summary
-from .registry import FINETUNE_METHODS, TASKS
-from .tasks import to_device
+from .registry import FINETUNE_METHODS
+from .tasks import Task, to_device
 from .report import speedups, write_reports
 from .robustness import check_inputs as check_robustness
 from .tracking import Tracker, make_tracker
@@ -89,7 +89,7 @@ def run(recipe: Recipe, out: str | Path | None = None, log: Callable[[str], None
     tracker = make_tracker(track, track_uri, log)
     seed_everything(recipe.seed)
     device = pick_device(recipe.evaluate.device)
-    task = TASKS.get(recipe.task, "task")()
+    task = Task.from_recipe(recipe)
     if recipe.prune.order == "prune_first" and recipe.dense.epochs:
         # Prune the starting (e.g. pretrained) model itself: no task training before pruning.
         recipe = recipe.model_copy(update={"dense": recipe.dense.model_copy(update={"epochs": 0})})
@@ -144,8 +144,8 @@ def run(recipe: Recipe, out: str | Path | None = None, log: Callable[[str], None
             teacher, teacher_name = load_teacher(ft.distill, dense, bundle, recipe.model.trust_code)
             log(f"distill: teacher {teacher_name}, alpha {ft.distill.alpha}, T {ft.distill.temperature}")
             distiller = Distiller(ft.distill, task, teacher, bundle, device, ft.label_smoothing, ft.augment.active)
-            teacher_acc = (stages["dense"]["accuracy"] if teacher_name == "dense" else
-                           task.evaluate(distiller.teacher, bundle.test, bundle.eval_batch_size, device, bundle.class_names)["accuracy"])
+            teacher_score = (stages["dense"][task.metric] if teacher_name == "dense" else task.evaluate(
+                distiller.teacher, bundle.test, bundle.eval_batch_size, device, bundle.class_names)[task.metric])
 
         torch.manual_seed(recipe.seed + 1)
         method = FINETUNE_METHODS.get(ft.method, "finetune.method")(ft, classifier_name(model))
@@ -188,7 +188,7 @@ def run(recipe: Recipe, out: str | Path | None = None, log: Callable[[str], None
                          "s_per_step": round(trainer.wall_s / max(1, trainer.steps), 4),
                          **train_info, "merge": method.summary.get("merge"), "history": history},
             "dense": dense_info,
-            "distill": distiller.summary(teacher_name, teacher_acc) if distiller else None,
+            "distill": distiller.summary(teacher_name, teacher_score) if distiller else None,
             "notes": pruner.notes,
             "adaptive": getattr(controller, "adaptive_summary", None),
             "importance_gradients": ({"from_cache": controller.grads_from_cache} if controller.grads_from_cache else None),

@@ -21,8 +21,8 @@ from torch import nn
 from .artifacts import Manifest, as_final, load_model, read_manifest
 from .data.image_folder import IMAGE_SUFFIXES, load_image
 from .errors import PrunetuneError
-from .registry import TASKS
-from .tasks import to_device
+from .tasks import Task, to_device
+from .tasks.causal_lm import refuse_lm_folder
 
 
 def image_preprocess(manifest: Manifest, where: str | Path = "model") -> dict[str, Any]:
@@ -94,7 +94,7 @@ def expand_inputs(inputs: list[str | Path]) -> list[Path]:
 @torch.inference_mode()
 def predict_tensors(model: nn.Module, manifest: Manifest, x: torch.Tensor) -> list[dict[str, Any]]:
     """{"label", "probabilities"} for each row of an already preprocessed batch `x`."""
-    task = TASKS.get(manifest.task, "task")()
+    task = Task.from_manifest(manifest)
     model.eval()
     device = next(iter(model.parameters()), torch.empty(0)).device
     logits = task.forward(model, to_device(x, device)).float().cpu()
@@ -119,8 +119,6 @@ def predict(model_dir: str | Path, inputs: list[str | Path], batch_size: int = 6
     if batch_size < 1:
         raise PrunetuneError(f"--batch-size {batch_size}: must be at least 1")
     manifest = read_manifest(model_dir)  # checked before the model is built (a text model may not build yet)
-    from .lm.checks import refuse_lm_folder
-
     refuse_lm_folder(manifest, model_dir, "predict")
     if manifest.preprocess.get("kind") in ("sequence", "ratings"):
         image_preprocess(manifest, model_dir)  # the one-line refusal: predict reads images and text

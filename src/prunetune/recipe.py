@@ -250,6 +250,9 @@ class EvaluateSpec(_Section):
     generate: int = Field(3, ge=0, le=100, description="causal_lm: greedy generations from test prompts shown per stage (0: none)")
     max_new_tokens: int = Field(20, ge=1, le=1024, description="causal_lm: tokens generated per sample")
     robustness: RobustnessSpec | None = Field(None, description="accuracy under input noise and FGSM / PGD attacks (images)")
+    metric: str | None = Field(
+        None, description="the validation metric that the tolerances, early stopping, the best epoch, the adaptive schedule "
+        "and the sweep follow (default: the task's; classification: accuracy or macro_f1)")
 
 
 class RobustnessFloor(_Section):
@@ -339,9 +342,7 @@ class Recipe(_Section):
                 f"finetune.method prompt_tuning needs a transformers model with token embeddings, not {self.model.name!r}; "
                 "choose lora, ia3, bitfit or full"
             )
-        from .lm.checks import check_recipe as check_lm
-
-        check_lm(self, R)  # causal_lm with lm_text data, and what language models support
+        R.TASKS.get(self.task).check_recipe(self)  # e.g. causal_lm: lm_text data, and what language models support
         pruner = R.PRUNERS.get(self.prune.method)
         floor = self.search.robustness_floor if self.search else None
         if floor is not None:

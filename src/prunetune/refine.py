@@ -3,8 +3,9 @@
 The architecture and the masks are kept: the model is loaded from its folder with `load_model`
 (masks come back as parametrizations, so pruned weights stay exactly zero while training), trained
 with the saved recipe's `finetune` section, and checked afterwards: identical masks and the same
-number of non-zero parameters, else nothing is written. Accuracy is measured before and after on the
-new data's test split and on the original test set (the saved recipe's data), so forgetting shows.
+number of non-zero parameters, else nothing is written. The task's metric (accuracy, RMSE, ...) is
+measured before and after on the new data's test split and on the original test set (the saved
+recipe's data), so forgetting shows.
 
 The result is a new version folder beside the old one (`run/model` -> `run/model-v2`, then `-v3`,
 ...), written atomically; the source folder is only read.
@@ -15,7 +16,7 @@ interrupted refine to the result an uninterrupted one gives.
 
 Example:
     >>> report = refine("runs/quick/model", ["finetune.epochs=2"], data_path="/data/new")   # doctest: +SKIP
-    >>> report["stages"]["after"]["new_data"]["accuracy"]                                 # doctest: +SKIP
+    >>> report["stages"]["after"]["new_data"][report["metric"]]                           # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -38,8 +39,9 @@ from .errors import PrunetuneError, RuntimeFault
 from .measure import count_params, measure_stage, reference_counts
 from .pruning.masks import masked_layer_names, masked_tensors, realise
 from .recipe import Recipe, apply_overrides, dump_recipe, format_validation_error
-from .registry import TASKS
 from .report import write_reports
+from .tasks import Task
+from .tasks.causal_lm import refuse_lm_folder
 from .tracking import Tracker, make_tracker
 from .training import Trainer, pick_device
 
@@ -159,8 +161,6 @@ def refine(model_dir: str | Path, overrides: list[str] | None = None, out: str |
     _check_overrides(overrides)
     model_dir = model_folder(model_dir)
     manifest = read_manifest(model_dir)
-    from .lm.checks import refuse_lm_folder
-
     refuse_lm_folder(manifest, model_dir, "refine")
     if not manifest.recipe:
         raise PrunetuneError(f"{model_dir}: the manifest holds no recipe; refine needs the recipe the model was made with")
@@ -231,7 +231,7 @@ def _refine(model_dir: Path, recipe: Recipe, notes: list[str], out: Path, log: C
     original = _validate(copy.deepcopy(manifest.recipe), f"{model_dir}/manifest.json recipe")
     seed_everything(recipe.seed)
     device = pick_device(recipe.evaluate.device)
-    task = TASKS.get(recipe.task, "task")()
+    task = Task.from_recipe(recipe)
     if manifest.preprocess.get("kind") == "text":  # tokenise with the tokenizer saved in the model folder
         from .artifacts import resolve_tokenizer
 
@@ -293,6 +293,8 @@ def _refine(model_dir: Path, recipe: Recipe, notes: list[str], out: Path, log: C
         report = {
             "prunetune_version": __version__,
             "source_model": label,
+            "metric": task.metric,
+            "higher_is_better": task.higher_is_better,
             "stages": stages,
             "finetune": {"epochs_run": len(history), "best_epoch": trainer.best_epoch,
                          "wall_s": round(trainer.wall_s, 2), "history": history},
@@ -316,6 +318,8 @@ def _refine(model_dir: Path, recipe: Recipe, notes: list[str], out: Path, log: C
 
 def markdown(report: dict[str, Any]) -> str:
     st, ft, r = report["stages"], report["finetune"], report["recipe"]
+    task = Task.of_report(report)
+    m = task.metric
     lines = [
         f"# prunetune refine: {r['name']}",
         "",
@@ -323,7 +327,7 @@ def markdown(report: dict[str, Any]) -> str:
         f"{ft['epochs_run']} epochs (best {ft['best_epoch']}, {ft['wall_s']:.1f} s). Architecture and masks kept: "
         f"{'yes' if report['sparsity_kept'] else 'NO'} ({report['nonzero_params']:,} non-zero parameters).",
         "",
-        "| stage | test set | examples | test acc | Δ pt | non-zero | sparsity | size | gzip |",
+        f"| stage | test set | examples | test {task.label} | Δ {task.units} | non-zero | sparsity | size | gzip |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     from .report import _fmt_bytes
@@ -331,8 +335,8 @@ def markdown(report: dict[str, Any]) -> str:
     for data, label in (("new_data", "new data"), ("original_test", "original test")):
         for stage in ("before", "after"):
             s = st[stage][data]
-            lines.append(f"| {stage} | {label} | {s['examples']:,} | {s['accuracy']:.2f} | "
-                         f"{s['accuracy'] - st['before'][data]['accuracy']:+.2f} | {s['nonzero_params']:,} | "
+            lines.append(f"| {stage} | {label} | {s['examples']:,} | {task.format(s[m])} | "
+                         f"{task.format(s[m] - st['before'][data][m], signed=True)} | {s['nonzero_params']:,} | "
                          f"{s['sparsity']:.3f} | {_fmt_bytes(s['size_bytes'])} | {_fmt_bytes(s['gzip_bytes'])} |")
     lines += ["", "The original test set shows what the new data made the model forget.", ""]
     if report.get("notes"):

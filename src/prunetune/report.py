@@ -6,6 +6,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from .tasks import Task
+
 STAGES = ("dense", "pruned", "finetuned")
 
 
@@ -30,6 +32,8 @@ def markdown(report: dict[str, Any]) -> str:
     stages = report["stages"]
     sp = speedups(stages)
     r = report["recipe"]
+    task = Task.of_report(report)
+    metric = task.metric
     lines = [
         f"# prunetune run: {r['name']}",
         "",
@@ -41,14 +45,12 @@ def markdown(report: dict[str, Any]) -> str:
     ]
     if report.get("distill"):
         d = report["distill"]
-        lines += [f"Distilled from `{d['teacher']}` (test accuracy {d['teacher_test_accuracy']:.2f}), alpha {d['alpha']}, "
+        lines += [f"Distilled from `{d['teacher']}` (test {metric} {task.format(d['teacher_test_' + metric])}), alpha {d['alpha']}, "
                   f"T {d['temperature']}; teacher logits {'cached per example' if d['cached_logits'] else 'per batch'}, "
                   f"teacher time {d['teacher_s']:.1f} s.", ""]
     any_lat = "latency_ms" in stages["dense"]
     n = stages["dense"].get("latency_ms", {}).get("batch_N", {}).get("batch", "N")
-    metric = report.get("metric", "accuracy")
-    label = {"accuracy": "test acc"}.get(metric, f"test {metric}")
-    head = f"| stage | {label} | Δ | params | non-zero | sparsity | prunable sparsity | MACs (÷) | size | gzip |"
+    head = f"| stage | test {task.label} | Δ | params | non-zero | sparsity | prunable sparsity | MACs (÷) | size | gzip |"
     sep = "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     if any_lat:
         head += f" p50 b1 ms | p50 b{n} ms | measured speedup b1 / b{n} |"
@@ -123,7 +125,8 @@ def figures(report: dict[str, Any]) -> dict[str, bytes]:
         return buf.getvalue()
 
     out = {}
-    metric = report.get("metric", "accuracy")
+    task = Task.of_report(report)
+    metric = task.metric
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
     for label, hist in (("dense", report.get("dense", {}).get("history", [])), ("fine-tune", report["finetune"]["history"])):
         if not hist:
@@ -133,7 +136,7 @@ def figures(report: dict[str, Any]) -> dict[str, bytes]:
         axes[0].plot(x, [h["val_loss"] for h in hist], marker="x", ls="--", label=f"{label} val")
         axes[1].plot(x, [h.get(f"val_{metric}") for h in hist], marker="o", label=label)
     axes[0].set(title="loss", xlabel="epoch")
-    axes[1].set(title="validation accuracy (%)" if metric == "accuracy" else f"validation {metric}", xlabel="epoch")
+    axes[1].set(title=f"validation {metric}" + (" (%)" if task.percent else ""), xlabel="epoch")
     for ax in axes:
         ax.grid(alpha=0.3)
         if ax.lines:

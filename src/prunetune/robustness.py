@@ -63,10 +63,9 @@ def check_inputs(bundle, spec, task=None) -> None:
     recipe's `evaluate.robustness` (nothing to check when it is None)."""
     if spec is None:
         return
-    metric = getattr(task, "metric", "accuracy")
-    if metric != "accuracy":
+    if task is not None and not task.labels:  # accuracy under attack needs class labels
         raise PrunetuneError(f"evaluate.robustness: measures classification accuracy; task {task.name!r} is scored by "
-                             f"{metric}; remove evaluate.robustness")
+                             f"{task.metric}; remove evaluate.robustness")
     if (bundle.preprocess or {}).get("kind") != "image" or getattr(bundle.test, "is_text", False):
         kind = (bundle.preprocess or {}).get("kind", "unknown")
         raise PrunetuneError(f"evaluate.robustness: only image inputs can be perturbed (this data is {kind}); "

@@ -229,20 +229,20 @@ def dense_reference(recipe: Recipe, log: Callable[[str], None]) -> dict[str, Any
     from .data import build_data
     from .measure import measure_stage, reference_counts
     from .pipeline import seed_everything
-    from .registry import TASKS
     from .robustness import check_inputs as check_robustness
     from .training import pick_device
 
     seed_everything(recipe.seed)
     device = pick_device(recipe.evaluate.device)
-    task = TASKS.get(recipe.task, "task")()
+    task = Task.from_recipe(recipe)
     bundle = build_data(recipe.data, recipe.seed, recipe.model)
     check_robustness(bundle, recipe.evaluate.robustness, task)
     bundle = dataclasses.replace(bundle, test=bundle.val)
     dense, info = obtain_dense(recipe, bundle, task, device, log)
     stage = measure_stage(dense, task, bundle, recipe.evaluate, device, reference_counts(dense, []))
-    return {"metric": task.metric, f"val_{task.metric}": stage[task.metric],
-            "stage": {k: v for k, v in stage.items() if k not in ("per_class_accuracy", "samples")}, "cache": info.get("cache")}
+    per_example = ("per_class_accuracy", "per_class", "confusion_matrix", "samples")  # the study keeps the scalars
+    return {"metric": task.metric, task.key: stage[task.metric],
+            "stage": {k: v for k, v in stage.items() if k not in per_example}, "cache": info.get("cache")}
 
 
 def interleaved_latency_ratio(dense_dir: Path, model_dir: Path, recipe: Recipe, rounds: int = 2) -> float:
@@ -254,9 +254,8 @@ def interleaved_latency_ratio(dense_dir: Path, model_dir: Path, recipe: Recipe, 
     from .data import build_data
     from .measure import example_batch, latency_ms
     from .pruning.masks import realise
-    from .registry import TASKS
 
-    task = TASKS.get(recipe.task)()
+    task = Task.from_recipe(recipe)
     bundle = build_data(recipe.data, recipe.seed, recipe.model)
     x = example_batch(bundle.val, recipe.evaluate.latency_batch, recipe.evaluate.sequence_length)
     threads = recipe.evaluate.threads or torch.get_num_threads()
@@ -268,52 +267,13 @@ def interleaved_latency_ratio(dense_dir: Path, model_dir: Path, recipe: Recipe, 
     return best["m"] / best["d"]
 
 
-# -- the task's metric -------------------------------------------------------------------------
-
-
-def direction(task: Task) -> str:
-    """The Optuna direction of the study's first objective (the validation metric)."""
-    return "maximize" if task.higher_is_better else "minimize"
-
-
-def threshold_of(task: Task, dense: float, tolerance: float) -> float:
-    """The worst validation metric still within the tolerance: dense - tol (higher is better) or dense + tol."""
-    return dense - tolerance if task.higher_is_better else dense + tolerance
-
-
-def hopeless(task: Task, value: float, dense: float, tolerance: float, slack: float, epochs_left: int) -> bool:
-    """Whether a trial at `value` after an epoch should stop: it is worse than the dense model by more
-    than the tolerance plus `slack` (metric units) per epoch left. Never with no epochs left: a
-    finished trial is kept (it still belongs on the Pareto front)."""
-    return epochs_left > 0 and task.drop(value, dense) > tolerance + slack * epochs_left
-
-
 def study_task(study) -> Task:
-    """The metric and direction a stored study was created with; a study from before the sweep followed
-    the task's metric has no `metric` in its dense reference and maximised accuracy."""
+    """The task (metric and direction) a stored study was created with; a study from before the sweep
+    followed the task's metric has no `metric` in its dense reference and maximised accuracy."""
     from optuna.study import StudyDirection
 
-    t = Task()
-    t.metric = (study.user_attrs.get("dense") or {}).get("metric", "accuracy")
-    t.higher_is_better = study.directions[0] == StudyDirection.MAXIMIZE
-    return t
-
-
-def metric_units(metric: str) -> str:
-    """How a tolerance reads: '3.0 pt' for accuracy, '0.05 rmse' otherwise."""
-    return "pt" if metric == "accuracy" else metric
-
-
-def fmt_metric(v: float | None, metric: str) -> str:
-    """Two decimals for accuracy (and large values such as perplexity); four for small ones such as RMSE."""
-    if v is None:
-        return ""
-    return f"{v:.2f}" if metric == "accuracy" or abs(v) >= 10 else f"{v:.4f}"
-
-
-def short_label(metric: str) -> str:
-    """The trial table's column header."""
-    return "val acc" if metric == "accuracy" else f"val {metric}"
+    dense = study.user_attrs.get("dense") or {}
+    return Task.of_report({"metric": dense.get("metric"), "higher_is_better": study.directions[0] == StudyDirection.MAXIMIZE})
 
 
 class Sweep:
@@ -322,11 +282,9 @@ class Sweep:
         if recipe.search is None:
             raise PrunetuneError("search: the recipe has no search section; add search.space (see README: prunetune sweep)")
         self.recipe, self.spec, self.out, self.log = recipe, recipe.search, Path(out), log
-        from .registry import TASKS
-
-        self.task = TASKS.get(recipe.task, "task")()
+        self.task = Task.from_recipe(recipe)
         self.metric = self.task.metric
-        if self.spec.robustness_floor is not None and self.metric != "accuracy":
+        if self.spec.robustness_floor is not None and not self.task.labels:
             raise PrunetuneError(f"search.robustness_floor: a floor on robust accuracy needs a classification task; task "
                                  f"{recipe.task!r} is scored by {self.metric}; remove search.robustness_floor")
         if self.spec.objective == "latency" and not recipe.evaluate.latency:
@@ -355,7 +313,7 @@ class Sweep:
             except KeyError:
                 raise PrunetuneError(f"--study {self.study_name}: no such study in the storage; run the sweep first") from None
         seed = self.recipe.seed if self.local else None  # workers sharing a study must not draw the same points
-        want = [direction(self.task), "minimize"]
+        want = [self.task.direction, "minimize"]
         study = optuna.create_study(storage=storage, study_name=self.study_name, directions=want,
                                     sampler=_sampler(self.spec, self.dims, seed), load_if_exists=True)
         sig = self._signature()
@@ -394,16 +352,16 @@ class Sweep:
             raise optuna.TrialPruned() from None
         trial.set_user_attr("recipe", data)
         m, key = self.metric, f"val_{self.metric}"
-        threshold = threshold_of(self.task, dense_val, self.spec.tolerance)
+        threshold = self.task.threshold(dense_val, self.spec.tolerance)
         total, seen, curve = _total_epochs(recipe), [0], []
 
         def check(row: dict[str, Any]) -> None:
             seen[0] += 1
             curve.append(row[key])
-            if hopeless(self.task, row[key], dense_val, self.spec.tolerance, self.spec.early_stop_slack, max(0, total - seen[0])):
+            if self.task.hopeless(row[key], dense_val, self.spec.tolerance, self.spec.early_stop_slack, max(0, total - seen[0])):
                 trial.set_user_attr("val_curve", curve)
                 trial.set_user_attr("stopped_at_epoch", seen[0])
-                raise optuna.TrialPruned(f"validation {m} {fmt_metric(row[key], m)} after epoch {seen[0]}")
+                raise optuna.TrialPruned(f"validation {m} {self.task.format(row[key])} after epoch {seen[0]}")
 
         folder = self.out / "trials" / f"trial-{trial.number:04d}"
         if folder.exists():
@@ -415,8 +373,8 @@ class Sweep:
             rep = run(recipe, folder, log=lambda m: None, score_on="val", save=self.spec.objective == "latency",
                       on_finetune_epoch=check, checkpoint=False)
         except optuna.TrialPruned:
-            self.log(f"trial {trial.number}: stopped early (validation {m} {fmt_metric(curve[-1], m)}, "
-                     f"threshold {fmt_metric(threshold, m)})")
+            self.log(f"trial {trial.number}: stopped early (validation {m} {self.task.format(curve[-1])}, "
+                     f"threshold {self.task.format(threshold)})")
             raise
         f, d = rep["stages"]["finetuned"], rep["stages"]["dense"]
         cost = float(OBJECTIVES[self.spec.objective][1](f, d))
@@ -443,7 +401,7 @@ class Sweep:
             if hasattr(trial, "set_constraint"):
                 trial.set_constraint("robustness_floor", constraint)
         trial.set_user_attr("result", result)
-        self.log(f"trial {trial.number}: val {fmt_metric(f[m], m)} (dense {fmt_metric(dense_val, m)}), {self.spec.objective} "
+        self.log(f"trial {trial.number}: val {self.task.format(f[m])} (dense {self.task.format(dense_val)}), {self.spec.objective} "
                  f"{_short(cost)}" + (f", speedup {result['speedup']:.2f}x" if result["speedup"] else "") + f" ({result['wall_s']:.0f}s)")
         return f[m], cost
 
@@ -456,7 +414,7 @@ class Sweep:
         dense_val = study.user_attrs["dense"][f"val_{self.metric}"]
         done = _finished(study)
         self.log(f"sweep: study {self.study_name!r} at {_redact(self.storage_url)}: {done} of {target} trials finished; "
-                 f"dense validation {self.metric} {fmt_metric(dense_val, self.metric)}, tolerance {self.spec.tolerance}")
+                 f"dense validation {self.metric} {self.task.format(dense_val)}, tolerance {self.spec.tolerance}")
         if done < target:
             study.optimize(lambda t: self.objective(t, dense_val), n_trials=target,
                            callbacks=[MaxTrialsCallback(target, states=(TrialState.COMPLETE, TrialState.PRUNED))],
@@ -491,7 +449,7 @@ def summarise(study, spec) -> dict[str, Any]:
     task = study_task(study)
     key = f"val_{task.metric}"
     dense = study.user_attrs["dense"]
-    threshold = threshold_of(task, dense[key], spec.tolerance)
+    threshold = task.threshold(dense[key], spec.tolerance)
     rows, complete = [], []
     for t in study.get_trials(deepcopy=False):
         r = t.user_attrs.get("result") or {}
@@ -544,20 +502,14 @@ def _pareto(rows: list[dict[str, Any]], key: str = "val_accuracy", higher_is_bet
     return sorted(out, key=lambda r: r["cost"])
 
 
-def doc_metric(doc: dict[str, Any]) -> tuple[str, str, bool]:
-    """(metric, row key, higher is better) of a sweep document; a document from before the sweep
-    followed the task's metric is accuracy."""
-    metric = doc.get("metric", "accuracy")
-    return metric, f"val_{metric}", doc.get("higher_is_better", True)
-
-
 def plot(doc: dict[str, Any], path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    metric, key, higher = doc_metric(doc)
+    task = Task.of_report(doc)
+    metric, key, higher = task.metric, task.key, task.higher_is_better
     dense_val, thr = doc["dense"][key], doc["threshold"]
     done = [r for r in doc["rows"] if r.get(key) is not None]
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
@@ -572,7 +524,7 @@ def plot(doc: dict[str, Any], path: Path) -> None:
     except (KeyError, TypeError):
         pass
     ax.axhline(thr, ls="--", color="#d1242f", lw=1,
-               label=f"dense {'−' if higher else '+'} {doc['tolerance']} {metric_units(metric)}")
+               label=f"dense {'−' if higher else '+'} {doc['tolerance']} {task.units}")
     bal = next((r for r in done if r["balance"]), None)
     if bal:
         ax.scatter([bal["cost"]], [bal[key]], s=140, facecolors="none", edgecolors="#d1242f", lw=2,
@@ -580,12 +532,12 @@ def plot(doc: dict[str, Any], path: Path) -> None:
     if doc["objective"] == "latency":
         ax.axvline(1.0, color="black", lw=0.6, alpha=0.4)
     ax.set_xlabel(doc["objective_label"])
-    ax.set_ylabel("validation accuracy (%)" if metric == "accuracy"
+    ax.set_ylabel(f"validation {metric} (%)" if task.percent
                   else f"validation {metric} ({'higher' if higher else 'lower'} is better)")
     if doc["objective"] != "latency":
         ax.set_xscale("log")
     vals = [r[key] for r in done]
-    if metric == "accuracy":
+    if task.percent:
         lo, hi = min(vals + [thr]), max(vals + [dense_val])
         ax.set_ylim(max(lo - 1, thr - 8), hi + 1)  # far-off trials fall below the frame
     else:
@@ -607,11 +559,12 @@ def plot(doc: dict[str, Any], path: Path) -> None:
 
 
 def to_markdown(doc: dict[str, Any]) -> str:
-    metric, key, higher = doc_metric(doc)
+    task = Task.of_report(doc)
+    metric, key, higher = task.metric, task.key, task.higher_is_better
     lines = [f"# Sweep `{doc['study']}`", "",
              f"Objective: validation {metric} ({'max' if higher else 'min'}) against {doc['objective_label']} (min). "
-             f"Dense validation {metric} {fmt_metric(doc['dense'][key], metric)}; tolerance {doc['tolerance']} "
-             f"{metric_units(metric)} (threshold {fmt_metric(doc['threshold'], metric)}). "
+             f"Dense validation {metric} {task.format(doc['dense'][key])}; tolerance {doc['tolerance']} "
+             f"{task.units} (threshold {task.format(doc['threshold'])}). "
              f"Trials: {', '.join(f'{n} {s}' for s, n in doc['counts'].items())}.", ""]
     if doc.get("robustness_floor"):
         from .robustness import floor_accuracy, floor_label
@@ -628,20 +581,20 @@ def to_markdown(doc: dict[str, Any]) -> str:
         if t:
             speed = (f"measured speedup {_short(t.get('speedup_batch_N'))}× at batch N, {_short(t.get('speedup_batch_1'))}× at batch 1, "
                      if t.get("speedup_batch_N") is not None else "latency not measured, ")
-            scored = (f"; test {fmt_metric(t[metric], metric)} (dense {fmt_metric(t['dense_' + metric], metric)}), {speed}"
+            scored = (f"; test {task.format(t[metric])} (dense {task.format(t['dense_' + metric])}), {speed}"
                       f"non-zeros {t['nonzero_params']:,}, gzip {t['gzip_bytes']:,} bytes; run folder `{b.get('folder')}`")
         else:
             scored = " (not yet scored on the test set)"
         lines += [f"**Balance point: trial {doc['balance_trial']}** — " + ", ".join(f"{k}={_short(v)}" for k, v in b["params"].items()),
-                  "", f"validation {fmt_metric(b[key], metric)}{scored}", ""]
+                  "", f"validation {task.format(b[key])}{scored}", ""]
     else:
         lines += ["No trial is within the tolerance" + (" and above the robustness floor" if doc.get("robustness_floor") else "")
                   + " yet.", ""]
-    lines += [f"| trial | state | params | {short_label(metric)} | cost | speedup | Pareto | note |",
+    lines += [f"| trial | state | params | val {task.label} | cost | speedup | Pareto | note |",
               "|---:|---|---|---:|---:|---:|---|---|"]
     for r in doc["rows"]:
         p = ", ".join(f"{k.split('.')[-1]}={_short(v)}" for k, v in r["params"].items())
-        val = fmt_metric(r.get(key), metric)
+        val = task.format(r.get(key))
         cost = "" if r["cost"] is None else _short(r["cost"])
         sp = "" if not r.get("speedup") else f"{r['speedup']:.2f}×"
         mark = "balance" if r["balance"] else ("yes" if r["pareto"] else "")
@@ -656,7 +609,8 @@ def write_outputs(sweep: Sweep, study, score: bool) -> dict[str, Any]:
     from .html_report import render_sweep
 
     doc = summarise(study, sweep.spec)
-    metric, key, _ = doc_metric(doc)
+    task = Task.of_report(doc)
+    metric, key = task.metric, task.key
     out = sweep.out
     bal_dir = out / "balance"
     if doc["balance_trial"] is not None:

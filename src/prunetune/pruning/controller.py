@@ -148,7 +148,7 @@ class PruningController:
         dense_val = task.evaluate(model, self.bundle.val, self.bundle.eval_batch_size, self.device,
                                   self.bundle.class_names)[metric]
         # Within tolerance: at most `tolerance` worse than dense, in the metric's own units and direction.
-        threshold = dense_val - sch.tolerance if task.higher_is_better else dense_val + sch.tolerance
+        threshold = task.threshold(dense_val, sch.tolerance)
 
         def within(v: float | None) -> bool:
             return v is not None and task.drop(v, dense_val) <= sch.tolerance

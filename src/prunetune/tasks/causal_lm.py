@@ -3,6 +3,10 @@
 The loss is the mean negative log-likelihood of every predicted token: the logits at position t
 predict the label at t + 1; labels of -100 (padding, and the prompt of a prompt / completion pair)
 are not predicted. Perplexity = exp(mean NLL per predicted token) over the whole split.
+
+Any Hugging Face causal LM (GPT-2, Llama, Qwen, Pythia-style) by hub id or local folder
+(`model.name: hf:...`); what language models do not support is refused by the recipe's validation
+(`CausalLM.check_recipe`), and by predict / export / refine for a saved one (`refuse_lm_folder`).
 """
 
 from __future__ import annotations
@@ -14,11 +18,14 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from ..data.base import batches
 from ..errors import PrunetuneError
-from ..registry import TASKS
-from ..tasks import Task, to_device
+from ..models.hf import is_hf, load_tokenizer
+from ..registry import DATA_SOURCES, TASKS
+from .base import Task, to_device
 
 IGNORE = -100
+LM_METHODS = ("full", "bitfit", "lora", "ia3")  # fine-tuning methods that fit a causal LM
 LOGITS_BUDGET = 1 << 26  # logits floats per evaluation batch (256 MB in float32): big vocabularies get fewer sequences
 
 
@@ -36,7 +43,29 @@ class CausalLM(Task):
     metric = "perplexity"
     higher_is_better = False
     labels = False
+    distils = False
+    structured_wanda = True
+    data_kind = "language-model text"
     calibration_batch_size = 8  # sequences per calibration batch (gradients, activations): logits are [B, L, vocab]
+
+    @classmethod
+    def check_recipe(cls, recipe) -> None:
+        """Language-model text, a Hugging Face causal LM, and what language models support."""
+        if getattr(DATA_SOURCES.get(recipe.data.source), "task", None) != cls.name:
+            raise ValueError(f"data.source: task causal_lm reads language-model text; use data.source lm_text "
+                             f"(not {recipe.data.source!r})")
+        if not is_hf(recipe.model.name):
+            raise ValueError(f"model.name: task causal_lm needs a Hugging Face causal language model (hf:<hub id or folder>), "
+                             f"not {recipe.model.name!r}")
+        if recipe.finetune.method not in LM_METHODS:
+            raise ValueError(f"finetune.method: {recipe.finetune.method} is not supported for causal language models; "
+                             f"choose one of: {', '.join(LM_METHODS)}")
+        if recipe.finetune.distill is not None:
+            raise ValueError("finetune.distill: distillation is not supported for causal language models yet; remove it")
+        if not recipe.prune.keep_classifier:
+            raise ValueError("prune.keep_classifier: a language model's head (tied to its token embeddings) is never pruned; "
+                             "leave it true")
+        super().check_recipe(recipe)
 
     def forward(self, model: nn.Module, inputs: Any) -> torch.Tensor:
         out = model(**inputs, use_cache=False) if isinstance(inputs, dict) else model(inputs)
@@ -63,8 +92,6 @@ class CausalLM(Task):
     @torch.no_grad()
     def nll(self, model: nn.Module, data, batch_size: int, device: torch.device) -> tuple[float, int]:
         """Summed NLL and the number of predicted tokens over `data`."""
-        from ..data.base import batches
-
         was = model.training
         model.eval()
         total, count = 0.0, 0
@@ -95,8 +122,6 @@ class CausalLM(Task):
         n = int(getattr(spec, "generate", 3) or 0)
         if n <= 0 or not hasattr(model, "generate"):
             return []
-        from ..models.hf import load_tokenizer
-
         tok = load_tokenizer(bundle.preprocess["tokenizer"])
         limit = _positions(model)
         eos = tok.eos_token_id
@@ -143,3 +168,10 @@ def _positions(model: nn.Module) -> int | None:
         if isinstance(v, int) and v > 0:
             return v
     return None
+
+
+def refuse_lm_folder(manifest, folder, command: str) -> None:
+    """predict / export / refine are for classifiers: a language-model folder gets one clear line."""
+    if manifest.task == CausalLM.name:
+        raise PrunetuneError(f"{folder}: a causal language model; `prunetune {command}` does not support language models "
+                             "yet (`prunetune eval` reports its perplexity)")

@@ -17,9 +17,10 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .errors import PrunetuneError
-from .registry import TASKS
-from .tasks import Task, to_device
+from ..data.base import batches
+from ..errors import PrunetuneError
+from ..registry import TASKS
+from .base import Task, to_device
 
 
 @TASKS.register("regression")
@@ -30,6 +31,7 @@ class Regression(Task):
     metric = "rmse"
     higher_is_better = False
     labels = False
+    distils = False  # distillation matches class probabilities; one number has none
 
     @staticmethod
     def _flat(out: torch.Tensor) -> torch.Tensor:
@@ -50,8 +52,6 @@ class Regression(Task):
     @torch.no_grad()
     def predict(self, model: nn.Module, data, batch_size: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         """Predictions for the whole dataset (in order) and the mean squared error."""
-        from .data.base import batches
-
         was_training = model.training
         model.eval()
         outs, total = [], 0.0
