@@ -36,6 +36,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .data.base import balanced_subset
 from .errors import PrunetuneError
 
 ATTACKS = ("noise", "fgsm", "pgd")
@@ -137,8 +138,6 @@ def _attacker(model: nn.Module, task, bundle, spec, device: torch.device, idx: t
     of the subset in memory at once, not one per condition)."""
     art, PyTorchClassifier, FGSM, PGD = _art()
     if idx is None:
-        from .data.base import balanced_subset
-
         idx = balanced_subset(bundle.test.y, spec.examples, spec.seed)
     x, mean, std = _pixels(bundle, idx)
     y = bundle.test.y[idx].cpu().numpy().astype(np.int64)
