@@ -18,7 +18,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from .artifacts import Manifest, as_final, load_model, read_manifest
+from .artifacts import Manifest, load_model, read_manifest
+from .files import as_final, temp_beside
 from .data.image_folder import IMAGE_SUFFIXES, load_image
 from .errors import PrunetuneError
 from .registry import TASKS
@@ -114,7 +115,7 @@ def predict(model_dir: str | Path, inputs: list[str | Path], batch_size: int = 6
     The model, its manifest and every input path are checked before this returns; decoding
     errors surface while iterating, naming the file.
     """
-    from .training import pick_device
+    from .session import pick_device
 
     if batch_size < 1:
         raise PrunetuneError(f"--batch-size {batch_size}: must be at least 1")
@@ -204,8 +205,6 @@ def write_predictions(rows: Iterator[dict[str, Any]], out: str | Path | None) ->
     import json
     import os
     import sys
-
-    from .export import temp_beside
 
     if out is None:
         n = 0
