@@ -22,9 +22,9 @@ import tempfile
 from pathlib import Path
 from typing import Callable, Iterator
 
+import safetensors.torch
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import save_file
 
 from .errors import PrunetuneError, RuntimeFault
 
@@ -88,7 +88,7 @@ def save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
     """safetensors' save_file; its write errors (disk full, file size limit) arrive as SafetensorError,
     made an OSError naming `path` again so the command line reports them as such."""
     try:
-        save_file(tensors, str(path))
+        safetensors.torch.save_file(tensors, str(path))
     except SafetensorError as e:
         code = re.search(r"os error (\d+)", str(e))
         if code:
@@ -102,7 +102,7 @@ def cache_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with replaced(path) as tmp:
-            save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp))
+            safetensors.torch.save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp))
     except (OSError, SafetensorError):
         pass
 
