@@ -481,7 +481,7 @@ def test_disk_full_and_permission_errors_name_the_destination_not_the_temporary_
     """In-process: the errors the writers raise name where the output was going (what `_guard` prints)."""
     import errno
 
-    from prunetune.artifacts import as_final, atomic_dir, staged_folder
+    from prunetune.files import as_final, atomic_dir, staged_folder
 
     final = tmp_path / "out" / "run"
     with pytest.raises(OSError) as e, staged_folder(final) as tmp:

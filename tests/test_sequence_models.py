@@ -379,8 +379,7 @@ def test_saved_structured_sequence_models_load_identically(tmp_path, name, kwarg
       "prune.schedule.kind=iterative", "prune.schedule.steps=2"], 2),
 ])
 def test_sequence_runs_resume_to_the_same_result(tmp_path, monkeypatch, extra, after):
-    from prunetune import checkpoint as C
-    from prunetune.pipeline import run
+    from prunetune.pipeline import resume_run, run
     from prunetune.recipe import load_recipe
     from test_checkpoint import _run_killed, assert_same_run
 
@@ -390,7 +389,7 @@ def test_sequence_runs_resume_to_the_same_result(tmp_path, monkeypatch, extra, a
                                 "finetune.batch_size=16", "evaluate.latency=false", "evaluate.memory=false", *extra])
     run(recipe, tmp_path / "ref", log=lambda m: None)
     _run_killed(recipe, tmp_path / "x", after, monkeypatch)
-    C.resume_run(tmp_path / "x", log=lambda m: None)
+    resume_run(tmp_path / "x", log=lambda m: None)
     assert_same_run(tmp_path / "ref", tmp_path / "x")
 
 

@@ -69,7 +69,7 @@ def run(
         from .report import speedups
 
         if resume is not None:
-            from .checkpoint import resume_run
+            from .pipeline import resume_run
 
             if recipe is not None or set_ or (out is not None and out != resume):
                 raise PrunetuneError("--resume: the recipe and the output folder come from the checkpoint; "
@@ -77,7 +77,7 @@ def run(
             report = resume_run(resume, log=_log, track=track, track_uri=track_uri)
             r = Recipe.model_validate(report["recipe"])
         else:
-            from .checkpoint import refuse_stale
+            from .checkpointer import refuse_stale
 
             r = load_recipe(recipe, set_)
             if out is not None:

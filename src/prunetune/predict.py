@@ -21,14 +21,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from .artifacts import Manifest, as_final, load_model, read_manifest, resolve_tokenizer
+from .artifacts import Manifest, load_model, read_manifest, resolve_tokenizer
 from .data.image_folder import IMAGE_SUFFIXES, load_image
 from .errors import PrunetuneError
-from .export import temp_beside
+from .files import as_final, temp_beside
 from .models.hf import load_tokenizer
 from .registry import TASKS
+from .session import pick_device
 from .tasks import to_device
-from .training import pick_device
 
 
 def image_preprocess(manifest: Manifest, where: str | Path = "model") -> dict[str, Any]:

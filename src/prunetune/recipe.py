@@ -389,16 +389,20 @@ def apply_overrides(data: dict[str, Any], overrides: list[str] | None) -> dict[s
     return data
 
 
-def format_validation_error(err: ValidationError, source: str) -> str:
-    """One line: the first failing field, its problem and a hint."""
+def validation_error(err: ValidationError, source: str = "", *, within: str = "", hint: str = "") -> PrunetuneError:
+    """The one-line error for a failed validation: `source: field.path: problem (and N more)hint`.
+
+    Only the first failing field is named, with a hint for an unknown key; `within` is the section
+    the validated model sits in (`data` for a DataSpec), prefixed to the field path."""
     e = err.errors()[0]
-    loc = ".".join(str(p) for p in e["loc"])
+    loc = ".".join([within] * bool(within) + [str(p) for p in e["loc"]])
     msg = e["msg"].removeprefix("Value error, ")
     if e["type"] == "extra_forbidden":
         msg = "unknown key; remove it or check its spelling (see README's recipe reference)"
     more = f" (and {len(err.errors()) - 1} more)" if len(err.errors()) > 1 else ""
     # Whole-recipe checks name their field in the message already.
-    return f"{source}: {loc}: {msg}{more}" if loc else f"{source}: {msg}{more}"
+    line = f"{loc}: {msg}{more}" if loc else f"{msg}{more}"
+    return PrunetuneError(f"{source}: {line}{hint}" if source else f"{line}{hint}")
 
 
 def _check_tree(data: Any, source: str, max_depth: int = 64, max_values: int = 100_000) -> None:
@@ -454,7 +458,7 @@ def load_recipe(path: str | Path | None = None, overrides: list[str] | None = No
     try:
         return Recipe.model_validate(data)
     except ValidationError as e:
-        raise PrunetuneError(format_validation_error(e, source)) from None
+        raise validation_error(e, source) from None
 
 
 def dump_recipe(recipe: Recipe) -> str:

@@ -28,20 +28,26 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
+from pydantic import ValidationError
 
 from . import __version__
-from .artifacts import staged_folder, load_model, read_manifest, save_model
-from .cache import model_info
-from .checkpoint import Checkpointer, Resume, kernel_settings, refuse_stale
+from .artifacts import load_model, read_manifest, resolve_tokenizer, save_model
+from .checkpoint import Resume
+from .checkpointer import Checkpointer, refuse_stale
 from .data import build_data
+from .dense import model_info
 from .errors import PrunetuneError, RuntimeFault
+from .files import staged_folder
+from .lm.checks import refuse_lm_folder
 from .measure import count_params, measure_stage, reference_counts
+from .models import build_model, classifier_name
 from .pruning.masks import masked_layer_names, masked_tensors, realise
-from .recipe import Recipe, apply_overrides, dump_recipe, format_validation_error
-from .registry import TASKS
-from .report import write_reports
-from .tracking import Tracker, make_tracker
-from .training import Trainer, pick_device
+from .pruning.targets import select_targets
+from .recipe import ModelSpec, Recipe, apply_overrides, dump_recipe, validation_error
+from .report import _fmt_bytes, write_reports
+from .session import kernel_settings, open_session
+from .tracking import Tracker
+from .training import Trainer
 
 ALLOWED = ("data.", "finetune.")
 
@@ -87,12 +93,10 @@ def _check_overrides(overrides: list[str]) -> None:
 
 
 def _validate(data: dict[str, Any], source: str) -> Recipe:
-    from pydantic import ValidationError
-
     try:
         return Recipe.model_validate(data)
     except ValidationError as e:
-        raise PrunetuneError(format_validation_error(e, source)) from None
+        raise validation_error(e, source) from None
 
 
 def _names(xs: list[str], at_most: int = 8) -> str:
@@ -118,10 +122,6 @@ def check_classes(new: list[str], model: list[str], where: str) -> None:
 
 def _reference(manifest, recipe: Recipe, model, trust_code: bool) -> dict[str, Any]:
     """Dense counts as in the original run (sparsity is relative to the dense architecture)."""
-    from .models import build_model, classifier_name
-    from .pruning.targets import select_targets
-    from .recipe import ModelSpec
-
     try:
         spec = ModelSpec.model_validate(manifest.model)
         if ":" in spec.name and not spec.name.startswith(("torchvision:", "timm:")):
@@ -159,8 +159,6 @@ def refine(model_dir: str | Path, overrides: list[str] | None = None, out: str |
     _check_overrides(overrides)
     model_dir = model_folder(model_dir)
     manifest = read_manifest(model_dir)
-    from .lm.checks import refuse_lm_folder
-
     refuse_lm_folder(manifest, model_dir, "refine")
     if not manifest.recipe:
         raise PrunetuneError(f"{model_dir}: the manifest holds no recipe; refine needs the recipe the model was made with")
@@ -223,24 +221,18 @@ def _refine(model_dir: Path, recipe: Recipe, notes: list[str], out: Path, log: C
             resume: Resume | None = None, label: str | None = None) -> dict[str, Any]:
     """The refine itself, from the validated merged recipe; `label` names the source in the report
     (the path as first given; a resume loads from the absolute path recorded)."""
-    from .pipeline import seed_everything
-
     label = label if label is not None else str(model_dir)
-    tracker = make_tracker(track, track_uri, log)
     model, manifest = load_model(model_dir, trust_code=trust_code)
     original = _validate(copy.deepcopy(manifest.recipe), f"{model_dir}/manifest.json recipe")
-    seed_everything(recipe.seed)
-    device = pick_device(recipe.evaluate.device)
-    task = TASKS.get(recipe.task, "task")()
+    session = open_session(recipe, log, track=track, track_uri=track_uri)  # after loading: that draws random weights
+    tracker, device, task = session.tracker, session.device, session.task
     if manifest.preprocess.get("kind") == "text":  # tokenise with the tokenizer saved in the model folder
-        from .artifacts import resolve_tokenizer
-
         tok = resolve_tokenizer(Path(model_dir), manifest.preprocess)
         recipe = recipe.model_copy(update={"data": recipe.data.model_copy(update={"tokenizer": recipe.data.tokenizer or tok})})
         original = original.model_copy(update={"data": original.data.model_copy(update={"tokenizer": original.data.tokenizer or tok})})
     # Sources that check data against the model (sequence width, id tables) see its data-decided kwargs too.
     saved_model = recipe.model.model_copy(update={"kwargs": {**manifest.model_kwargs, **recipe.model.kwargs}})
-    new = build_data(recipe.data, recipe.seed, saved_model, saved=manifest.preprocess)
+    new = session.load_data(recipe.data, saved_model, saved=manifest.preprocess)
     check_classes(new.class_names, manifest.class_names, f"data.path {recipe.data.path}")
     if list(new.input_shape) != list(manifest.input_shape):
         raise PrunetuneError(f"data.path {recipe.data.path}: inputs of shape {list(new.input_shape)} but the model takes "
@@ -326,8 +318,6 @@ def markdown(report: dict[str, Any]) -> str:
         "| stage | test set | examples | test acc | Δ pt | non-zero | sparsity | size | gzip |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    from .report import _fmt_bytes
-
     for data, label in (("new_data", "new data"), ("original_test", "original test")):
         for stage in ("before", "after"):
             s = st[stage][data]

@@ -54,7 +54,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .errors import PrunetuneError
-from .recipe import Recipe, _set_path, format_validation_error
+from .recipe import Recipe, _set_path, validation_error
 from .tasks import Task
 
 def _relative_latency(stage: dict[str, Any], dense: dict[str, Any] | None = None) -> float:
@@ -142,10 +142,9 @@ def _validate(data: dict[str, Any], where: str) -> Recipe:
     try:
         return Recipe.model_validate(data)
     except ValidationError as e:
-        msg = format_validation_error(e, where)
-        if "unknown key" in msg:
+        if e.errors()[0]["type"] == "extra_forbidden":
             raise PrunetuneError(f"{where}: not a recipe field; see README's recipe reference") from None
-        raise PrunetuneError(msg) from None
+        raise validation_error(e, where) from None
 
 
 def _optuna():
@@ -223,23 +222,13 @@ def _total_epochs(recipe: Recipe) -> int:
 
 def dense_reference(recipe: Recipe, log: Callable[[str], None]) -> dict[str, Any]:
     """The dense model's validation metric and costs (the tolerance's and the plot's reference)."""
-    import dataclasses
-
-    from .cache import obtain_dense
-    from .data import build_data
     from .measure import measure_stage, reference_counts
-    from .pipeline import seed_everything
-    from .registry import TASKS
-    from .robustness import check_inputs as check_robustness
-    from .training import pick_device
+    from .session import open_session
 
-    seed_everything(recipe.seed)
-    device = pick_device(recipe.evaluate.device)
-    task = TASKS.get(recipe.task, "task")()
-    bundle = build_data(recipe.data, recipe.seed, recipe.model)
-    check_robustness(bundle, recipe.evaluate.robustness, task)
-    bundle = dataclasses.replace(bundle, test=bundle.val)
-    dense, info = obtain_dense(recipe, bundle, task, device, log)
+    session = open_session(recipe, log)
+    task, device = session.task, session.device
+    bundle = session.load_data(recipe.data, recipe.model, robustness=recipe.evaluate.robustness, score_on="val")
+    dense, info = session.obtain_dense(recipe)
     stage = measure_stage(dense, task, bundle, recipe.evaluate, device, reference_counts(dense, []))
     return {"metric": task.metric, f"val_{task.metric}": stage[task.metric],
             "stage": {k: v for k, v in stage.items() if k not in ("per_class_accuracy", "samples")}, "cache": info.get("cache")}
@@ -652,7 +641,7 @@ def to_markdown(doc: dict[str, Any]) -> str:
 def write_outputs(sweep: Sweep, study, score: bool) -> dict[str, Any]:
     """sweep.json / sweep.md / pareto.png / report.html; with `score`, the balance point is re-run
     as a normal run in OUT/balance (scored on the test set) unless that folder exists."""
-    from .artifacts import atomic_dir
+    from .files import atomic_dir
     from .html_report import render_sweep
 
     doc = summarise(study, sweep.spec)

@@ -21,9 +21,7 @@ import csv
 import hashlib
 import io
 import json
-import os
 import re
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +29,7 @@ from typing import Any
 
 import torch
 
-from ..files import cache_root
+from ..files import cache_root, cache_tensors
 from ..errors import PrunetuneError
 from ..registry import DATA_SOURCES
 from .base import DataBundle, TensorData, file_format, find_file, finish_bundle
@@ -200,7 +198,7 @@ def _tokenizer_id(src: str) -> str:
 def tokenize(rows: Rows, src: str, max_length: int, get_tok: Callable[[], Any]) -> dict[str, torch.Tensor]:
     """`input_ids` / `attention_mask` (int64, right-padded to the longest row), cached on disk."""
     from safetensors import SafetensorError
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import load_file
 
     global TOKENIZE_CALLS
     key = hashlib.sha256(f"{CACHE_VERSION}|{rows.digest}|{_tokenizer_id(src)}|{max_length}".encode()).hexdigest()[:32]
@@ -218,16 +216,7 @@ def tokenize(rows: Rows, src: str, max_length: int, get_tok: Callable[[], Any]) 
         raise PrunetuneError(f"data.tokenizer: {src} cannot tokenise {rows.path} ({str(e).splitlines()[0][:120]})") from None
     TOKENIZE_CALLS += 1
     out = {k: enc[k].to(torch.int64).contiguous() for k in ("input_ids", "attention_mask")}
-    tmp = None
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-        os.close(fd)
-        save_file(out, tmp)
-        os.replace(tmp, path)  # atomic: readers never see a half-written file
-    except (OSError, SafetensorError):  # safetensors reports a full disk as SafetensorError
-        if tmp and os.path.exists(tmp):
-            os.unlink(tmp)  # an unwritable cache only costs time
+    cache_tensors(out, path)
     return out
 
 

@@ -28,15 +28,13 @@ import csv
 import hashlib
 import io
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 
-from ..files import cache_root
+from ..files import cache_root, cache_tensors
 from ..data.base import DataBundle, TensorData, default_val_size, file_format, find_file, holdout
 from ..data.text import FORMATS, _decode, _folder, _lazy_tokenizer, _tokenizer_id, tokenizer_source
 from ..errors import PrunetuneError
@@ -203,7 +201,7 @@ def encode(rows: LMRows, tok, max_length: int) -> dict[str, torch.Tensor]:
 def tokenize_lm(rows: LMRows, src: str, max_length: int, get_tok: Callable[[], Any]) -> dict[str, torch.Tensor]:
     """`encode`, cached on disk under $PRUNETUNE_CACHE/tokens (a damaged or unwritable cache only costs time)."""
     from safetensors import SafetensorError
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import load_file
 
     key = hashlib.sha256(f"lm{CACHE_VERSION}|{rows.digest}|{_tokenizer_id(src)}|{max_length}".encode()).hexdigest()[:32]
     path = cache_root() / "tokens" / f"lm-{key}.safetensors"
@@ -218,16 +216,7 @@ def tokenize_lm(rows: LMRows, src: str, max_length: int, get_tok: Callable[[], A
         out = encode(rows, get_tok(), max_length)
     except (ValueError, TypeError) as e:
         raise PrunetuneError(f"data.tokenizer: {src} cannot tokenise {rows.path} ({str(e).splitlines()[0][:120]})") from None
-    tmp = None
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-        os.close(fd)
-        save_file({k: v.contiguous() for k, v in out.items()}, tmp)
-        os.replace(tmp, path)
-    except (OSError, SafetensorError):
-        if tmp and os.path.exists(tmp):
-            os.unlink(tmp)
+    cache_tensors(out, path)
     return out
 
 
