@@ -36,7 +36,8 @@ from .recipe import Recipe, dump_recipe
 from .finetune_methods import trainable_summary
 from .registry import FINETUNE_METHODS, TASKS
 from .tasks import to_device
-from .report import speedups, write_reports
+from .reporting.format import speedups
+from .reporting.write import write_reports
 from .robustness import check_inputs as check_robustness
 from .tracking import Tracker, make_tracker
 from .training import Trainer, pick_device
@@ -175,6 +176,7 @@ def run(recipe: Recipe, out: str | Path | None = None, log: Callable[[str], None
         stages["finetuned"] = measure_stage(model, task, bundle, recipe.evaluate, device, ref)
 
         report = {
+            "kind": "run",
             "prunetune_version": __version__,
             "recipe": recipe.model_dump(mode="json"),
             "task": task.name,

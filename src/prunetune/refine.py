@@ -39,7 +39,7 @@ from .measure import count_params, measure_stage, reference_counts
 from .pruning.masks import masked_layer_names, masked_tensors, realise
 from .recipe import Recipe, apply_overrides, dump_recipe, format_validation_error
 from .registry import TASKS
-from .report import write_reports
+from .reporting.write import write_reports
 from .tracking import Tracker, make_tracker
 from .training import Trainer, pick_device
 
@@ -291,6 +291,7 @@ def _refine(model_dir: Path, recipe: Recipe, notes: list[str], out: Path, log: C
         stages["after"] = measure("after")
 
         report = {
+            "kind": "refine",
             "prunetune_version": __version__,
             "source_model": label,
             "stages": stages,
@@ -308,33 +309,8 @@ def _refine(model_dir: Path, recipe: Recipe, notes: list[str], out: Path, log: C
         }
         (tmp / "recipe.resolved.yaml").write_text(dump_recipe(recipe))
         save_model(model, tmp / "model", {**model_info(recipe, new), "refined_from": label})
-        write_reports(report, tmp, markdown)
+        write_reports(report, tmp)
         tracker.finish(report, tmp)  # before the rename: tensorboard/ is inside tmp, mlflow copies the reports
     log(f"done: {out}")
     return {**report, "folder": str(out)}
 
-
-def markdown(report: dict[str, Any]) -> str:
-    st, ft, r = report["stages"], report["finetune"], report["recipe"]
-    lines = [
-        f"# prunetune refine: {r['name']}",
-        "",
-        f"Re-fine-tuned `{report['source_model']}` on `{r['data']['source']}` data at `{r['data']['path']}`: "
-        f"{ft['epochs_run']} epochs (best {ft['best_epoch']}, {ft['wall_s']:.1f} s). Architecture and masks kept: "
-        f"{'yes' if report['sparsity_kept'] else 'NO'} ({report['nonzero_params']:,} non-zero parameters).",
-        "",
-        "| stage | test set | examples | test acc | Δ pt | non-zero | sparsity | size | gzip |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
-    ]
-    from .report import _fmt_bytes
-
-    for data, label in (("new_data", "new data"), ("original_test", "original test")):
-        for stage in ("before", "after"):
-            s = st[stage][data]
-            lines.append(f"| {stage} | {label} | {s['examples']:,} | {s['accuracy']:.2f} | "
-                         f"{s['accuracy'] - st['before'][data]['accuracy']:+.2f} | {s['nonzero_params']:,} | "
-                         f"{s['sparsity']:.3f} | {_fmt_bytes(s['size_bytes'])} | {_fmt_bytes(s['gzip_bytes'])} |")
-    lines += ["", "The original test set shows what the new data made the model forget.", ""]
-    if report.get("notes"):
-        lines += ["Notes:", *[f"- {x}" for x in report["notes"]], ""]
-    return "\n".join(lines)
