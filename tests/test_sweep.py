@@ -10,7 +10,7 @@ import pytest
 
 from prunetune.errors import PrunetuneError
 from prunetune.recipe import Recipe
-from prunetune.sweep import sweep
+from prunetune.search.study import sweep
 
 BASE = {
     "name": "sw",
@@ -237,7 +237,7 @@ def test_a_regression_sweep_minimises_rmse_within_tolerance(tmp_path):
 
 def test_the_early_stop_rule_follows_the_metric_direction():
     from prunetune.registry import TASKS, load_builtins
-    from prunetune.sweep import hopeless, threshold_of
+    from prunetune.search.objective import hopeless, threshold_of
 
     load_builtins()
     rmse, acc = TASKS.get("regression")(), TASKS.get("classification")()

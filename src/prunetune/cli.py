@@ -66,7 +66,7 @@ def run(
     def go():
         from .pipeline import run as run_recipe
         from .recipe import Recipe, load_recipe
-        from .report import speedups
+        from .reporting.format import speedups
 
         if resume is not None:
             from .pipeline import resume_run
@@ -109,14 +109,14 @@ def sweep(
 
     def go():
         from .recipe import load_recipe
-        from .sweep import sweep as run_sweep
+        from .search.study import sweep as run_sweep
 
         r = load_recipe(recipe, set_)
         if trials is not None and trials < 0:
             raise PrunetuneError(f"--trials {trials}: must be 0 or more")
         folder = out or Path("sweeps") / r.name
         doc = run_sweep(r, folder, trials=trials, storage=storage, study=study, report_only=report, log=_log)
-        from .sweep import doc_metric, fmt_metric
+        from .reporting.format import doc_metric, fmt_metric
 
         metric, key, _ = doc_metric(doc)
         b = doc.get("balance")

@@ -35,7 +35,8 @@ from .finetune_methods import trainable_summary
 from .registry import FINETUNE_METHODS
 from .tasks import to_device
 from .files import cache_root, staged_folder
-from .report import speedups, write_reports
+from .reporting.format import speedups
+from .reporting.write import write_reports
 from .session import kernel_settings, open_session
 from .tracking import Tracker
 from .training import Trainer
@@ -162,6 +163,7 @@ def run(recipe: Recipe, out: str | Path | None = None, log: Callable[[str], None
         stages["finetuned"] = measure_stage(model, task, bundle, recipe.evaluate, device, ref)
 
         report = {
+            "kind": "run",
             "prunetune_version": __version__,
             "recipe": recipe.model_dump(mode="json"),
             "task": task.name,

@@ -44,7 +44,7 @@ from .models import build_model, classifier_name
 from .pruning.masks import masked_layer_names, masked_tensors, realise
 from .pruning.targets import select_targets
 from .recipe import ModelSpec, Recipe, apply_overrides, dump_recipe, validation_error
-from .report import _fmt_bytes, write_reports
+from .reporting.write import write_reports
 from .session import kernel_settings, open_session
 from .tracking import Tracker
 from .training import Trainer
@@ -283,6 +283,7 @@ def _refine(model_dir: Path, recipe: Recipe, notes: list[str], out: Path, log: C
         stages["after"] = measure("after")
 
         report = {
+            "kind": "refine",
             "prunetune_version": __version__,
             "source_model": label,
             "stages": stages,
@@ -300,31 +301,8 @@ def _refine(model_dir: Path, recipe: Recipe, notes: list[str], out: Path, log: C
         }
         (tmp / "recipe.resolved.yaml").write_text(dump_recipe(recipe))
         save_model(model, tmp / "model", {**model_info(recipe, new), "refined_from": label})
-        write_reports(report, tmp, markdown)
+        write_reports(report, tmp)
         tracker.finish(report, tmp)  # before the rename: tensorboard/ is inside tmp, mlflow copies the reports
     log(f"done: {out}")
     return {**report, "folder": str(out)}
 
-
-def markdown(report: dict[str, Any]) -> str:
-    st, ft, r = report["stages"], report["finetune"], report["recipe"]
-    lines = [
-        f"# prunetune refine: {r['name']}",
-        "",
-        f"Re-fine-tuned `{report['source_model']}` on `{r['data']['source']}` data at `{r['data']['path']}`: "
-        f"{ft['epochs_run']} epochs (best {ft['best_epoch']}, {ft['wall_s']:.1f} s). Architecture and masks kept: "
-        f"{'yes' if report['sparsity_kept'] else 'NO'} ({report['nonzero_params']:,} non-zero parameters).",
-        "",
-        "| stage | test set | examples | test acc | Δ pt | non-zero | sparsity | size | gzip |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
-    ]
-    for data, label in (("new_data", "new data"), ("original_test", "original test")):
-        for stage in ("before", "after"):
-            s = st[stage][data]
-            lines.append(f"| {stage} | {label} | {s['examples']:,} | {s['accuracy']:.2f} | "
-                         f"{s['accuracy'] - st['before'][data]['accuracy']:+.2f} | {s['nonzero_params']:,} | "
-                         f"{s['sparsity']:.3f} | {_fmt_bytes(s['size_bytes'])} | {_fmt_bytes(s['gzip_bytes'])} |")
-    lines += ["", "The original test set shows what the new data made the model forget.", ""]
-    if report.get("notes"):
-        lines += ["Notes:", *[f"- {x}" for x in report["notes"]], ""]
-    return "\n".join(lines)
