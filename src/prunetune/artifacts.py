@@ -26,6 +26,7 @@ from torch import nn
 
 from . import __version__
 from .errors import PrunetuneError, RuntimeFault
+from .finetune.structure import restore_structure
 from .pruning.layers import sync_attributes
 from .pruning.masks import attach_mask, masked_tensors, realise
 
@@ -345,8 +346,6 @@ def load_model(folder: str | Path, trust_code: bool = False) -> tuple[nn.Module,
     else:
         model = build_model(spec, manifest.num_classes, tuple(manifest.input_shape), manifest.model_kwargs)
     if manifest.modules:
-        from .finetune_methods import restore_structure
-
         model = restore_structure(model, manifest.modules, str(folder / "manifest.json"))
     resize_to(model, want)
     _load_state(model, state, folder)

@@ -56,6 +56,7 @@ from torch import nn
 from . import __version__
 from .errors import Interrupted, PrunetuneError
 from .files import atomic_write, fsync_dir
+from .finetune.options import DROP_FOREIGN
 
 FORMAT = "prunetune-checkpoint/1"
 RECORD = "checkpoint.json"
@@ -416,7 +417,7 @@ class Resume:
         self.out, self.dir, self.record, self.tensors = out, checkpoint_dir(out), record, tensors
         self.command = record.get("command", "run")
         try:
-            self.recipe = Recipe.model_validate(record["recipe"])
+            self.recipe = Recipe.model_validate(record["recipe"], context={DROP_FOREIGN: True})
         except Exception as e:  # pydantic's ValidationError, or a registry name this install lacks
             raise self.corrupt(f"its recipe does not validate: {str(e).splitlines()[0][:120]}") from None
 

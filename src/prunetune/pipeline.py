@@ -26,14 +26,14 @@ from .artifacts import staged_folder, save_model
 from .cache import cache_root, dense_key, model_info, obtain_dense
 from .checkpoint import Checkpointer, kernel_settings
 from .data import build_data
-from .distill import Distiller, load_teacher
 from .errors import PrunetuneError
 from .measure import measure_stage, plan_rows, process_peak_rss_bytes, reference_counts, training_memory
 from .models import classifier_name
 from .pruning.controller import PruningController
 from .pruning.targets import select_targets
 from .recipe import Recipe, dump_recipe
-from .finetune_methods import trainable_summary
+from .finetune.base import trainable_summary
+from .finetune.distill import Distiller, load_teacher
 from .registry import FINETUNE_METHODS, TASKS
 from .tasks import to_device
 from .report import speedups, write_reports

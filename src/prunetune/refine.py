@@ -35,6 +35,7 @@ from .cache import model_info
 from .checkpoint import Checkpointer, Resume, kernel_settings, refuse_stale
 from .data import build_data
 from .errors import PrunetuneError, RuntimeFault
+from .finetune.options import DROP_FOREIGN
 from .measure import count_params, measure_stage, reference_counts
 from .pruning.masks import masked_layer_names, masked_tensors, realise
 from .recipe import Recipe, apply_overrides, dump_recipe, format_validation_error
@@ -86,11 +87,11 @@ def _check_overrides(overrides: list[str]) -> None:
             raise PrunetuneError(f"--set {o}: refine trains every parameter (finetune.method=full); remove this override")
 
 
-def _validate(data: dict[str, Any], source: str) -> Recipe:
+def _validate(data: dict[str, Any], source: str, context: dict[str, Any] | None = None) -> Recipe:
     from pydantic import ValidationError
 
     try:
-        return Recipe.model_validate(data)
+        return Recipe.model_validate(data, context=context)
     except ValidationError as e:
         raise PrunetuneError(format_validation_error(e, source)) from None
 
@@ -164,8 +165,10 @@ def refine(model_dir: str | Path, overrides: list[str] | None = None, out: str |
     refuse_lm_folder(manifest, model_dir, "refine")
     if not manifest.recipe:
         raise PrunetuneError(f"{model_dir}: the manifest holds no recipe; refine needs the recipe the model was made with")
-    original = _validate(copy.deepcopy(manifest.recipe), f"{model_dir}/manifest.json recipe")
-    merged = apply_overrides(original.model_dump(mode="json"), overrides)
+    original = _validate(copy.deepcopy(manifest.recipe), f"{model_dir}/manifest.json recipe", {DROP_FOREIGN: True})
+    saved = original.model_dump(mode="json")
+    del saved["finetune"]["peft"]  # the saved method's options: refine fine-tunes with full, which takes none
+    merged = apply_overrides(saved, overrides)
     if data_path is not None:
         merged["data"]["path"] = str(data_path)
     if not any(o.split("=", 1)[0].strip() == "data.path" for o in overrides) and data_path is None:
@@ -228,7 +231,7 @@ def _refine(model_dir: Path, recipe: Recipe, notes: list[str], out: Path, log: C
     label = label if label is not None else str(model_dir)
     tracker = make_tracker(track, track_uri, log)
     model, manifest = load_model(model_dir, trust_code=trust_code)
-    original = _validate(copy.deepcopy(manifest.recipe), f"{model_dir}/manifest.json recipe")
+    original = _validate(copy.deepcopy(manifest.recipe), f"{model_dir}/manifest.json recipe", {DROP_FOREIGN: True})
     seed_everything(recipe.seed)
     device = pick_device(recipe.evaluate.device)
     task = TASKS.get(recipe.task, "task")()

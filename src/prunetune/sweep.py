@@ -54,6 +54,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .errors import PrunetuneError
+from .finetune.options import DROP_FOREIGN
 from .recipe import Recipe, _set_path, format_validation_error
 from .tasks import Task
 
@@ -139,8 +140,8 @@ def parse_space(space: dict[str, Any], base: dict[str, Any]) -> list[Dim]:
 def _validate(data: dict[str, Any], where: str) -> Recipe:
     from pydantic import ValidationError
 
-    try:
-        return Recipe.model_validate(data)
+    try:  # the base recipe was validated strictly; a trial may switch finetune.method away from its options
+        return Recipe.model_validate(data, context={DROP_FOREIGN: True})
     except ValidationError as e:
         msg = format_validation_error(e, where)
         if "unknown key" in msg:
