@@ -324,7 +324,7 @@ def test_structured_unknown_decoder_is_refused(trained):
 
 @pytest.mark.parametrize("method", ["unstructured", "nm"])
 def test_lora_masked_merge_keeps_every_pruned_weight_zero(method, trained):
-    from prunetune.finetune_methods import LoRA
+    from prunetune.finetune.lora import LoRA
     from prunetune.pruning.masks import masked_layers, realise
     from prunetune.recipe import FinetuneSpec
     from prunetune.tasks import to_device

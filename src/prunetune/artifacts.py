@@ -24,7 +24,7 @@ from torch import nn
 from . import __version__
 from .errors import PrunetuneError
 from .files import save_tensors, staged_folder
-from .finetune_methods import restore_structure
+from .finetune.structure import restore_structure
 from .lm.models import load_lm_config
 from .lm.structured import head_counts as decoder_heads, mlp_widths, sync_decoder
 from .models import build_model, hf

@@ -5,7 +5,8 @@ Imported once, by `registry.load_builtins` on the first registry lookup: adding 
 plus its line here.
 """
 
-from . import finetune_methods, tasks, tracking, training  # noqa: F401
+from . import tasks, tracking, training  # noqa: F401
+from .finetune import adapter, bitfit, full, ia3, lora, prompt_tuning  # noqa: F401
 from . import regression  # noqa: F401
 from .data import fashion_mnist, image_folder, text  # noqa: F401
 from .data import ratings, sequences  # noqa: F401

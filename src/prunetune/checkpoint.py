@@ -52,6 +52,7 @@ from . import __version__
 from .artifacts import load_model, load_state, resize_to, unique_tensors, with_aliases
 from .errors import PrunetuneError
 from .recipe import Recipe, validation_error
+from .finetune.options import DROP_FOREIGN
 
 FORMAT = "prunetune-checkpoint/1"
 RECORD = "checkpoint.json"
@@ -130,7 +131,7 @@ class Resume:
         self.out, self.dir, self.record, self.tensors = out, checkpoint_dir(out), record, tensors
         self.command = record.get("command", "run")
         try:
-            self.recipe = Recipe.model_validate(record["recipe"])
+            self.recipe = Recipe.model_validate(record["recipe"], context={DROP_FOREIGN: True})
         except ValidationError as e:  # e.g. a registry name this install lacks
             raise self.corrupt(f"its recipe does not validate: {str(validation_error(e, 'recipe'))[:120]}") from None
 

@@ -24,14 +24,14 @@ from .artifacts import save_model
 from .checkpoint import Resume
 from .checkpointer import Checkpointer
 from .dense import dense_key, model_info
-from .distill import Distiller, load_teacher
 from .errors import PrunetuneError
 from .measure import measure_stage, plan_rows, process_peak_rss_bytes, reference_counts, training_memory
 from .models import classifier_name
 from .pruning.controller import PruningController
 from .pruning.targets import select_targets
 from .recipe import Recipe, dump_recipe
-from .finetune_methods import trainable_summary
+from .finetune.base import trainable_summary
+from .finetune.distill import Distiller, load_teacher
 from .registry import FINETUNE_METHODS
 from .tasks import to_device
 from .files import cache_root, staged_folder

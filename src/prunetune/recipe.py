@@ -16,9 +16,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from .errors import PrunetuneError
+from .finetune.options import DROP_FOREIGN, method_options
+from .registry import FINETUNE_METHODS
 
 
 class _Section(BaseModel):
@@ -177,26 +179,25 @@ class PruneSpec(_Section):
         return self
 
 
-class PeftSpec(_Section):
-    """Parameter-efficient fine-tuning: which layers and how big the adapters are."""
-
-    include: list[str] | None = Field(None, description="linear-layer patterns to adapt (default: all; adapter: *output.dense)")
-    exclude: list[str] = Field(default_factory=list, description="linear-layer patterns not to adapt")
-    r: int = Field(8, ge=1, description="lora: rank")
-    alpha: float = Field(16.0, gt=0, description="lora: scaling alpha (update scaled by alpha / r)")
-    dropout: float = Field(0.0, ge=0, lt=1, description="lora: dropout on the adapter input (each adapted layer then keeps a copy of its input for backward)")
-    virtual_tokens: int = Field(20, ge=1, description="prompt_tuning: number of virtual tokens")
-    adapter_size: int = Field(64, ge=1, description="adapter: bottleneck width")
-
-
 class FinetuneSpec(TrainSpec):
     """How the pruned model is fine-tuned back."""
 
     method: str = Field("full", description="registered method: full, bitfit, lora, ia3, prompt_tuning, adapter")
-    peft: PeftSpec = Field(default_factory=PeftSpec)
+    # The key keeps its old name (saved recipes, manifests and checkpoints use it); after validation
+    # it holds the method's options instance (`Method.options`).
+    peft: Any = Field(default_factory=dict, validate_default=True,
+                      description="the options of finetune.method, validated by that method's options model")
     lr: float = Field(1e-3, gt=0)
     epochs: int = Field(3, ge=0)
     distill: DistillSpec | None = Field(None, description="distil from a teacher (default: the dense model)")
+
+    @field_validator("peft")
+    @classmethod
+    def _method_options(cls, v: Any, info: ValidationInfo) -> Any:
+        method = info.data.get("method")
+        if method not in FINETUNE_METHODS:
+            return v  # an unknown finetune.method is refused by the whole-recipe check, naming the choices
+        return method_options(method, v, drop_foreign=bool((info.context or {}).get(DROP_FOREIGN)))
 
 
 class RobustnessSpec(_Section):
@@ -323,22 +324,20 @@ class Recipe(_Section):
         ]:
             if value not in reg:
                 raise ValueError(f"{field}: unknown {reg.kind} {value!r}; choose one of: {', '.join(reg.names())}")
-        if self.prune.schedule.kind == "adaptive" and self.finetune.method not in ("full", "bitfit"):
-            raise ValueError(f"prune.schedule.kind adaptive rolls the model back, which finetune.method "
-                             f"{self.finetune.method!r} cannot follow; use full or bitfit")
-        if (self.prune.method == "structured" and self.prune.schedule.kind != "oneshot"
-                and self.finetune.method not in ("full", "bitfit")):
+        method = R.FINETUNE_METHODS.get(self.finetune.method)
+        schedule = R.SCHEDULES.get(self.prune.schedule.kind)
+        if getattr(schedule, "rolls_back", False) and not method.follows_rollback:
+            able = [n for n in R.FINETUNE_METHODS.names() if R.FINETUNE_METHODS.get(n).follows_rollback]
+            raise ValueError(f"prune.schedule.kind {self.prune.schedule.kind} rolls the model back, which finetune.method "
+                             f"{self.finetune.method!r} cannot follow; use {' or '.join(able)}")
+        # An unmasked pruner removes channels: it changes the shapes of the layers it prunes.
+        if (not R.PRUNERS.get(self.prune.method).masked and getattr(schedule, "prunes_during_finetuning", True)
+                and not method.resizable):
             raise ValueError(
                 f"finetune.method {self.finetune.method!r} adds modules that structured pruning during fine-tuning "
                 "cannot resize; use prune.schedule.kind oneshot or finetune.method full"
             )
-        from .models.hf import is_hf
-
-        if self.finetune.method == "prompt_tuning" and not is_hf(self.model.name):
-            raise ValueError(
-                f"finetune.method prompt_tuning needs a transformers model with token embeddings, not {self.model.name!r}; "
-                "choose lora, ia3, bitfit or full"
-            )
+        method.check(self)
         from .lm.checks import check_recipe as check_lm
 
         check_lm(self, R)  # causal_lm with lm_text data, and what language models support

@@ -39,6 +39,7 @@ from .dense import model_info
 from .errors import PrunetuneError, RuntimeFault
 from .files import staged_folder
 from .lm.checks import refuse_lm_folder
+from .finetune.options import DROP_FOREIGN
 from .measure import count_params, measure_stage, reference_counts
 from .models import build_model, classifier_name
 from .pruning.masks import masked_layer_names, masked_tensors, realise
@@ -92,9 +93,9 @@ def _check_overrides(overrides: list[str]) -> None:
             raise PrunetuneError(f"--set {o}: refine trains every parameter (finetune.method=full); remove this override")
 
 
-def _validate(data: dict[str, Any], source: str) -> Recipe:
+def _validate(data: dict[str, Any], source: str, context: dict[str, Any] | None = None) -> Recipe:
     try:
-        return Recipe.model_validate(data)
+        return Recipe.model_validate(data, context=context)
     except ValidationError as e:
         raise validation_error(e, source) from None
 
@@ -162,8 +163,10 @@ def refine(model_dir: str | Path, overrides: list[str] | None = None, out: str |
     refuse_lm_folder(manifest, model_dir, "refine")
     if not manifest.recipe:
         raise PrunetuneError(f"{model_dir}: the manifest holds no recipe; refine needs the recipe the model was made with")
-    original = _validate(copy.deepcopy(manifest.recipe), f"{model_dir}/manifest.json recipe")
-    merged = apply_overrides(original.model_dump(mode="json"), overrides)
+    original = _validate(copy.deepcopy(manifest.recipe), f"{model_dir}/manifest.json recipe", {DROP_FOREIGN: True})
+    saved = original.model_dump(mode="json")
+    del saved["finetune"]["peft"]  # the saved method's options: refine fine-tunes with full, which takes none
+    merged = apply_overrides(saved, overrides)
     if data_path is not None:
         merged["data"]["path"] = str(data_path)
     if not any(o.split("=", 1)[0].strip() == "data.path" for o in overrides) and data_path is None:
@@ -223,7 +226,7 @@ def _refine(model_dir: Path, recipe: Recipe, notes: list[str], out: Path, log: C
     (the path as first given; a resume loads from the absolute path recorded)."""
     label = label if label is not None else str(model_dir)
     model, manifest = load_model(model_dir, trust_code=trust_code)
-    original = _validate(copy.deepcopy(manifest.recipe), f"{model_dir}/manifest.json recipe")
+    original = _validate(copy.deepcopy(manifest.recipe), f"{model_dir}/manifest.json recipe", {DROP_FOREIGN: True})
     session = open_session(recipe, log, track=track, track_uri=track_uri)  # after loading: that draws random weights
     tracker, device, task = session.tracker, session.device, session.task
     if manifest.preprocess.get("kind") == "text":  # tokenise with the tokenizer saved in the model folder

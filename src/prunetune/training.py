@@ -90,7 +90,7 @@ class Trainer:
         # loss_fn(logits, y, x, idx) replaces the task loss (e.g. distillation); x is the augmented batch.
         self.loss_fn = loss_fn or (lambda logits, y, x, idx: task.loss(logits, y, spec.label_smoothing))
         self.device, self.desc, self.log = device, desc, log
-        # A fine-tuning method (finetune_methods.Method) or its registered name.
+        # A fine-tuning method (finetune.base.Method) or its registered name.
         self.method = FINETUNE_METHODS.get(method, "finetune.method")(spec) if isinstance(method, str) else method
         self.steps = 0
         self.gen = torch.Generator().manual_seed(seed)

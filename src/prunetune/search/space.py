@@ -11,6 +11,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from ..errors import PrunetuneError
+from ..finetune.options import DROP_FOREIGN
 from ..recipe import Recipe, _set_path, validation_error
 
 
@@ -89,8 +90,8 @@ def parse_space(space: dict[str, Any], base: dict[str, Any]) -> list[Dim]:
 
 def validate(data: dict[str, Any], where: str) -> Recipe:
     """The recipe `data` describes (a searched point, a trial, the balance run), or one error line naming `where`."""
-    try:
-        return Recipe.model_validate(data)
+    try:  # the base recipe was validated strictly; a trial may switch finetune.method away from its options
+        return Recipe.model_validate(data, context={DROP_FOREIGN: True})
     except ValidationError as e:
         if e.errors()[0]["type"] == "extra_forbidden":
             raise PrunetuneError(f"{where}: not a recipe field; see README's recipe reference") from None
