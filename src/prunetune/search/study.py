@@ -49,9 +49,12 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+from pydantic import ValidationError
+
 from .. import pipeline
 from ..errors import PrunetuneError
 from ..files import atomic_dir
+from ..finetune.options import DROP_FOREIGN
 from ..recipe import Recipe
 from ..registry import TASKS
 from ..reporting.format import doc_metric, fmt_metric
@@ -75,6 +78,19 @@ def sampler(spec, dims: list[Dim], seed: int | None):
     if spec.sampler == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     return optuna.samplers.GridSampler({d.name: d.grid(spec.grid_points) for d in dims}, seed=seed)
+
+
+def _same_signature(stored: dict[str, Any], now: dict[str, Any]) -> bool:
+    """A stored study's signature equals this sweep's. The base recipe is compared as the current schema
+    dumps it: a study written before an option moved (a method's or a data source's options now dump only
+    their own keys) still matches the same recipe."""
+    if stored == now:
+        return True
+    try:
+        base = Recipe.model_validate(stored.get("base"), context={DROP_FOREIGN: True}).model_dump(mode="json", exclude={"search"})
+    except (ValidationError, PrunetuneError):
+        return False
+    return {**stored, "base": base} == now
 
 
 class Sweep:
@@ -123,7 +139,7 @@ class Sweep:
                                     sampler=sampler(self.spec, self.dims, seed), load_if_exists=True)
         sig = self._signature()
         have = study.user_attrs.get("signature")
-        if have is not None and have != sig:
+        if have is not None and not _same_signature(have, sig):
             raise PrunetuneError(
                 f"--study {self.study_name}: exists with a different search space, objective, tolerance or base recipe; "
                 f"name a new study (--study {self.study_name}-2) or use another --storage")
