@@ -208,7 +208,7 @@ def _save_hf_files(model: nn.Module, folder: Path, info: dict[str, Any]) -> dict
         config.id2label = {i: n for i, n in enumerate(names)}
         config.label2id = {n: i for i, n in enumerate(names)}
     config.save_pretrained(folder)
-    from .lm.structured import head_counts as decoder_heads, mlp_widths
+    from .pruning.decoder import head_counts as decoder_heads, mlp_widths
 
     widths = {"heads": head_counts(model), "linear_out": {
         n: m.out_features for n, m in model.named_modules() if isinstance(m, nn.Linear) and "intermediate" in n}}
@@ -301,7 +301,7 @@ def resize_to(model: nn.Module, shapes: dict[str, list[int]]) -> None:
 
     for attn in attention_modules(model).values():
         sync_attention(attn)
-    from .lm.structured import sync_decoder
+    from .pruning.decoder import sync_decoder
 
     sync_decoder(model)  # decoder LMs: head counts per layer follow the tensors
 
@@ -334,8 +334,8 @@ def load_model(folder: str | Path, trust_code: bool = False) -> tuple[nn.Module,
                                  "re-save the model")
         # Built from the saved config (no weights fetched), then resized to the saved widths.
         head = manifest.model_kwargs.get("head")
-        if head == "causal_lm":  # a language model (lm/models.py)
-            from .lm.models import load_lm_config
+        if head == "causal_lm":  # a language model (models/hf.py causal_lm)
+            from .models.hf import load_lm_config
 
             config = load_lm_config(str(folder), spec.trust_code)
         else:

@@ -33,7 +33,7 @@ def evaluate_model(folder: str | Path, overrides: list[str] | None = None, trust
     if manifest.preprocess.get("kind") == "text" and not any(o.startswith("data.tokenizer=") for o in overrides or []):
         from .artifacts import resolve_tokenizer
 
-        spec = spec.model_copy(update={"tokenizer": resolve_tokenizer(Path(folder), manifest.preprocess)})
+        spec = spec.with_options(tokenizer=resolve_tokenizer(Path(folder), manifest.preprocess))
     # Sources that check the data against the model (feature width, id tables) see the saved model's
     # spec, its data-decided kwargs included.
     from .recipe import ModelSpec

@@ -91,7 +91,7 @@ FINETUNE_METHODS.register("full")(Method)
 def _head_params(model: nn.Module, classifier: str | None) -> list[nn.Parameter]:
     if not classifier:
         return []
-    from .lm.models import is_lm_head
+    from .models.hf import is_lm_head
 
     if is_lm_head(model, classifier):  # a language model's head (tied to the embeddings) is not a classifier
         return []
@@ -131,7 +131,7 @@ class _Peft(Method):
         self.summary["targets"] = len(targets)
         cfg = self._config(model, targets)
         if self.classifier:
-            from .lm.models import is_lm_head
+            from .models.hf import is_lm_head
 
             if not is_lm_head(model, self.classifier):  # a language model's head stays frozen
                 cfg.modules_to_save = [self.classifier]

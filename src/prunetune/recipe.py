@@ -16,9 +16,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError, field_validator, model_serializer,
+                      model_validator)
+from pydantic_core import PydanticCustomError
 
 from .errors import PrunetuneError
+from .registry import DATA_SOURCES
 
 
 class _Section(BaseModel):
@@ -33,8 +36,30 @@ class ModelSpec(_Section):
     trust_code: bool = Field(False, description="allow importing a user's own model factory by import path")
 
 
+class SourceOptions(_Section):
+    """A data source's own `data:` keys (this base has none). Each source's subclass sits next to the
+    source and is registered with it (`data.base.data_source`); the recipe keeps them flat under `data:`."""
+
+
+# The keys of the one flat DataSpec every source shared before each got its own options, with their
+# defaults. Saved recipes (run folders, manifests, checkpoints) list all of them: one that is not an
+# option of the recipe's source is dropped when it holds this default, and refused otherwise.
+FORMER_DATA_DEFAULTS: dict[str, Any] = {
+    "image_size": None, "grayscale": None, "stream": None, "format": "auto", "train_file": None, "val_file": None,
+    "test_file": None, "text_column": None, "label_column": None, "prompt_column": None, "completion_column": None,
+    "max_length": 128, "tokenizer": None, "trec_labels": "coarse", "encoding": None,
+}
+
+
+def _refuse(key: str, value: Any, message: str) -> ValidationError:
+    """A validation error at `data.<key>` (raised inside DataSpec's validator, pydantic adds `data.`)."""
+    return ValidationError.from_exception_data(
+        "DataSpec", [{"type": PydanticCustomError("not_an_option", message), "loc": (key,), "input": value}])
+
+
 class DataSpec(_Section):
-    """Where the labelled data comes from and how it is split."""
+    """Where the labelled data comes from and how it is split: the keys every source shares, plus the
+    source's own options (`options`, validated by the model registered with the source)."""
 
     source: str = "fashion_mnist"
     path: str | None = Field(None, description="data folder; each source has a default")
@@ -43,28 +68,57 @@ class DataSpec(_Section):
     )
     limit: int | None = Field(None, gt=0, description="seeded class-balanced subset of the training set")
     test_limit: int | None = Field(None, gt=0, description="seeded class-balanced subset of the test set")
-    image_size: int | None = Field(None, gt=0, description="resize images (image folders) to this square size")
-    grayscale: bool | None = Field(None, description="image folders: convert to one channel (default: keep RGB)")
-    stream: bool | None = Field(
-        None, description="image folders: read images from disk batch by batch instead of decoding all of them into "
-        "memory (default: stream when the decoded train + test images would exceed 1 GiB; other sources are always in memory)")
     eval_batch_size: int = Field(512, gt=0)
-    # Text sources (sst2, trec, text).
-    format: Literal["auto", "tsv", "csv", "jsonl", "txt"] = Field(
-        "auto", description="text: file format (auto: by extension; txt, one text per line: lm_text only)")
-    train_file: str | None = Field(None, description="text, sequences, ratings: training file (default: train.* in data.path)")
-    val_file: str | None = Field(None, description="text, sequences, ratings: validation file (default: dev.*/val.* in data.path, else split from train)")
-    test_file: str | None = Field(None, description="text, sequences, ratings: test file (default: test.* in data.path)")
-    text_column: str | None = Field(None, description="text: column with the text (default: sentence or text)")
-    label_column: str | None = Field(None, description="text, sequences (CSV): column with the label (default: label)")
-    prompt_column: str | None = Field(
-        None, description="lm_text: field / column with the prompt of a prompt-completion pair (default: prompt); "
-        "the loss is on the completion only")
-    completion_column: str | None = Field(None, description="lm_text: field / column with the completion (default: completion)")
-    max_length: int = Field(128, ge=2, le=8192, description="text: tokens per example (longer ones are truncated)")
-    tokenizer: str | None = Field(None, description="text: tokenizer folder or hub id (default: the model's)")
-    trec_labels: Literal["coarse", "fine"] = Field("coarse", description="trec: 6 coarse or 50 fine classes")
-    encoding: str | None = Field(None, description="text: file encoding (default utf-8; trec latin-1)")
+    options: SerializeAsAny[SourceOptions] = Field(
+        default_factory=SourceOptions, description="the source's own keys (written flat under data:)")
+
+    @field_validator("source")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        if v not in DATA_SOURCES:
+            raise PydanticCustomError("unknown_source", "unknown {kind} {name}; choose one of: {names}",
+                                      {"kind": DATA_SOURCES.kind, "name": repr(v), "names": ", ".join(DATA_SOURCES.names())})
+        return v
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _source_options(cls, data: Any, handler: Any) -> "DataSpec":
+        """Shared keys first, then the rest through the options model of `source`."""
+        if not isinstance(data, dict):
+            return handler(data)  # an instance (already validated), or a non-mapping pydantic reports
+        shared = [k for k in cls.model_fields if k != "options"]
+        spec = handler({k: v for k, v in data.items() if k in shared})
+        model = source_options(spec.source)
+        rest = {}
+        for key, value in data.items():
+            if key in shared:
+                continue
+            if key not in model.model_fields:
+                if key in FORMER_DATA_DEFAULTS and value == FORMER_DATA_DEFAULTS[key]:
+                    continue  # an older saved recipe's unused key
+                owners = [n for n in DATA_SOURCES.names() if key in source_options(n).model_fields]
+                if owners or key in FORMER_DATA_DEFAULTS:
+                    raise _refuse(key, value, f"not an option of data.source {spec.source}; it belongs to "
+                                  f"{', '.join(owners) or 'no installed source'}: remove it or change data.source")
+            rest[key] = value  # an unknown key is refused by the options model
+        spec.options = model.model_validate(rest)
+        return spec
+
+    @model_serializer(mode="wrap")
+    def _flat(self, handler: Any) -> dict[str, Any]:
+        out = handler(self)
+        options = out.pop("options", None) or {}
+        return {**out, **options}
+
+    def with_options(self, **changes: Any) -> "DataSpec":
+        """A copy with some of the source's own options changed (validated by its options model)."""
+        options = type(self.options).model_validate({**self.options.model_dump(), **changes})
+        return self.model_copy(update={"options": options})
+
+
+def source_options(source: str) -> type[SourceOptions]:
+    """The options model registered with data source `source` (none: `SourceOptions`, no keys)."""
+    return getattr(DATA_SOURCES.get(source, "data.source"), "options", SourceOptions)
 
 
 class EarlyStopping(_Section):
@@ -311,7 +365,6 @@ class Recipe(_Section):
 
         for field, reg, value in [
             ("task", R.TASKS, self.task),
-            ("data.source", R.DATA_SOURCES, self.data.source),
             ("prune.method", R.PRUNERS, self.prune.method),
             ("prune.importance", R.IMPORTANCES, self.prune.importance),
             ("prune.schedule.kind", R.SCHEDULES, self.prune.schedule.kind),
@@ -401,6 +454,32 @@ def format_validation_error(err: ValidationError, source: str) -> str:
     return f"{source}: {loc}: {msg}{more}" if loc else f"{source}: {msg}{more}"
 
 
+class DuplicateKey(yaml.YAMLError):
+    """A mapping that names the same key twice (PyYAML would silently keep the last value)."""
+
+    def __init__(self, key: Any, line: int, first: int) -> None:
+        super().__init__(f"key {key!r} at line {line} is already set at line {first}")
+        self.key, self.line, self.first = key, line, first
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that refuses a duplicated key in any mapping (YAML merge keys `<<` still override)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=True)
+            try:
+                first = seen.setdefault(key, key_node.start_mark.line + 1)
+            except TypeError:
+                continue  # an unhashable key: SafeLoader reports it
+            if first != key_node.start_mark.line + 1:
+                raise DuplicateKey(key, key_node.start_mark.line + 1, first)
+        return super().construct_mapping(node, deep)
+
+
 def _check_tree(data: Any, source: str, max_depth: int = 64, max_values: int = 100_000) -> None:
     """Refuse YAML aliases that contain themselves (`&a [*a]`), absurd nesting and alias bombs: each
     would pass validation inside `model.kwargs` and crash or hang later, when the recipe is written out."""
@@ -435,7 +514,10 @@ def load_recipe(path: str | Path | None = None, overrides: list[str] | None = No
         except (OSError, UnicodeDecodeError) as e:
             raise PrunetuneError(f"{p}: cannot read recipe ({e.__class__.__name__}); give a UTF-8 YAML file") from None
         try:
-            loaded = yaml.safe_load(text)
+            loaded = yaml.load(text, Loader=_UniqueKeyLoader)
+        except DuplicateKey as e:
+            raise PrunetuneError(f"{p}: key {e.key!r} appears twice (lines {e.first} and {e.line}); "
+                                 "keep one (the recipe would silently use the last)") from None
         except yaml.YAMLError as e:
             mark = getattr(e, "problem_mark", None)
             where = f" at line {mark.line + 1}" if mark else ""

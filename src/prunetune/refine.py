@@ -236,8 +236,8 @@ def _refine(model_dir: Path, recipe: Recipe, notes: list[str], out: Path, log: C
         from .artifacts import resolve_tokenizer
 
         tok = resolve_tokenizer(Path(model_dir), manifest.preprocess)
-        recipe = recipe.model_copy(update={"data": recipe.data.model_copy(update={"tokenizer": recipe.data.tokenizer or tok})})
-        original = original.model_copy(update={"data": original.data.model_copy(update={"tokenizer": original.data.tokenizer or tok})})
+        recipe = recipe.model_copy(update={"data": recipe.data.with_options(tokenizer=recipe.data.options.tokenizer or tok)})
+        original = original.model_copy(update={"data": original.data.with_options(tokenizer=original.data.options.tokenizer or tok)})
     # Sources that check data against the model (sequence width, id tables) see its data-decided kwargs too.
     saved_model = recipe.model.model_copy(update={"kwargs": {**manifest.model_kwargs, **recipe.model.kwargs}})
     new = build_data(recipe.data, recipe.seed, saved_model, saved=manifest.preprocess)

@@ -144,7 +144,7 @@ class Structured(Pruner):
     def setup(self, model, example_inputs, sparsities):
         import torch_pruning as tp
 
-        from ..lm.structured import DecoderPruner, decoder_blocks, is_causal_lm
+        from .decoder import DecoderPruner, decoder_blocks, is_causal_lm
         from ..models.hf import attention_modules
 
         self._decoder = None
