@@ -158,6 +158,15 @@ def test_text_errors_name_file_and_line(tmp_path, train, test, pattern):
         build(source="text", path=str(tmp_path))
 
 
+@needs_minilm
+def test_text_with_a_single_training_label_is_refused(tmp_path):
+    (tmp_path / "train.tsv").write_text("text\tlabel\n" + "good one\tpos\n" * 6)
+    (tmp_path / "test.tsv").write_text("text\tlabel\nfine\tpos\n")
+    with pytest.raises(PrunetuneError, match=r"train\.tsv: the training data has a single class \('pos'\); a classifier "
+                                             r"needs two or more"):
+        build(source="text", path=str(tmp_path))
+
+
 def test_jsonl_and_format_errors(tmp_path):
     (tmp_path / "train.jsonl").write_text('{"text": "a", "label": 1}\n{"text": "b", "label": 0\n')
     (tmp_path / "test.jsonl").write_text('{"text": "a", "label": 1}\n')

@@ -111,9 +111,12 @@ class DataSpec(_Section):
         return {**out, **options}
 
     def with_options(self, **changes: Any) -> "DataSpec":
-        """A copy with some of the source's own options changed (validated by its options model)."""
-        options = type(self.options).model_validate({**self.options.model_dump(), **changes})
-        return self.model_copy(update={"options": options})
+        """A copy with some of the source's own options changed, validated like the recipe's `data:`."""
+        try:
+            return DataSpec.model_validate({**self.model_dump(), **changes})
+        except ValidationError as e:
+            err = e.errors()[0]
+            raise PrunetuneError(f"data.{'.'.join(map(str, err['loc']))}: {err['msg']}") from None
 
 
 def source_options(source: str) -> type[SourceOptions]:
