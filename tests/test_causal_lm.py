@@ -20,7 +20,8 @@ import torch
 from torch import nn
 
 from prunetune.errors import PrunetuneError
-from prunetune.recipe import DataSpec, ModelSpec, PruneSpec, Recipe, TrainSpec
+from prunetune.data_spec import DataSpec
+from prunetune.recipe import ModelSpec, PruneSpec, Recipe, TrainSpec
 
 SST2 = Path(__file__).resolve().parents[2] / "shared" / "data" / "sst2"
 pytestmark = pytest.mark.skipif(not (SST2 / "train.tsv").is_file(), reason=f"SST-2 not found at {SST2}")

@@ -10,8 +10,8 @@ import torch
 from prunetune.data import build_data
 from prunetune.data.base import balanced_subset, split_train_val
 from prunetune.data.fashion_mnist import read_idx
+from prunetune.data_spec import DataSpec
 from prunetune.errors import PrunetuneError
-from prunetune.recipe import DataSpec
 from prunetune.registry import DATA_SOURCES, load_builtins
 
 from conftest import FMNIST

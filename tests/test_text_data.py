@@ -12,7 +12,8 @@ import torch
 from prunetune.data import text as T
 from prunetune.data.base import TensorData, build_data, indexed_batches
 from prunetune.errors import PrunetuneError
-from prunetune.recipe import DataSpec, ModelSpec
+from prunetune.data_spec import DataSpec
+from prunetune.recipe import ModelSpec
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 SST2, TREC = DATA / "sst2", DATA / "trec"

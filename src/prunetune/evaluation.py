@@ -8,7 +8,8 @@ from typing import Any
 from .artifacts import load_model
 from .data import build_data
 from .errors import PrunetuneError
-from .recipe import DataSpec, apply_overrides
+from .data_spec import DataSpec
+from .recipe import apply_overrides
 from .registry import TASKS
 from .training import pick_device
 

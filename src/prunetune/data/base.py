@@ -20,9 +20,9 @@ from typing import Any, Callable, Iterator
 import torch
 from pydantic import Field
 
+from ..data_spec import DataSpec, SourceOptions
 from ..errors import PrunetuneError
 from ..progress import progress
-from ..recipe import DataSpec, SourceOptions
 from ..registry import DATA_SOURCES
 
 

@@ -17,7 +17,7 @@ import torch
 from pydantic import Field
 
 from ..errors import PrunetuneError
-from ..recipe import SourceOptions
+from ..data_spec import SourceOptions
 from .base import DataBundle, LazyInputs, balanced_subset, data_source, finish_bundle
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
