@@ -16,8 +16,8 @@ import numpy as np
 import torch
 from pydantic import Field
 
-from ..errors import PrunetuneError
 from ..data_spec import SourceOptions
+from ..errors import PrunetuneError
 from .base import DataBundle, LazyInputs, balanced_subset, data_source, finish_bundle
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}

@@ -34,7 +34,6 @@ from typing import Any, Callable, Literal
 
 import numpy as np
 import torch
-
 from pydantic import Field
 
 from ..errors import PrunetuneError

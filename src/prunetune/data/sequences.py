@@ -31,7 +31,6 @@ from typing import Any
 
 import numpy as np
 import torch
-
 from pydantic import Field
 
 from ..errors import PrunetuneError

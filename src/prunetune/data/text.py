@@ -31,10 +31,10 @@ from pydantic import Field
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save
 
+from ..data_spec import SourceOptions
 from ..errors import PrunetuneError
 from ..files import atomic_write, cache_root
 from ..models.hf import is_hf, load_tokenizer, pretrained_source
-from ..data_spec import SourceOptions
 from .base import DataBundle, FileOptions, TensorData, data_source, file_format, find_file, finish_bundle, label_names
 
 CACHE_VERSION = 1
