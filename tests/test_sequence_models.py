@@ -26,7 +26,8 @@ from prunetune.pruning.layers import layer_type_of, prunable_layers
 from prunetune.pruning.masks import masked_tensors
 from prunetune.pruning.pruners import Structured, Unstructured
 from prunetune.pruning.sequence import gates
-from prunetune.recipe import DataSpec, ModelSpec, PruneSpec, Recipe
+from prunetune.data_spec import DataSpec
+from prunetune.recipe import ModelSpec, PruneSpec, Recipe
 from prunetune.registry import LAYER_TYPES, TASKS
 from sequence_fixtures import write_ratings, write_sequences
 

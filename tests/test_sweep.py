@@ -271,7 +271,7 @@ def test_a_causal_lm_sweep_minimises_perplexity(tmp_path):
     sst2 = Path(__file__).resolve().parents[2] / "shared" / "data" / "sst2"
     if not (sst2 / "train.tsv").is_file():
         pytest.skip(f"SST-2 not found at {sst2}")
-    from prunetune.lm.tiny import tiny_model_folder, train_tokenizer
+    from prunetune.models.tiny_lm import tiny_model_folder, train_tokenizer
 
     with open(sst2 / "train.tsv", encoding="utf-8") as f:
         rows = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)

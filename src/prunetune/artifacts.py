@@ -25,8 +25,8 @@ from . import __version__
 from .errors import PrunetuneError
 from .files import save_tensors, staged_folder
 from .finetune.structure import restore_structure
-from .lm.models import load_lm_config
-from .lm.structured import head_counts as decoder_heads, mlp_widths, sync_decoder
+from .models.hf import load_lm_config
+from .pruning.decoder import head_counts as decoder_heads, mlp_widths, sync_decoder
 from .models import build_model, hf
 from .pruning.layers import sync_attributes
 from .pruning.masks import attach_mask, masked_tensors, realise
@@ -259,7 +259,7 @@ def load_model(folder: str | Path, trust_code: bool = False) -> tuple[nn.Module,
                                  "re-save the model")
         # Built from the saved config (no weights fetched), then resized to the saved widths.
         head = manifest.model_kwargs.get("head")
-        if head == "causal_lm":  # a language model (lm/models.py)
+        if head == "causal_lm":  # a language model (models/hf.py causal_lm)
             config = load_lm_config(str(folder), spec.trust_code)
         else:
             config = hf.load_config(str(folder), manifest.num_classes, spec.trust_code)

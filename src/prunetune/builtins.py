@@ -9,7 +9,7 @@ from . import tasks, tracking, training  # noqa: F401
 from .finetune import adapter, bitfit, full, ia3, lora, prompt_tuning  # noqa: F401
 from . import regression  # noqa: F401
 from .data import fashion_mnist, image_folder, text  # noqa: F401
-from .data import ratings, sequences  # noqa: F401
+from .data import lm_text, ratings, sequences  # noqa: F401
 from .models import builtin, external  # noqa: F401
 from .models import sequence as sequence_models  # noqa: F401
 from .pruning import importance, layers, pruners, schedules, sequence  # noqa: F401

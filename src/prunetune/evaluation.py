@@ -8,8 +8,9 @@ from typing import Any
 from pydantic import ValidationError
 
 from .artifacts import load_model, resolve_tokenizer
+from .data_spec import DataSpec
 from .errors import PrunetuneError
-from .recipe import DataSpec, ModelSpec, apply_overrides, validation_error
+from .recipe import ModelSpec, apply_overrides, validation_error
 from .session import open_session
 
 
@@ -28,7 +29,7 @@ def evaluate_model(folder: str | Path, overrides: list[str] | None = None, trust
     except ValidationError as e:
         raise validation_error(e, within="data") from None
     if manifest.preprocess.get("kind") == "text" and not any(o.startswith("data.tokenizer=") for o in overrides or []):
-        spec = spec.model_copy(update={"tokenizer": resolve_tokenizer(Path(folder), manifest.preprocess)})
+        spec = spec.with_options(tokenizer=resolve_tokenizer(Path(folder), manifest.preprocess))
     # Sources that check the data against the model (feature width, id tables) see the saved model's
     # spec, its data-decided kwargs included.
     saved = ModelSpec.model_validate(manifest.model)

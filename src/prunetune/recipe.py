@@ -18,6 +18,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
+from .data_spec import DataSpec
 from .errors import PrunetuneError
 from .finetune.options import DROP_FOREIGN, method_options
 from .registry import FINETUNE_METHODS
@@ -33,40 +34,6 @@ class ModelSpec(_Section):
     name: str = Field("small_cnn", description="built-in name, 'torchvision:NAME', 'timm:NAME' or 'package.module:function'")
     kwargs: dict[str, Any] = Field(default_factory=dict, description="extra keyword arguments for the model factory")
     trust_code: bool = Field(False, description="allow importing a user's own model factory by import path")
-
-
-class DataSpec(_Section):
-    """Where the labelled data comes from and how it is split."""
-
-    source: str = "fashion_mnist"
-    path: str | None = Field(None, description="data folder; each source has a default")
-    val_size: float | None = Field(
-        None, gt=0, description="validation split carved from train: a count (>=1) or a fraction (<1); default min(5000, 10%)"
-    )
-    limit: int | None = Field(None, gt=0, description="seeded class-balanced subset of the training set")
-    test_limit: int | None = Field(None, gt=0, description="seeded class-balanced subset of the test set")
-    image_size: int | None = Field(None, gt=0, description="resize images (image folders) to this square size")
-    grayscale: bool | None = Field(None, description="image folders: convert to one channel (default: keep RGB)")
-    stream: bool | None = Field(
-        None, description="image folders: read images from disk batch by batch instead of decoding all of them into "
-        "memory (default: stream when the decoded train + test images would exceed 1 GiB; other sources are always in memory)")
-    eval_batch_size: int = Field(512, gt=0)
-    # Text sources (sst2, trec, text).
-    format: Literal["auto", "tsv", "csv", "jsonl", "txt"] = Field(
-        "auto", description="text: file format (auto: by extension; txt, one text per line: lm_text only)")
-    train_file: str | None = Field(None, description="text, sequences, ratings: training file (default: train.* in data.path)")
-    val_file: str | None = Field(None, description="text, sequences, ratings: validation file (default: dev.*/val.* in data.path, else split from train)")
-    test_file: str | None = Field(None, description="text, sequences, ratings: test file (default: test.* in data.path)")
-    text_column: str | None = Field(None, description="text: column with the text (default: sentence or text)")
-    label_column: str | None = Field(None, description="text, sequences (CSV): column with the label (default: label)")
-    prompt_column: str | None = Field(
-        None, description="lm_text: field / column with the prompt of a prompt-completion pair (default: prompt); "
-        "the loss is on the completion only")
-    completion_column: str | None = Field(None, description="lm_text: field / column with the completion (default: completion)")
-    max_length: int = Field(128, ge=2, le=8192, description="text: tokens per example (longer ones are truncated)")
-    tokenizer: str | None = Field(None, description="text: tokenizer folder or hub id (default: the model's)")
-    trec_labels: Literal["coarse", "fine"] = Field("coarse", description="trec: 6 coarse or 50 fine classes")
-    encoding: str | None = Field(None, description="text: file encoding (default utf-8; trec latin-1)")
 
 
 class EarlyStopping(_Section):
@@ -312,7 +279,6 @@ class Recipe(_Section):
 
         for field, reg, value in [
             ("task", R.TASKS, self.task),
-            ("data.source", R.DATA_SOURCES, self.data.source),
             ("prune.method", R.PRUNERS, self.prune.method),
             ("prune.importance", R.IMPORTANCES, self.prune.importance),
             ("prune.schedule.kind", R.SCHEDULES, self.prune.schedule.kind),
@@ -404,6 +370,32 @@ def validation_error(err: ValidationError, source: str = "", *, within: str = ""
     return PrunetuneError(f"{source}: {line}{hint}" if source else f"{line}{hint}")
 
 
+class DuplicateKey(yaml.YAMLError):
+    """A mapping that names the same key twice (PyYAML would silently keep the last value)."""
+
+    def __init__(self, key: Any, line: int, first: int) -> None:
+        super().__init__(f"key {key!r} at line {line} is already set at line {first}")
+        self.key, self.line, self.first = key, line, first
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that refuses a duplicated key in any mapping (YAML merge keys `<<` still override)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=True)
+            try:
+                first = seen.setdefault(key, key_node.start_mark.line + 1)
+            except TypeError:
+                continue  # an unhashable key: SafeLoader reports it
+            if first != key_node.start_mark.line + 1:
+                raise DuplicateKey(key, key_node.start_mark.line + 1, first)
+        return super().construct_mapping(node, deep)
+
+
 def _check_tree(data: Any, source: str, max_depth: int = 64, max_values: int = 100_000) -> None:
     """Refuse YAML aliases that contain themselves (`&a [*a]`), absurd nesting and alias bombs: each
     would pass validation inside `model.kwargs` and crash or hang later, when the recipe is written out."""
@@ -438,7 +430,10 @@ def load_recipe(path: str | Path | None = None, overrides: list[str] | None = No
         except (OSError, UnicodeDecodeError) as e:
             raise PrunetuneError(f"{p}: cannot read recipe ({e.__class__.__name__}); give a UTF-8 YAML file") from None
         try:
-            loaded = yaml.safe_load(text)
+            loaded = yaml.load(text, Loader=_UniqueKeyLoader)
+        except DuplicateKey as e:
+            raise PrunetuneError(f"{p}: key {e.key!r} appears twice (lines {e.first} and {e.line}); "
+                                 "keep one (the recipe would silently use the last)") from None
         except yaml.YAMLError as e:
             mark = getattr(e, "problem_mark", None)
             where = f" at line {mark.line + 1}" if mark else ""

@@ -231,8 +231,8 @@ def _refine(model_dir: Path, recipe: Recipe, notes: list[str], out: Path, log: C
     tracker, device, task = session.tracker, session.device, session.task
     if manifest.preprocess.get("kind") == "text":  # tokenise with the tokenizer saved in the model folder
         tok = resolve_tokenizer(Path(model_dir), manifest.preprocess)
-        recipe = recipe.model_copy(update={"data": recipe.data.model_copy(update={"tokenizer": recipe.data.tokenizer or tok})})
-        original = original.model_copy(update={"data": original.data.model_copy(update={"tokenizer": original.data.tokenizer or tok})})
+        recipe = recipe.model_copy(update={"data": recipe.data.with_options(tokenizer=recipe.data.options.tokenizer or tok)})
+        original = original.model_copy(update={"data": original.data.with_options(tokenizer=original.data.options.tokenizer or tok)})
     # Sources that check data against the model (sequence width, id tables) see its data-decided kwargs too.
     saved_model = recipe.model.model_copy(update={"kwargs": {**manifest.model_kwargs, **recipe.model.kwargs}})
     new = session.load_data(recipe.data, saved_model, saved=manifest.preprocess)

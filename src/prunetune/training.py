@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import copy
 import math
-import sys
 import time
 from contextlib import nullcontext
 from typing import Any, Callable
@@ -22,6 +21,7 @@ from . import distributed
 from .data.augment import augment
 from .data.base import indexed_batches
 from .errors import RuntimeFault
+from .progress import progress
 from .registry import FINETUNE_METHODS, LR_SCHEDULES, OPTIMIZERS
 from .tasks import to_device
 
@@ -178,7 +178,7 @@ class Trainer:
                 self.gen.set_state(epoch_rng)
                 it = _skip(indexed_batches(self.bundle.train, spec.batch_size, shuffle=True, generator=self.gen),
                            done, self.gen, resume["gen"])
-            bar = _progress(it, steps_per_epoch - done, f"{self.desc} {epoch}/{epochs}")
+            bar = progress(it, steps_per_epoch - done, f"{self.desc} {epoch}/{epochs}")
             for x, y, idx in bar:
                 while pending and pending[0][0] <= step:
                     _, s = pending.pop(0)
@@ -260,11 +260,3 @@ def _skip(it, n: int, gen: torch.Generator, state: torch.Tensor):
         next(it, None)
     gen.set_state(state)
     yield from it
-
-
-def _progress(it, total: int, desc: str):
-    if not sys.stderr.isatty():
-        return it
-    from tqdm import tqdm
-
-    return tqdm(it, total=total, desc=desc, leave=False, dynamic_ncols=True)

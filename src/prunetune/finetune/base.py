@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 from torch import nn
 
 from ..errors import PrunetuneError
-from ..lm.models import is_lm_head
+from ..models.hf import is_lm_head
 from ..pruning.hf_conv1d import is_hf_conv1d
 from .options import Options
 

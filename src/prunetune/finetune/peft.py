@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from ..errors import PrunetuneError
-from ..lm.models import is_lm_head
+from ..models.hf import is_lm_head
 from ..pruning.masks import attach_mask, get_mask, masked_layers, realise
 from .base import Method
 from .options import TargetOptions

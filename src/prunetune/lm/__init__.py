@@ -4,4 +4,4 @@ Any Hugging Face causal LM (GPT-2, Llama, Qwen, Pythia-style) by hub id or local
 (`model.name: hf:...`), next-token prediction with the NLL loss, perplexity as the metric.
 """
 
-from . import data, task  # noqa: F401  (registers lm_text and causal_lm)
+from . import task  # noqa: F401  (registers causal_lm)

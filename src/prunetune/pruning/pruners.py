@@ -14,9 +14,9 @@ import torch
 from torch import nn
 
 from ..errors import PrunetuneError
-from ..lm.structured import DecoderPruner, decoder_blocks, is_causal_lm
 from ..models.hf import attention_modules, sync_attention
 from ..registry import PRUNERS
+from .decoder import DecoderPruner, decoder_blocks, is_causal_lm
 from .importance import Importance
 from .layers import layer_type_of, prunable_layers
 from .masks import attach_mask, get_mask
