@@ -21,19 +21,21 @@ import csv
 import hashlib
 import io
 import json
+import os
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+import safetensors.torch
 import torch
 from pydantic import Field
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save
 
 from ..data_spec import SourceOptions
 from ..errors import PrunetuneError
-from ..files import atomic_write, cache_root
+from ..files import cache_root
 from ..models.hf import is_hf, load_tokenizer, pretrained_source
 from .base import DataBundle, FileOptions, TensorData, data_source, file_format, find_file, finish_bundle, label_names
 
@@ -215,20 +217,25 @@ def tokenizer_id(src: str) -> str:
 def cached_tokens(key: str, names: tuple[str, ...],
                   make: Callable[[], dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
     """The tensors `names` cached as $PRUNETUNE_CACHE/tokens/<key>.safetensors, else `make()`'s, then cached
-    (written atomically: readers never see a half-written file; a damaged or unwritable cache only costs time)."""
+    (a damaged or unwritable cache only costs time)."""
     path = cache_root() / "tokens" / f"{key}.safetensors"
     if path.is_file():
         try:
-            cached = load_file(str(path))
+            cached = safetensors.torch.load_file(str(path))
             return {k: cached[k] for k in names}
         except (SafetensorError, OSError, ValueError, KeyError):
             pass  # a damaged cache file is rebuilt
     out = make()
+    tmp = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(path, save({k: v.contiguous() for k, v in out.items()}))
-    except (OSError, SafetensorError):  # safetensors reports some write failures as SafetensorError
-        pass
+        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+        os.close(fd)
+        safetensors.torch.save_file({k: v.contiguous() for k, v in out.items()}, tmp)
+        os.replace(tmp, path)  # atomic: readers never see a half-written file
+    except (OSError, SafetensorError):  # safetensors reports a full disk as SafetensorError
+        if tmp and os.path.exists(tmp):
+            os.unlink(tmp)
     return out
 
 
