@@ -453,25 +453,25 @@ def test_the_corpus_covers_every_command_and_is_well_formed():
 
 
 def test_a_full_tokens_cache_only_costs_time(tmp_path, monkeypatch):
-    """Caching tokens on a full disk (the cache file half written, then ENOSPC) must not fail the run."""
-    import errno
-
+    """Caching tokens on a full disk (safetensors raises SafetensorError, not OSError) must not fail the run."""
+    import safetensors.torch as st
     import torch
+    from safetensors import SafetensorError
 
-    from prunetune import files
     from prunetune.data import text as T
 
-    def full(fd):
-        raise OSError(errno.ENOSPC, "No space left on device")
+    def full(tensors, filename, metadata=None):
+        Path(filename).write_bytes(b"half")
+        raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
 
-    monkeypatch.setattr(files.os, "fsync", full)  # after the bytes went to the temporary file
+    monkeypatch.setattr(st, "save_file", full)
     monkeypatch.setenv("PRUNETUNE_CACHE", str(tmp_path / "cache"))
     (tmp_path / "train.tsv").write_text("text\tlabel\ngood\t1\nbad\t0\n")
     rows = T.read_table(tmp_path / "train.tsv", "tsv")
 
     def tok(texts, **kw):
-        return {"input_ids": torch.ones(len(texts), 3, dtype=torch.long),
-                "attention_mask": torch.ones(len(texts), 3, dtype=torch.long)}
+        ids = torch.ones(len(texts), 3, dtype=torch.long)
+        return {"input_ids": ids, "attention_mask": ids}
 
     out = T.tokenize(rows, "fake-tokenizer", 8, lambda: tok)
     assert out["input_ids"].shape == (2, 3)
