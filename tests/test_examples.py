@@ -20,7 +20,7 @@ def test_default_example_is_the_builtin_default():
 
 
 def test_an_example_recipe_shows_a_search_section_whose_space_is_valid():
-    from prunetune.sweep import parse_space
+    from prunetune.search.space import parse_space
 
     searched = [p for p in sorted((ROOT / "examples" / "recipes").glob("*.yaml")) if load_recipe(p).search is not None]
     assert searched, "keep one example recipe with a search section (prunetune sweep)"

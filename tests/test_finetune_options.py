@@ -13,7 +13,7 @@ from prunetune.finetune.lora import LoraOptions
 from prunetune.finetune.options import DROP_FOREIGN, Options
 from prunetune.recipe import Recipe, dump_recipe, load_recipe
 from prunetune.registry import FINETUNE_METHODS, SCHEDULES
-from prunetune.sweep import parse_space
+from prunetune.search.space import parse_space
 
 METHODS = FINETUNE_METHODS.names()
 # What every recipe dumped before methods had their own options holds under finetune.peft.

@@ -168,6 +168,6 @@ def test_options_are_typed_per_source_and_keep_their_defaults():
 ])
 def test_dense_cache_keys_are_those_of_the_flat_data_spec(overrides, key):
     # Keys computed by the code before per-source options: existing dense caches are still found.
-    from prunetune.cache import dense_key
+    from prunetune.dense import dense_key
 
     assert dense_key(load_recipe(None, overrides)) == key
