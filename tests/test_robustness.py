@@ -197,8 +197,9 @@ def test_without_robustness_nothing_is_measured_or_reported(tmp_path):
 
 def test_text_inputs_are_refused_before_any_training(tmp_path, monkeypatch):
     import prunetune.pipeline as pipeline
+    import prunetune.session as session
 
-    monkeypatch.setattr(pipeline, "obtain_dense", lambda *a, **k: pytest.fail("refused after training"))
+    monkeypatch.setattr(session, "obtain_dense", lambda *a, **k: pytest.fail("refused after training"))
     recipe = load_recipe(None, ["model.name=tiny_mlp", "data.source=robust_text", "evaluate.robustness.fgsm=[0.1]"])
     with pytest.raises(PrunetuneError) as e:
         pipeline.run(recipe, tmp_path / "r", log=lambda m: None)
