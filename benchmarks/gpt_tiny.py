@@ -66,7 +66,7 @@ NOTE = ("A mechanics check on a from-scratch tiny model (3.7 M parameters, 3 epo
 
 def build_model_folder(folder: Path) -> Path:
     """The tiny GPT-2 folder (tokenizer + random weights), built once; the dense cache is keyed by its path."""
-    from prunetune.lm.tiny import tiny_model_folder
+    from prunetune.models.tiny_lm import tiny_model_folder
 
     stamp = json.dumps({**ARCH, "vocab": VOCAB}, sort_keys=True)
     if (folder / "config.json").is_file() and (folder / "bench.json").is_file() and (folder / "bench.json").read_text() == stamp:

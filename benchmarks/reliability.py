@@ -10,7 +10,7 @@ at a seeded random moment between its first checkpoint (the end of fine-tuning e
 moment the reference's run folder appeared, i.e. anywhere in epochs 2-3, in a checkpoint write, in
 the final measurement or the report writing (a kill before the first checkpoint leaves nothing to
 resume: such a run is started again). Each killed run is resumed and compared with
-`prunetune.checkpoint.compare_runs`: report.json without timings, masks exactly, weights within 1e-6.
+`prunetune.compare.compare_runs`: report.json without timings, masks exactly, weights within 1e-6.
 
 Writes benchmarks/results/reliability.json and reliability.md (`--quick`: reliability_quick.*,
 N=2 on an 800-image slice, a smoke test of the script). Run folders: benchmarks/runs/reliability*/.
@@ -35,7 +35,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 from machine import describe  # noqa: E402
 
-from prunetune.checkpoint import checkpoint_dir, compare_runs  # noqa: E402
+from prunetune.checkpoint import checkpoint_dir  # noqa: E402
+from prunetune.compare import compare_runs  # noqa: E402
 
 HERE = Path(__file__).parent
 RESULTS = HERE / "results"

@@ -28,7 +28,7 @@ from machine import describe  # noqa: E402
 
 from prunetune.pipeline import run  # noqa: E402
 from prunetune.recipe import Recipe  # noqa: E402
-from prunetune.sweep import sweep  # noqa: E402
+from prunetune.search.study import sweep  # noqa: E402
 
 HERE = Path(__file__).parent
 RESULTS = HERE / "results"

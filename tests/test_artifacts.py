@@ -106,7 +106,7 @@ def test_vision_models_without_the_extra_say_how_to_install(monkeypatch):
 
 
 def test_model_with_wrong_class_count_is_refused():
-    from prunetune.cache import check_outputs
+    from prunetune.dense import check_outputs
     from prunetune.tasks.classification import Classification
 
     bundle = make_bundle(classes=3)

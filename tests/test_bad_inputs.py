@@ -259,6 +259,7 @@ BUILDERS: dict[str, Callable[[Path, Templates, str], Path]] = {
     "img_empty": _plain(_img_empty),
     "img_rgb": lambda w, t, name: _image_folder(w / name, ["cat", "dog"], "RGB"),
     "img_zebra": lambda w, t, name: _image_folder(w / name, ["cat", "dog", "zebra"], "L"),
+    "img_one_class": lambda w, t, name: _image_folder(w / name, ["cat"], "RGB"),
     "pickle_pt": _plain(_pickle_pt),
     "ro": lambda w, t, name: _ro(w, t),
     "ro_with_model_img": lambda w, t, name: _ro(w, t, with_model=True),
@@ -481,7 +482,7 @@ def test_disk_full_and_permission_errors_name_the_destination_not_the_temporary_
     """In-process: the errors the writers raise name where the output was going (what `_guard` prints)."""
     import errno
 
-    from prunetune.artifacts import as_final, atomic_dir, staged_folder
+    from prunetune.files import as_final, atomic_dir, staged_folder
 
     final = tmp_path / "out" / "run"
     with pytest.raises(OSError) as e, staged_folder(final) as tmp:

@@ -20,7 +20,8 @@ import torch
 from torch import nn
 
 from prunetune.errors import PrunetuneError
-from prunetune.recipe import DataSpec, ModelSpec, PruneSpec, Recipe, TrainSpec
+from prunetune.data_spec import DataSpec
+from prunetune.recipe import ModelSpec, PruneSpec, Recipe, TrainSpec
 
 SST2 = Path(__file__).resolve().parents[2] / "shared" / "data" / "sst2"
 pytestmark = pytest.mark.skipif(not (SST2 / "train.tsv").is_file(), reason=f"SST-2 not found at {SST2}")
@@ -37,14 +38,14 @@ def _sentences(n: int) -> list[str]:
 
 @pytest.fixture(scope="module")
 def tok():
-    from prunetune.lm.tiny import train_tokenizer
+    from prunetune.models.tiny_lm import train_tokenizer
 
     return train_tokenizer(_sentences(5000), VOCAB)
 
 
 @pytest.fixture(scope="module")
 def gpt_folder(tmp_path_factory, tok) -> Path:
-    from prunetune.lm.tiny import tiny_model_folder
+    from prunetune.models.tiny_lm import tiny_model_folder
 
     return tiny_model_folder(tmp_path_factory.mktemp("tiny-gpt"), [], "gpt2", tokenizer=tok, layers=2, heads=4, dim=64,
                              positions=64)
@@ -52,7 +53,7 @@ def gpt_folder(tmp_path_factory, tok) -> Path:
 
 @pytest.fixture(scope="module")
 def llama_folder(tmp_path_factory, tok) -> Path:
-    from prunetune.lm.tiny import tiny_model_folder
+    from prunetune.models.tiny_lm import tiny_model_folder
 
     return tiny_model_folder(tmp_path_factory.mktemp("tiny-llama"), [], "llama", tokenizer=tok, layers=2, heads=4,
                              kv_heads=2, dim=64, positions=64, inner=128)
@@ -249,7 +250,7 @@ def test_nm_2_4_with_wanda_holds_in_every_group(trained):
 def _equivalent_masked(dense: nn.Module, pruned: nn.Module) -> nn.Module:
     """The dense model with the removed heads' / neurons' output-projection inputs zeroed: it must compute
     exactly what the physically pruned model computes."""
-    from prunetune.lm.structured import decoder_blocks
+    from prunetune.pruning.decoder import decoder_blocks
 
     ref = copy.deepcopy(dense)
     after = {b.name: b for b in decoder_blocks(pruned)}
@@ -270,7 +271,7 @@ def _equivalent_masked(dense: nn.Module, pruned: nn.Module) -> nn.Module:
 
 @pytest.mark.parametrize("arch", ["gpt2", "llama"])
 def test_structured_removes_heads_and_neurons(arch, trained, llama_folder, tok):
-    from prunetune.lm.structured import head_counts, mlp_widths
+    from prunetune.pruning.decoder import head_counts, mlp_widths
 
     _, gpt, bundle, _, _ = trained
     dense = gpt if arch == "gpt2" else _model(llama_folder).eval()
@@ -308,7 +309,7 @@ def test_structured_removes_heads_and_neurons(arch, trained, llama_folder, tok):
 
 
 def test_structured_unknown_decoder_is_refused(trained):
-    from prunetune.lm.structured import DecoderPruner
+    from prunetune.pruning.decoder import DecoderPruner
 
     class FooForCausalLM(nn.Module):
         def __init__(self):
@@ -324,7 +325,7 @@ def test_structured_unknown_decoder_is_refused(trained):
 
 @pytest.mark.parametrize("method", ["unstructured", "nm"])
 def test_lora_masked_merge_keeps_every_pruned_weight_zero(method, trained):
-    from prunetune.finetune_methods import LoRA
+    from prunetune.finetune.lora import LoRA
     from prunetune.pruning.masks import masked_layers, realise
     from prunetune.recipe import FinetuneSpec
     from prunetune.tasks import to_device

@@ -15,8 +15,10 @@ from pathlib import Path
 import pytest
 
 from prunetune import checkpoint as C
+from prunetune.checkpointer import Checkpointer
+from prunetune.compare import compare_runs
 from prunetune.errors import RuntimeFault
-from prunetune.pipeline import run
+from prunetune.pipeline import resume_run, run
 from prunetune.recipe import load_recipe
 
 from conftest import FMNIST, cli_env
@@ -27,7 +29,7 @@ TINY = ["model.name=tiny_cnn", "data.source=synthetic", "data.limit=300", "dense
 
 
 def assert_same_run(a: Path, b: Path) -> None:
-    diffs = C.compare_runs(a, b, atol=1e-6)  # report.json without timings; masks exact; weights within 1e-6
+    diffs = compare_runs(a, b, atol=1e-6)  # report.json without timings; masks exact; weights within 1e-6
     assert not diffs, "\n".join(diffs[:20])
 
 
@@ -37,17 +39,17 @@ class _Killed(Exception):
 
 def _run_killed(recipe, out: Path, after_writes: int, monkeypatch) -> dict:
     """Run in-process and stop dead right after the `after_writes`-th checkpoint (as a SIGKILL would)."""
-    real = C.Checkpointer.save
+    real = Checkpointer.save
     count = {"n": 0}
 
-    def save(self, trainer, pos):
-        real(self, trainer, pos)
+    def save(self, trainer):
+        real(self, trainer)
         count["n"] += 1
         if count["n"] == after_writes:
             raise _Killed
 
     with monkeypatch.context() as m:
-        m.setattr(C.Checkpointer, "save", save)
+        m.setattr(Checkpointer, "save", save)
         with pytest.raises(_Killed):
             run(recipe, out, log=lambda msg: None)
     assert not out.exists()
@@ -74,7 +76,7 @@ def test_in_process_resume_equals_uninterrupted(tmp_path, monkeypatch, extra, af
     run(recipe, tmp_path / "ref", log=lambda m: None)
     assert not C.checkpoint_dir(tmp_path / "ref").exists(), "a completed run deletes its checkpoint"
     _run_killed(recipe, tmp_path / "x", after, monkeypatch)
-    rep = C.resume_run(tmp_path / "x", log=lambda m: None)
+    rep = resume_run(tmp_path / "x", log=lambda m: None)
     assert not C.checkpoint_dir(tmp_path / "x").exists()
     assert rep["checkpoint"]["resumes"] and rep["checkpoint"]["writes"] >= after
     assert_same_run(tmp_path / "ref", tmp_path / "x")
@@ -83,18 +85,18 @@ def test_in_process_resume_equals_uninterrupted(tmp_path, monkeypatch, extra, af
 def test_non_finite_loss_names_the_last_good_checkpoint_and_keeps_it(tmp_path, monkeypatch):
     from prunetune.tasks.classification import Classification
 
-    real_save, real_loss = C.Checkpointer.save, Classification.loss
+    real_save, real_loss = Checkpointer.save, Classification.loss
     writes = {"n": 0}
 
-    def save(self, trainer, pos):
-        real_save(self, trainer, pos)
+    def save(self, trainer):
+        real_save(self, trainer)
         writes["n"] += 1
 
     def loss(self, logits, target, label_smoothing=0.0):
         value = real_loss(self, logits, target, label_smoothing)
         return value * float("nan") if writes["n"] else value  # NaN from the step after the first checkpoint
 
-    monkeypatch.setattr(C.Checkpointer, "save", save)
+    monkeypatch.setattr(Checkpointer, "save", save)
     monkeypatch.setattr(Classification, "loss", loss)
     recipe = load_recipe(None, [*TINY, "dense.epochs=0", "prune.method=unstructured", "finetune.checkpoint_every_steps=4"])
     folder = C.checkpoint_dir(tmp_path / "x")

@@ -129,7 +129,7 @@ def test_bad_input_exits_2_with_one_line_and_no_run_folder(tmp_path):
 
 
 def test_dense_cache_key_ignores_new_default_options():
-    from prunetune.cache import dense_key
+    from prunetune.dense import dense_key
     from prunetune.recipe import load_recipe
 
     base = load_recipe(None, ["dense.epochs=10"])

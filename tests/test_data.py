@@ -7,10 +7,11 @@ import numpy as np
 import pytest
 import torch
 
+from prunetune.data import build_data
 from prunetune.data.base import balanced_subset, split_train_val
 from prunetune.data.fashion_mnist import read_idx
+from prunetune.data_spec import DataSpec
 from prunetune.errors import PrunetuneError
-from prunetune.recipe import DataSpec
 from prunetune.registry import DATA_SOURCES, load_builtins
 
 from conftest import FMNIST
@@ -104,6 +105,26 @@ def test_image_folder(tmp_path):
     (tmp_path / "train" / "cat" / "broken.png").write_bytes(b"not an image")
     with pytest.raises(PrunetuneError, match="broken.png: unreadable image"):
         DATA_SOURCES.get("image_folder")(DataSpec(source="image_folder", path=str(tmp_path)), 0)
+
+
+def test_training_data_with_a_single_class_is_refused(tmp_path):
+    from PIL import Image
+
+    from sequence_fixtures import write_sequences
+
+    (tmp_path / "img" / "cat").mkdir(parents=True)
+    for i in range(5):
+        Image.new("RGB", (8, 8), (i * 40, 0, 0)).save(tmp_path / "img" / "cat" / f"{i}.png")
+    with pytest.raises(PrunetuneError) as e:
+        DATA_SOURCES.get("image_folder")(DataSpec(source="image_folder", path=str(tmp_path / "img")), 0)
+    assert str(e.value) == (f"{tmp_path / 'img'}: the training data has a single class ('cat'); a classifier needs two "
+                            "or more: add examples of another class (image folders: one sub-folder per class)")
+    seqs = write_sequences(tmp_path / "seq", n_train=20, n_test=6, classes=1)
+    with pytest.raises(PrunetuneError, match=r"train\.npy: the training data has a single class \('0'\)"):
+        build_data(DataSpec(source="sequences", path=str(seqs)), 0)
+    # Two classes in the same shape train as before.
+    two = write_sequences(tmp_path / "seq2", n_train=20, n_test=6, classes=2)
+    assert build_data(DataSpec(source="sequences", path=str(two)), 0).num_classes == 2
 
 
 def test_real_fashion_mnist_shapes():

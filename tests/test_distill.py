@@ -8,7 +8,7 @@ from torch.nn import functional as F
 
 from prunetune.cli import main
 from prunetune.data.augment import augment
-from prunetune.distill import Distiller, load_teacher
+from prunetune.finetune.distill import Distiller, load_teacher
 from prunetune.errors import PrunetuneError
 from prunetune.models import build_model
 from prunetune.pipeline import run

@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from prunetune.html_report import render, write_html
 from prunetune.pipeline import run
 from prunetune.recipe import load_recipe
-from prunetune.report import speedups
+from prunetune.reporting.format import speedups
+from prunetune.reporting.write import render, write_html
 
 CHROMIUM = Path("/usr/bin/chromium")
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",

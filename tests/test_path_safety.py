@@ -60,7 +60,7 @@ def test_run_out_that_exists_or_climbs_is_refused(tmp_path):
 
 
 def test_checkpoint_folder_never_removes_what_prunetune_did_not_write(tmp_path):
-    from prunetune.checkpoint import Checkpointer
+    from prunetune.checkpointer import Checkpointer
 
     recipe = load_recipe(None, ["model.name=tiny_mlp", "data.source=synthetic"])
     mine = tmp_path / "results.checkpoint"

@@ -79,3 +79,95 @@ def test_any_yaml_either_loads_or_fails_with_our_error(tmp_path_factory, doc):
         assert "\n" not in str(e)
     else:
         assert isinstance(r, Recipe)
+
+
+# ------------------------------------------------------------------ duplicated keys
+
+@pytest.mark.parametrize("text,needle", [
+    ("prune:\n  sparsity: 0.5\nfinetune: {epochs: 1}\nprune:\n  method: nm\n", "key 'prune' appears twice (lines 1 and 4)"),
+    ("name: x\nprune:\n  sparsity: 0.5\n  method: nm\n  sparsity: 0.7\n", "key 'sparsity' appears twice (lines 3 and 5)"),
+    ("finetune:\n  distill:\n    alpha: 0.5\n    alpha: 0.6\n", "key 'alpha' appears twice (lines 3 and 4)"),
+])
+def test_a_duplicated_key_is_refused_naming_it_and_its_lines(tmp_path, text, needle):
+    p = tmp_path / "dup.yaml"
+    p.write_text(text)
+    with pytest.raises(PrunetuneError) as e:
+        load_recipe(p)
+    assert str(e.value) == f"{p}: {needle}; keep one (the recipe would silently use the last)"
+
+
+def test_yaml_merge_keys_may_still_be_overridden(tmp_path):
+    p = tmp_path / "merge.yaml"
+    p.write_text("dense: &d {epochs: 1, lr: 0.01}\nfinetune:\n  <<: *d\n  epochs: 2\n")
+    r = load_recipe(p)
+    assert (r.finetune.epochs, r.finetune.lr, r.dense.epochs) == (2, 0.01, 1)
+
+
+# ------------------------------------------------------------------ data options: per source, flat in YAML
+
+# What the recipe of a trec run saved before each source had its own options: every former field.
+OLD_TREC_DATA = {
+    "source": "trec", "path": "/t", "val_size": None, "limit": None, "test_limit": None, "image_size": None,
+    "grayscale": None, "stream": None, "eval_batch_size": 512, "format": "auto", "train_file": None, "val_file": None,
+    "test_file": None, "text_column": None, "label_column": None, "prompt_column": None, "completion_column": None,
+    "max_length": 128, "tokenizer": None, "trec_labels": "fine", "encoding": None}
+
+
+def test_an_old_saved_recipe_with_every_former_data_field_loads():
+    r = Recipe.model_validate({"data": OLD_TREC_DATA})
+    assert type(r.data.options).__name__ == "TrecOptions"
+    assert (r.data.options.trec_labels, r.data.options.max_length, r.data.path) == ("fine", 128, "/t")
+    # Written back, it lists only what trec reads, still flat under data:.
+    assert r.model_dump(mode="json")["data"] == {
+        "source": "trec", "path": "/t", "val_size": None, "limit": None, "test_limit": None, "eval_batch_size": 512,
+        "max_length": 128, "tokenizer": None, "encoding": None, "trec_labels": "fine"}
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (["data.trec_labels=fine"], "recipe: data.trec_labels: not an option of data.source fashion_mnist; it belongs to "
+                                "trec: remove it or change data.source"),
+    (["data.source=image_folder", "data.max_length=64"], "recipe: data.max_length: not an option of data.source "
+                                                         "image_folder; it belongs to lm_text, sst2, text, trec"),
+    (["data.source=sst2", "data.image_size=32"], "recipe: data.image_size: not an option of data.source sst2; it "
+                                                 "belongs to image_folder"),
+    (["data.source=sst2", "data.max_lenght=64"], "recipe: data.max_lenght: unknown key; remove it or check its spelling"),
+    (["data.source=text", "data.format=txt"], "recipe: data.format: Input should be 'auto', 'tsv', 'csv' or 'jsonl'"),
+    (["data.source=lm_text", "task=causal_lm", "model.name=hf:/m", "data.max_length=1"],
+     "recipe: data.max_length: Input should be greater than or equal to 2"),
+    (["data.source=nope"], "recipe: data.source: unknown data source 'nope'; choose one of: fashion_mnist, image_folder"),
+])
+def test_data_options_are_checked_by_the_source(overrides, message):
+    with pytest.raises(PrunetuneError) as e:
+        load_recipe(None, overrides)
+    assert str(e.value).startswith(message), str(e.value)
+
+
+def test_an_option_of_another_source_at_its_former_default_is_dropped():
+    r = load_recipe(None, ["data.max_length=128", "data.trec_labels=coarse", "data.stream=null", "data.limit=50"])
+    assert type(r.data.options).__name__ == "SourceOptions" and r.data.limit == 50
+    assert "max_length" not in r.model_dump()["data"]
+
+
+def test_options_are_typed_per_source_and_keep_their_defaults():
+    r = load_recipe(None, ["data.source=image_folder", "data.path=/i", "data.image_size=16", "data.grayscale=true"])
+    assert (r.data.options.image_size, r.data.options.grayscale, r.data.options.stream) == (16, True, None)
+    lm = load_recipe(None, ["data.source=lm_text", "task=causal_lm", "model.name=hf:/m", "data.format=txt"])
+    assert (lm.data.options.format, lm.data.options.max_length, lm.data.options.prompt_column) == ("txt", 128, None)
+    changed = lm.data.with_options(tokenizer="/tok")
+    assert changed.options.tokenizer == "/tok" and lm.data.options.tokenizer is None and changed.options.format == "txt"
+    with pytest.raises(PrunetuneError, match="data.image_size: not an option of data.source lm_text"):
+        lm.data.with_options(image_size=3)
+
+
+@pytest.mark.parametrize("overrides,key", [
+    ([], "4a97fba448f6c03d52e8"),
+    (["data.source=sst2", "data.path=/d", "data.max_length=64", "model.name=minilm"], "f7d4aea46dd91e08ed0a"),
+    (["data.source=image_folder", "data.path=/i", "data.image_size=16", "data.grayscale=true"], "620beb86b3114fd58a2d"),
+    (["data.source=lm_text", "task=causal_lm", "model.name=hf:/m", "data.format=txt", "data.prompt_column=q"],
+     "ef908b00de7e2680a126"),
+])
+def test_dense_cache_keys_are_those_of_the_flat_data_spec(overrides, key):
+    # Keys computed by the code before per-source options: existing dense caches are still found.
+    from prunetune.dense import dense_key
+
+    assert dense_key(load_recipe(None, overrides)) == key

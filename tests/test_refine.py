@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import subprocess
 import sys
 import zlib
@@ -107,6 +108,7 @@ def test_refine_writes_a_new_version_and_keeps_masks(pruned_run):
     ([], "other", r"labels unknown to the model: 'zebra'; the model predicts 'c0', 'c1', 'c2'"),
     (["prune.sparsity=0.3"], "shift", r"--set prune.sparsity=0.3: refine only takes data\.\* and finetune\.\* overrides"),
     (["finetune.lr=-1"], "shift", r"refine: finetune.lr: Input should be greater than 0"),
+    (["finetune.peft.r=4"], "shift", r"refine: finetune.peft.r: not an option of finetune.method full; remove it \(an option of lora\)"),
     ([], None, r"--data PATH"),
 ])
 def test_refine_refuses_bad_input_and_writes_nothing(pruned_run, overrides, data_path, needle):
@@ -116,6 +118,22 @@ def test_refine_refuses_bad_input_and_writes_nothing(pruned_run, overrides, data
         refine(model_dir, overrides, out=pruned_run / "refused", log=lambda m: None, data_path=data_path)
     assert "\n" not in str(e.value)
     assert sorted(p.name for p in pruned_run.iterdir()) == before_dir and digest(model_dir) == before_model
+
+
+@pytest.mark.parametrize("method,notes", [("lora", ["finetune.method 'lora' replaced by 'full'"]), ("full", [])])
+def test_refine_of_a_model_saved_with_every_methods_options(pruned_run, tmp_path, method, notes):
+    """A manifest written before each method had its own options holds every method's options, some
+    away from their defaults (the old schema took them whatever the method); refine fine-tunes with
+    full and drops them."""
+    model_dir = tmp_path / "old" / "model"
+    shutil.copytree(pruned_run / "model", model_dir)
+    manifest = json.loads((model_dir / "manifest.json").read_text())
+    manifest["recipe"]["finetune"].update(method=method, peft={
+        "include": ["head.*"], "exclude": [], "r": 4, "alpha": 8.0, "dropout": 0.1, "virtual_tokens": 20, "adapter_size": 64})
+    (model_dir / "manifest.json").write_text(json.dumps(manifest))
+    rep = refine(model_dir, ["finetune.epochs=1"], log=lambda m: None, data_path="shift")
+    assert rep["notes"] == notes
+    assert rep["recipe"]["finetune"]["method"] == "full" and rep["recipe"]["finetune"]["peft"] == {}
 
 
 def test_refine_refuses_an_existing_out(pruned_run):

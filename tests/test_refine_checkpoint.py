@@ -18,6 +18,8 @@ import pytest
 
 from prunetune import checkpoint as C
 from prunetune import cli
+from prunetune.checkpointer import Checkpointer
+from prunetune.compare import compare_runs
 from prunetune.errors import Interrupted, PrunetuneError
 from prunetune.pipeline import run
 from prunetune.recipe import load_recipe
@@ -30,7 +32,7 @@ QUIET = {"log": lambda m: None}
 
 
 def assert_same(a: Path, b: Path) -> None:
-    diffs = C.compare_runs(a, b, atol=1e-6)  # report.json without timings; masks exact; weights within 1e-6
+    diffs = compare_runs(a, b, atol=1e-6)  # report.json without timings; masks exact; weights within 1e-6
     assert not diffs, "\n".join(diffs[:20])
     ma, mb = (json.loads((p / "model" / "manifest.json").read_text()) for p in (a, b))
     assert ma == mb  # refined_from, recipe, shapes, mask densities
@@ -54,17 +56,17 @@ class _Killed(Exception):
 
 def _killed_refine(model_dir: Path, overrides: list[str], out: Path, after_writes: int, monkeypatch) -> dict:
     """Refine in-process and stop dead right after the `after_writes`-th checkpoint (as a SIGKILL would)."""
-    real, count = C.Checkpointer.save, {"n": 0}
+    real, count = Checkpointer.save, {"n": 0}
 
-    def save(self, trainer, pos):
-        real(self, trainer, pos)
+    def save(self, trainer):
+        real(self, trainer)
         count["n"] += 1
         if count["n"] == after_writes:
             self.wait()
             raise _Killed
 
     with monkeypatch.context() as m:
-        m.setattr(C.Checkpointer, "save", save)
+        m.setattr(Checkpointer, "save", save)
         with pytest.raises(_Killed):
             refine(model_dir, overrides, out=out, data_path="shift-new", **QUIET)
     assert not out.exists() and not list(out.parent.glob(f".{out.name}.tmp-*"))
@@ -98,16 +100,16 @@ def test_ctrl_c_writes_a_checkpoint_then_resume_completes(source, tmp_path, monk
     overrides = ["finetune.epochs=2", "finetune.checkpoint_every_steps=4"]
     refine(source, overrides, out=tmp_path / "ref", data_path="shift-new", **QUIET)
     out = tmp_path / "model-v2"
-    real = C.Checkpointer.after_step
+    real = Checkpointer.after_step
 
-    def after_step(self, trainer, position):
+    def after_step(self, trainer):
         if trainer.global_step == 3:  # Ctrl-C mid-epoch: the handler asks for a checkpoint at this step's end
             os.kill(os.getpid(), signal.SIGINT)
             time.sleep(0.05)
-        real(self, trainer, position)
+        real(self, trainer)
 
     with monkeypatch.context() as m:
-        m.setattr(C.Checkpointer, "after_step", after_step)
+        m.setattr(Checkpointer, "after_step", after_step)
         with pytest.raises(Interrupted) as e:
             refine(source, overrides, out=out, data_path="shift-new", **QUIET)
     assert (e.value.out, e.value.command) == (out, "refine")

@@ -198,8 +198,9 @@ def test_without_robustness_nothing_is_measured_or_reported(tmp_path):
 
 def test_text_inputs_are_refused_before_any_training(tmp_path, monkeypatch):
     import prunetune.pipeline as pipeline
+    import prunetune.session as session
 
-    monkeypatch.setattr(pipeline, "obtain_dense", lambda *a, **k: pytest.fail("refused after training"))
+    monkeypatch.setattr(session, "obtain_dense", lambda *a, **k: pytest.fail("refused after training"))
     recipe = load_recipe(None, ["model.name=tiny_mlp", "data.source=robust_text", "evaluate.robustness.fgsm=[0.1]"])
     with pytest.raises(PrunetuneError) as e:
         pipeline.run(recipe, tmp_path / "r", log=lambda m: None)
@@ -282,7 +283,7 @@ SEARCH = {"tolerance": 50.0, "objective": "nonzero", "trials": 2, "sampler": "gr
 
 
 def _sweep(tmp_path, floor: dict, **search):
-    from prunetune.sweep import sweep
+    from prunetune.search.study import sweep
 
     recipe = Recipe.model_validate({**SWEEP_BASE, "search": {**SEARCH, **search, "robustness_floor": floor}})
     return recipe, sweep(recipe, tmp_path / "s", log=lambda m: None)
@@ -291,7 +292,7 @@ def _sweep(tmp_path, floor: dict, **search):
 def test_a_floor_no_trial_meets_leaves_no_balance_point_and_marks_trials_infeasible(tmp_path):
     import optuna
 
-    from prunetune.sweep import summarise
+    from prunetune.search.study import summarise
 
     # PGD at eps 0.3 (more than the 0.25 class signal) never leaves a model 100% right.
     recipe, doc = _sweep(tmp_path, {"attack": "pgd", "strength": 0.3, "min_accuracy": 100.0}, sampler="tpe")
@@ -320,7 +321,7 @@ def test_a_floor_no_trial_meets_leaves_no_balance_point_and_marks_trials_infeasi
 def test_a_floor_every_trial_meets_changes_nothing(tmp_path):
     import optuna
 
-    from prunetune.sweep import summarise
+    from prunetune.search.study import summarise
 
     recipe, doc = _sweep(tmp_path, {"attack": "pgd", "strength": 0.05, "min_accuracy": 0.0})
     study = optuna.load_study(study_name="rsw", storage=f"sqlite:///{tmp_path / 's' / 'study.db'}")
@@ -335,7 +336,8 @@ def test_a_floor_every_trial_meets_changes_nothing(tmp_path):
 def test_optuna_4_gets_the_floor_through_constraints_func(monkeypatch):
     import optuna
 
-    from prunetune.sweep import _constraints, _sampler
+    from prunetune.search.objective import constraints
+    from prunetune.search.study import sampler
 
     spec = Recipe.model_validate({**SWEEP_BASE, "search": {**SEARCH, "sampler": "tpe", "robustness_floor": {
         "attack": "pgd", "strength": 0.05, "min_accuracy": 50}}}).search
@@ -344,8 +346,8 @@ def test_optuna_4_gets_the_floor_through_constraints_func(monkeypatch):
             monkeypatch.delattr(cls, "set_constraint")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # optuna 5 deprecates constraints_func
-        sampler = _sampler(spec, [], 0)
-    assert sampler._constraints_func is _constraints
+        made = sampler(spec, [], 0)
+    assert made._constraints_func is constraints
     trial = optuna.trial.create_trial(values=[90.0, 1.0], user_attrs={"constraint": [12.5]})
-    assert _constraints(trial) == (12.5,)
-    assert _constraints(optuna.trial.create_trial(values=[90.0, 1.0])) == (0.0,)  # stopped early: not judged
+    assert constraints(trial) == (12.5,)
+    assert constraints(optuna.trial.create_trial(values=[90.0, 1.0])) == (0.0,)  # stopped early: not judged

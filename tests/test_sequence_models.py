@@ -26,7 +26,8 @@ from prunetune.pruning.layers import layer_type_of, prunable_layers
 from prunetune.pruning.masks import masked_tensors
 from prunetune.pruning.pruners import Structured, Unstructured
 from prunetune.pruning.sequence import gates
-from prunetune.recipe import DataSpec, ModelSpec, PruneSpec, Recipe
+from prunetune.data_spec import DataSpec
+from prunetune.recipe import ModelSpec, PruneSpec, Recipe
 from prunetune.registry import LAYER_TYPES, TASKS
 from sequence_fixtures import write_ratings, write_sequences
 
@@ -379,8 +380,7 @@ def test_saved_structured_sequence_models_load_identically(tmp_path, name, kwarg
       "prune.schedule.kind=iterative", "prune.schedule.steps=2"], 2),
 ])
 def test_sequence_runs_resume_to_the_same_result(tmp_path, monkeypatch, extra, after):
-    from prunetune import checkpoint as C
-    from prunetune.pipeline import run
+    from prunetune.pipeline import resume_run, run
     from prunetune.recipe import load_recipe
     from test_checkpoint import _run_killed, assert_same_run
 
@@ -390,7 +390,7 @@ def test_sequence_runs_resume_to_the_same_result(tmp_path, monkeypatch, extra, a
                                 "finetune.batch_size=16", "evaluate.latency=false", "evaluate.memory=false", *extra])
     run(recipe, tmp_path / "ref", log=lambda m: None)
     _run_killed(recipe, tmp_path / "x", after, monkeypatch)
-    C.resume_run(tmp_path / "x", log=lambda m: None)
+    resume_run(tmp_path / "x", log=lambda m: None)
     assert_same_run(tmp_path / "ref", tmp_path / "x")
 
 

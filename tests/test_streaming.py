@@ -25,7 +25,8 @@ from prunetune.data import build_data
 from prunetune.data import image_folder as IF
 from prunetune.data.base import TensorData
 from prunetune.measure import example_batch
-from prunetune.recipe import DataSpec, Recipe, load_recipe
+from prunetune.data_spec import DataSpec
+from prunetune.recipe import Recipe, load_recipe
 
 from conftest import cli_env
 

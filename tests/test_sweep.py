@@ -10,7 +10,7 @@ import pytest
 
 from prunetune.errors import PrunetuneError
 from prunetune.recipe import Recipe
-from prunetune.sweep import sweep
+from prunetune.search.study import sweep
 
 BASE = {
     "name": "sw",
@@ -269,7 +269,7 @@ def test_a_causal_lm_sweep_minimises_perplexity(tmp_path):
     sst2 = Path(__file__).resolve().parents[2] / "shared" / "data" / "sst2"
     if not (sst2 / "train.tsv").is_file():
         pytest.skip(f"SST-2 not found at {sst2}")
-    from prunetune.lm.tiny import tiny_model_folder, train_tokenizer
+    from prunetune.models.tiny_lm import tiny_model_folder, train_tokenizer
 
     with open(sst2 / "train.tsv", encoding="utf-8") as f:
         rows = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
@@ -294,3 +294,33 @@ def test_a_causal_lm_sweep_minimises_perplexity(tmp_path):
     assert len(done) == 2 and all(r["val_perplexity"] > 1 for r in done)
     assert doc["balance_trial"] == min(done, key=lambda r: r["cost"])["trial"]  # a generous tolerance: the cheapest
     assert "perplexity" in doc["balance"]["test"] and "dense_perplexity" in doc["balance"]["test"]
+
+
+# The former flat schema dumped every data source's and every fine-tuning method's options with their defaults.
+FORMER_DATA_DEFAULTS = {
+    "path": None, "val_size": None, "limit": None, "test_limit": None, "image_size": None, "grayscale": None,
+    "stream": None, "eval_batch_size": 512, "format": "auto", "train_file": None, "val_file": None, "test_file": None,
+    "text_column": None, "label_column": None, "prompt_column": None, "completion_column": None, "max_length": 128,
+    "tokenizer": None, "trec_labels": "coarse", "encoding": None}
+FORMER_PEFT_DEFAULTS = {"include": None, "exclude": [], "r": 8, "alpha": 16.0, "dropout": 0.0, "virtual_tokens": 20,
+                        "adapter_size": 64}
+
+
+def test_a_study_stored_by_the_former_schema_still_opens_and_a_changed_base_does_not(tmp_path):
+    import optuna
+
+    search = {**SEARCH, "sampler": "random", "trials": 1}
+    sweep(_recipe(search), tmp_path / "s", log=lambda m: None)
+    study = optuna.load_study(study_name="sw", storage=f"sqlite:///{tmp_path / 's' / 'study.db'}")
+    sig = study.user_attrs["signature"]
+    base = sig["base"]
+    former = {**base, "data": {**FORMER_DATA_DEFAULTS, **base["data"]},
+              "finetune": {**base["finetune"], "peft": dict(FORMER_PEFT_DEFAULTS)}}
+    assert former != base  # the stored base really is in the former, wider shape
+    study.set_user_attr("signature", {**sig, "base": former})
+    doc = sweep(_recipe(search), tmp_path / "s", trials=2, log=lambda m: None)
+    assert len(doc["rows"]) == 2  # joined, one more trial
+
+    study.set_user_attr("signature", {**sig, "base": {**former, "seed": 7}})
+    with pytest.raises(PrunetuneError, match="exists with a different search space, objective, tolerance or base recipe"):
+        sweep(_recipe(search), tmp_path / "s", trials=3, log=lambda m: None)

@@ -10,7 +10,7 @@ import pytest
 import torch
 from sklearn.metrics import confusion_matrix, f1_score, precision_recall_fscore_support
 
-from prunetune.cache import dense_key
+from prunetune.dense import dense_key
 from prunetune.errors import PrunetuneError
 from prunetune.models import build_model
 from prunetune.pipeline import run

@@ -12,7 +12,8 @@ import torch
 from prunetune.data import text as T
 from prunetune.data.base import TensorData, build_data, indexed_batches
 from prunetune.errors import PrunetuneError
-from prunetune.recipe import DataSpec, ModelSpec
+from prunetune.data_spec import DataSpec
+from prunetune.recipe import ModelSpec
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 SST2, TREC = DATA / "sst2", DATA / "trec"
@@ -155,6 +156,15 @@ def test_text_errors_name_file_and_line(tmp_path, train, test, pattern):
             p = tmp_path / name
             p.write_bytes(content) if isinstance(content, bytes) else p.write_text(content)
     with pytest.raises(PrunetuneError, match=pattern):
+        build(source="text", path=str(tmp_path))
+
+
+@needs_minilm
+def test_text_with_a_single_training_label_is_refused(tmp_path):
+    (tmp_path / "train.tsv").write_text("text\tlabel\n" + "good one\tpos\n" * 6)
+    (tmp_path / "test.tsv").write_text("text\tlabel\nfine\tpos\n")
+    with pytest.raises(PrunetuneError, match=r"train\.tsv: the training data has a single class \('pos'\); a classifier "
+                                             r"needs two or more"):
         build(source="text", path=str(tmp_path))
 
 

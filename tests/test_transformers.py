@@ -218,7 +218,7 @@ def test_removing_every_head_of_a_layer_is_refused(tiny_bert, tmp_path):
 
 
 def test_prompt_tuning_of_a_model_without_token_embeddings(tmp_path):
-    from prunetune.finetune_methods import PromptTuning
+    from prunetune.finetune.prompt_tuning import PromptTuning
     from prunetune.models import build_model
     from prunetune.recipe import FinetuneSpec
 

@@ -12,22 +12,25 @@ Example:
 from __future__ import annotations
 
 import json
-import os
-import re
-import shutil
-import tempfile
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any, Callable, Iterator
+from typing import Annotated, Any
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from safetensors import SafetensorError
+from safetensors.torch import load_file
 from torch import nn
 
 from . import __version__
-from .errors import PrunetuneError, RuntimeFault
+from .errors import PrunetuneError
+from .files import save_tensors, staged_folder
+from .finetune.structure import restore_structure
+from .models.hf import load_lm_config
+from .pruning.decoder import head_counts as decoder_heads, mlp_widths, sync_decoder
+from .models import build_model, hf
 from .pruning.layers import sync_attributes
 from .pruning.masks import attach_mask, masked_tensors, realise
+from .recipe import ModelSpec, validation_error
 
 FORMAT = "prunetune-model/1"
 
@@ -55,78 +58,12 @@ class Manifest(BaseModel):
     model_kwargs: dict[str, Any] = {}
 
 
-def atomic_dir(final: Path) -> Path:
-    """A temporary sibling folder; `commit_dir` renames it to `final` when everything is written."""
-    final.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        return Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
-    except OSError as e:  # e.g. no write permission: name the folder asked for, not the temporary name
-        raise OSError(e.errno, e.strerror, str(final)) from None
-
-
-def as_final(e: BaseException, tmp: Path, final: Path) -> BaseException:
-    """An OSError about `tmp` (or a file inside it) re-aimed at `final`, where that file was going:
-    the temporary name means nothing to the user and is deleted by then. Other errors are returned as they are."""
-    name = getattr(e, "filename", None)
-    if not isinstance(e, OSError) or not name:
-        return e
-    try:
-        rel = Path(name).relative_to(tmp)
-    except ValueError:
-        return e
-    return OSError(e.errno, e.strerror, str(final / rel))
-
-
-def save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
-    """safetensors' save_file; its write errors (disk full, file size limit) arrive as SafetensorError,
-    made an OSError naming `path` again so the command line reports them as such."""
-    from safetensors import SafetensorError
-    from safetensors.torch import save_file
-
-    try:
-        save_file(tensors, str(path))
-    except SafetensorError as e:
-        code = re.search(r"os error (\d+)", str(e))
-        if code:
-            raise OSError(int(code.group(1)), os.strerror(int(code.group(1))), str(path)) from None
-        raise RuntimeFault(f"{path}: cannot write the weights ({str(e).splitlines()[0][:160]})") from None
-
-
-def commit_dir(tmp: Path, final: Path) -> None:
-    if final.exists():
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise PrunetuneError(f"{final}: already exists; choose another --out or remove it")
-    os.replace(tmp, final)
-
-
-@contextmanager
-def staged_folder(final: Path, on_abort: Callable[[], None] | None = None) -> Iterator[Path]:
-    """Write into a temporary sibling folder, renamed to `final` only when the block succeeds.
-
-    On any failure (or Ctrl-C) `on_abort` runs and the temporary folder is removed, so nothing
-    that looks complete is left behind.
-    """
-    tmp = atomic_dir(final)
-    try:
-        yield tmp
-        commit_dir(tmp, final)
-    except BaseException as e:
-        if on_abort is not None:
-            on_abort()
-        shutil.rmtree(tmp, ignore_errors=True)
-        renamed = as_final(e, tmp, final)
-        if renamed is not e:
-            raise renamed from None
-        raise
-
-
 def save_model(model: nn.Module, folder: str | Path, info: dict[str, Any]) -> Path:
     """Write weights (masks realised), masks and manifest into `folder` (which must not exist)."""
     folder = Path(folder)
     if folder.exists():
         raise PrunetuneError(f"{folder}: already exists; choose another output folder")
-    tmp = atomic_dir(folder)
-    try:
+    with staged_folder(folder) as tmp:
         plain = realise(model).cpu()
         state = {k: v.detach().contiguous().clone() for k, v in unique_state(plain).items()}
         save_tensors(state, tmp / "model.safetensors")
@@ -145,13 +82,6 @@ def save_model(model: nn.Module, folder: str | Path, info: dict[str, Any]) -> Pa
         }
         Manifest.model_validate(manifest)
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))
-    except BaseException as e:
-        shutil.rmtree(tmp, ignore_errors=True)
-        renamed = as_final(e, tmp, folder)
-        if renamed is not e:
-            raise renamed from None
-        raise
-    commit_dir(tmp, folder)
     return folder
 
 
@@ -159,12 +89,12 @@ def _storage_key(t: torch.Tensor) -> tuple:
     return (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), t.dtype)
 
 
-def unique_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The state dict with each shared tensor once (tied embeddings, peft's alias of the word
-    embeddings): safetensors refuses to store one tensor under two names."""
+def unique_tensors(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """`state` with each shared tensor once (tied embeddings, peft's alias of the word embeddings):
+    safetensors refuses to store one tensor under two names. `with_aliases` puts the names back."""
     seen: set[tuple] = set()
     out = {}
-    for k, v in model.state_dict().items():
+    for k, v in state.items():
         key = _storage_key(v)
         if key not in seen:
             seen.add(key)
@@ -172,7 +102,21 @@ def unique_state(model: nn.Module) -> dict[str, torch.Tensor]:
     return out
 
 
-def _load_state(model: nn.Module, state: dict[str, torch.Tensor], folder: Path) -> None:
+def unique_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The model's state dict with each shared tensor once (see `unique_tensors`)."""
+    return unique_tensors(model.state_dict())
+
+
+def with_aliases(saved: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
+    """A full state dict of `model` from `saved` (a `unique_tensors` of one): each alias gets its tensor."""
+    first: dict[tuple, str] = {}
+    full = model.state_dict()
+    for k, v in full.items():
+        first.setdefault(_storage_key(v), k)
+    return {k: saved[k] if k in saved else saved[first[_storage_key(v)]] for k, v in full.items()}
+
+
+def load_state(model: nn.Module, state: dict[str, torch.Tensor], folder: Path) -> None:
     """Load weights; a key may be absent only when it is an alias of a loaded tensor."""
     fresh = model.state_dict()
     first: dict[tuple, str] = {}
@@ -194,23 +138,17 @@ def _save_hf_files(model: nn.Module, folder: Path, info: dict[str, Any]) -> dict
     tokenizer files (the manifest then says '.', the only value `resolve_tokenizer` takes)."""
     pre = dict(info.get("preprocess") or {})
     if pre.get("kind") == "text" and pre.get("tokenizer") not in (None, "."):
-        from .models.hf import load_tokenizer
-
-        load_tokenizer(pre["tokenizer"]).save_pretrained(folder)  # transformers' fixed file names, inside `folder`
+        hf.load_tokenizer(pre["tokenizer"]).save_pretrained(folder)  # transformers' fixed file names, inside `folder`
         info = {**info, "preprocess": {**pre, "tokenizer": "."}}  # relative to the model folder
     config = getattr(model, "config", None)
     if config is None or not hasattr(config, "save_pretrained"):
         return info
-    from .models.hf import head_counts
-
     names = info.get("class_names") or []
     if names:  # a language model has no labels
         config.id2label = {i: n for i, n in enumerate(names)}
         config.label2id = {n: i for i, n in enumerate(names)}
     config.save_pretrained(folder)
-    from .lm.structured import head_counts as decoder_heads, mlp_widths
-
-    widths = {"heads": head_counts(model), "linear_out": {
+    widths = {"heads": hf.head_counts(model), "linear_out": {
         n: m.out_features for n, m in model.named_modules() if isinstance(m, nn.Linear) and "intermediate" in n}}
     if decoder_heads(model):
         widths["decoder"] = {"heads": decoder_heads(model), "mlp": mlp_widths(model)}
@@ -259,17 +197,13 @@ def read_manifest(folder: str | Path) -> Manifest:
     try:
         m = Manifest.model_validate(raw)
     except ValidationError as e:
-        err = e.errors()[0]
-        raise PrunetuneError(f"{path}: {'.'.join(map(str, err['loc']))}: {err['msg']}; re-save the model") from None
+        raise validation_error(e, str(path), hint="; re-save the model") from None
     if m.format != FORMAT:
         raise PrunetuneError(f"{path}: format {m.format!r} is not {FORMAT!r}; re-save with this prunetune version")
     return m
 
 
 def _load_tensors(path: Path) -> dict[str, torch.Tensor]:
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
     if not path.exists():
         raise PrunetuneError(f"{path}: missing; the model folder is incomplete, re-save the model")
     try:
@@ -297,20 +231,13 @@ def resize_to(model: nn.Module, shapes: dict[str, list[int]]) -> None:
                     changed = True
         if changed:
             sync_attributes(mod)
-    from .models.hf import attention_modules, sync_attention
-
-    for attn in attention_modules(model).values():
-        sync_attention(attn)
-    from .lm.structured import sync_decoder
-
+    for attn in hf.attention_modules(model).values():
+        hf.sync_attention(attn)
     sync_decoder(model)  # decoder LMs: head counts per layer follow the tensors
 
 
 def load_model(folder: str | Path, trust_code: bool = False) -> tuple[nn.Module, Manifest]:
     """Rebuild a saved model from its folder: no pickle is ever loaded."""
-    from .models import build_model
-    from .recipe import ModelSpec
-
     folder = Path(folder)
     manifest = read_manifest(folder)
     state = _load_tensors(folder / "model.safetensors")
@@ -326,17 +253,13 @@ def load_model(folder: str | Path, trust_code: bool = False) -> tuple[nn.Module,
     spec = ModelSpec.model_validate(manifest.model)
     if ":" in spec.name and not spec.name.startswith(("torchvision:", "timm:")):
         spec = spec.model_copy(update={"trust_code": trust_code})
-    from .models import hf
-
     if hf.is_hf(spec.name):
         if not (folder / "config.json").is_file():
             raise PrunetuneError(f"{folder / 'config.json'}: missing; a saved transformers model needs its config, "
                                  "re-save the model")
         # Built from the saved config (no weights fetched), then resized to the saved widths.
         head = manifest.model_kwargs.get("head")
-        if head == "causal_lm":  # a language model (lm/models.py)
-            from .lm.models import load_lm_config
-
+        if head == "causal_lm":  # a language model (models/hf.py causal_lm)
             config = load_lm_config(str(folder), spec.trust_code)
         else:
             config = hf.load_config(str(folder), manifest.num_classes, spec.trust_code)
@@ -345,11 +268,9 @@ def load_model(folder: str | Path, trust_code: bool = False) -> tuple[nn.Module,
     else:
         model = build_model(spec, manifest.num_classes, tuple(manifest.input_shape), manifest.model_kwargs)
     if manifest.modules:
-        from .finetune_methods import restore_structure
-
         model = restore_structure(model, manifest.modules, str(folder / "manifest.json"))
     resize_to(model, want)
-    _load_state(model, state, folder)
+    load_state(model, state, folder)
     mask_file = folder / "masks.safetensors"
     if manifest.masks:
         masks = _load_tensors(mask_file)

@@ -5,12 +5,12 @@ Imported once, by `registry.load_builtins` on the first registry lookup: adding 
 plus its line here.
 """
 
-from . import finetune_methods, tracking, training  # noqa: F401
+from . import tracking, training  # noqa: F401
+from .finetune import adapter, bitfit, full, ia3, lora, prompt_tuning  # noqa: F401
 from .tasks import causal_lm, classification, regression  # noqa: F401
 from .data import fashion_mnist, image_folder, text  # noqa: F401
-from .data import ratings, sequences  # noqa: F401
+from .data import lm_text, ratings, sequences  # noqa: F401
 from .models import builtin, external  # noqa: F401
 from .models import sequence as sequence_models  # noqa: F401
 from .pruning import importance, layers, pruners, schedules, sequence  # noqa: F401
 from .pruning import hf_conv1d  # noqa: F401  (transformers' Conv1D, GPT-2)
-from . import lm  # noqa: F401  (causal language models: task, data source)

@@ -67,10 +67,10 @@ def run(
     def go():
         from .pipeline import run as run_recipe
         from .recipe import Recipe, load_recipe
-        from .report import speedups
+        from .reporting.format import speedups
 
         if resume is not None:
-            from .checkpoint import resume_run
+            from .pipeline import resume_run
 
             if recipe is not None or set_ or (out is not None and out != resume):
                 raise PrunetuneError("--resume: the recipe and the output folder come from the checkpoint; "
@@ -78,7 +78,7 @@ def run(
             report = resume_run(resume, log=_log, track=track, track_uri=track_uri)
             r = Recipe.model_validate(report["recipe"])
         else:
-            from .checkpoint import refuse_stale
+            from .checkpointer import refuse_stale
 
             r = load_recipe(recipe, set_)
             if out is not None:
@@ -110,7 +110,7 @@ def sweep(
 
     def go():
         from .recipe import load_recipe
-        from .sweep import sweep as run_sweep
+        from .search.study import sweep as run_sweep
 
         r = load_recipe(recipe, set_)
         if trials is not None and trials < 0:

@@ -14,10 +14,13 @@ Example:
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
+
+from .pruning.masks import masked_tensors
 
 
 def world() -> tuple[int, int]:
@@ -66,8 +69,6 @@ def sync_masks(model: nn.Module) -> None:
         return
     import torch.distributed as dist
 
-    from .pruning.masks import masked_tensors
-
     for mask in masked_tensors(model).values():
         m = mask.to(torch.uint8)
         dist.broadcast(m, src=0)
@@ -87,10 +88,8 @@ def sync_buffers(model: nn.Module) -> None:
             dist.broadcast(b, src=0)
 
 
-def rank_folder(out):
+def rank_folder(out: str | Path) -> Path:
     """Where this rank writes its run folder."""
-    from pathlib import Path
-
     rank, _ = world()
     out = Path(out)
     return out if rank == 0 else out.with_name(f"{out.name}.rank{rank}")

@@ -23,7 +23,8 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from .artifacts import as_final, load_model, read_manifest
+from .artifacts import load_model, read_manifest
+from .files import as_final, temp_beside
 from .errors import PrunetuneError, RuntimeFault
 from .pruning.masks import realise
 from .tasks.causal_lm import refuse_lm_folder
@@ -31,19 +32,6 @@ from .tasks.causal_lm import refuse_lm_folder
 FORMATS = ("onnx",)
 TOLERANCE = 1e-4  # max abs difference allowed between onnxruntime and PyTorch logits
 SEED = 20240607
-
-
-def temp_beside(final: Path, suffix: str = "") -> Path:
-    """An empty temporary file in `final`'s folder (so os.replace is atomic), with umask permissions."""
-    try:
-        fd, name = tempfile.mkstemp(prefix=f".{final.name}.tmp-", suffix=suffix, dir=final.parent)
-    except OSError as e:  # e.g. no write permission: name the file asked for, not the temporary name
-        raise OSError(e.errno, e.strerror, str(final)) from None
-    os.close(fd)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(name, 0o666 & ~umask)  # mkstemp makes 0600 files; the result should look like any other
-    return Path(name)
 
 
 def _check_batches(n: int) -> list[int]:

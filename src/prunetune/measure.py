@@ -18,7 +18,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from .artifacts import unique_state
+from .pruning.hf_conv1d import is_hf_conv1d
+from .pruning.layers import layer_shape, layer_weight, prunable_layers
 from .pruning.masks import realise
+from .robustness import measure_robustness
 from .tasks import to_device
 
 
@@ -30,8 +34,6 @@ def count_params(model: nn.Module) -> tuple[int, int]:
 
 def layer_weights(model: nn.Module, names: list[str]) -> dict[str, torch.Tensor]:
     """Each named layer's prunable weights (an LSTM / GRU: every gate tensor, flattened into one)."""
-    from .pruning.layers import layer_weight
-
     mods = dict(model.named_modules())
     return {n: layer_weight(mods[n]) for n in names if n in mods}
 
@@ -39,8 +41,6 @@ def layer_weights(model: nn.Module, names: list[str]) -> dict[str, torch.Tensor]
 def macs(model: nn.Module, example: Any) -> int:
     import torch_pruning as tp
     from torch_pruning.utils import op_counter
-
-    from .pruning.hf_conv1d import is_hf_conv1d
 
     for mod in model.modules():  # transformers' Conv1D (GPT-2) counts as the linear layer it is
         if is_hf_conv1d(mod):
@@ -53,8 +53,6 @@ def macs(model: nn.Module, example: Any) -> int:
 def serialized_sizes(model: nn.Module) -> tuple[int, int]:
     """Bytes of the safetensors file, and of it gzip-compressed (where unstructured zeros pay)."""
     from safetensors.torch import save
-
-    from .artifacts import unique_state
 
     data = save({k: v.detach().contiguous().cpu() for k, v in unique_state(model).items()})
     return len(data), len(gzip.compress(data, compresslevel=6))
@@ -216,8 +214,6 @@ def measure_stage(model: nn.Module, task, bundle, spec, device: torch.device, re
         big = to_device(example_batch(bundle.test, spec.latency_batch, seq), device)
         result["peak_memory_bytes"] = {"batch": spec.latency_batch, "bytes": peak_memory_bytes(shipped, task.forward, big, device)}
     if getattr(spec, "robustness", None) is not None:
-        from .robustness import measure_robustness
-
         result["robustness"] = measure_robustness(shipped, task, bundle, spec.robustness, device)
     return result
 
@@ -243,8 +239,6 @@ def reference_counts(model: nn.Module, targets: list[str]) -> dict[str, Any]:
 
 def plan_rows(before: nn.Module, after: nn.Module, targets: list[str]) -> list[dict[str, Any]]:
     """Per-layer plan: shape before/after and sparsity relative to the dense layer."""
-    from .pruning.layers import layer_shape, layer_weight, prunable_layers
-
     plain = realise(after)
     after_mods = dict(plain.named_modules())
     after_w = layer_weights(plain, [n for n, _ in prunable_layers(before)])

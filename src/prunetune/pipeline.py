@@ -1,7 +1,8 @@
 """`run`: the whole loop. Dense model -> measure -> prune -> measure -> fine-tune -> measure -> save.
 
 Everything is written to a temporary sibling folder and renamed into place at the end, so a
-failed or interrupted run never leaves a folder that looks complete.
+failed or interrupted run never leaves a folder that looks complete. `resume_run` continues an
+interrupted run from its checkpoint (checkpoint.py).
 
 Example:
     >>> from prunetune.recipe import load_recipe                                   # doctest: +SKIP
@@ -12,34 +13,33 @@ Example:
 from __future__ import annotations
 
 import copy
-import dataclasses
-import random
 import time
 from pathlib import Path
 from typing import Any, Callable
 
-import numpy as np
 import torch
 
 from . import __version__, distributed
-from .artifacts import staged_folder, save_model
-from .cache import cache_root, dense_key, model_info, obtain_dense
-from .checkpoint import Checkpointer, kernel_settings
-from .data import build_data
-from .distill import Distiller, load_teacher
+from .artifacts import save_model
+from .checkpoint import Resume
+from .checkpointer import Checkpointer
+from .dense import dense_key, model_info
 from .errors import PrunetuneError
 from .measure import measure_stage, plan_rows, process_peak_rss_bytes, reference_counts, training_memory
 from .models import classifier_name
 from .pruning.controller import PruningController
 from .pruning.targets import select_targets
 from .recipe import Recipe, dump_recipe
-from .finetune_methods import trainable_summary
+from .finetune.base import trainable_summary
+from .finetune.distill import Distiller, load_teacher
 from .registry import FINETUNE_METHODS
-from .tasks import Task, to_device
-from .report import speedups, write_reports
-from .robustness import check_inputs as check_robustness
-from .tracking import Tracker, make_tracker
-from .training import Trainer, pick_device
+from .tasks import to_device
+from .files import cache_root, staged_folder
+from .reporting.format import speedups
+from .reporting.write import write_reports
+from .session import kernel_settings, open_session
+from .tracking import Tracker
+from .training import Trainer
 
 
 def _each(row: dict[str, Any], tracked: Callable[[str, dict[str, Any]], None],
@@ -47,12 +47,6 @@ def _each(row: dict[str, Any], tracked: Callable[[str, dict[str, Any]], None],
     tracked("finetune", row)
     if hook is not None:
         hook(row)
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
 
 
 def default_out(recipe: Recipe) -> Path:
@@ -73,7 +67,7 @@ def format_plan(plan: list[dict[str, Any]]) -> str:
 def run(recipe: Recipe, out: str | Path | None = None, log: Callable[[str], None] = print, *,
         track: str | Tracker | None = None, track_uri: str | None = None, score_on: str = "test",
         save: bool = True, on_finetune_epoch: Callable[[dict[str, Any]], None] | None = None,
-        checkpoint: bool = True, resume: Any = None) -> dict[str, Any]:
+        checkpoint: bool = True, resume: Resume | None = None) -> dict[str, Any]:
     """Run a recipe end to end and return its report (also written to `out`).
 
     `track` ("tensorboard", "mlflow" or a `Tracker`) logs the recipe, every epoch and the report.
@@ -81,32 +75,26 @@ def run(recipe: Recipe, out: str | Path | None = None, log: Callable[[str], None
     never guides a search); `save=False` skips the model folder; `on_finetune_epoch(row)` is called
     after each fine-tuning epoch and may raise to stop the run (e.g. optuna.TrialPruned).
     Fine-tuning is checkpointed into `<out>.checkpoint/` unless `checkpoint=False`; `resume` (a
-    `checkpoint.Resume`; see `checkpoint.resume_run`) continues an interrupted run from its checkpoint."""
+    `checkpoint.Resume`; see `resume_run`) continues an interrupted run from its checkpoint."""
     out = distributed.rank_folder(Path(out) if out else default_out(recipe))  # torchrun: rank r > 0 writes OUT.rank<r>
     rank, world_size = distributed.world()
     if out.exists():
         raise PrunetuneError(f"--out: {out} already exists; choose another folder or remove it")
-    tracker = make_tracker(track, track_uri, log)
-    seed_everything(recipe.seed)
-    device = pick_device(recipe.evaluate.device)
-    task = Task.from_recipe(recipe)
+    session = open_session(recipe, log, track=track, track_uri=track_uri)
+    tracker, device, task = session.tracker, session.device, session.task
     if recipe.prune.order == "prune_first" and recipe.dense.epochs:
         # Prune the starting (e.g. pretrained) model itself: no task training before pruning.
         recipe = recipe.model_copy(update={"dense": recipe.dense.model_copy(update={"epochs": 0})})
         log("prune.order prune_first: dense.epochs taken as 0")
-    bundle = build_data(recipe.data, recipe.seed, recipe.model)
-    log(f"data: {len(bundle.train)} train / {len(bundle.val)} val / {len(bundle.test)} test"
-        + (f", {bundle.num_classes} classes" if task.labels else ""))
-    check_robustness(bundle, recipe.evaluate.robustness, task)  # text, or no ART: refused before any training
-    if score_on == "val":
-        bundle = dataclasses.replace(bundle, test=bundle.val)
+    bundle = session.load_data(recipe.data, recipe.model, robustness=recipe.evaluate.robustness, score_on=score_on,
+                               announce=True)
 
     ckpt = Checkpointer(out, recipe, log, resume, enabled=checkpoint, run_args={"score_on": score_on, "save": save})
     with ckpt.guard(), staged_folder(out, on_abort=tracker.abort) as tmp:
         (tmp / "recipe.resolved.yaml").write_text(dump_recipe(recipe))
         tracker.start(recipe.model_dump(mode="json"), out.name, tmp, folder=out)
-        dense, dense_info = resume.dense(device) if resume is not None else obtain_dense(
-            recipe, bundle, task, device, log, on_epoch=lambda row: tracker.log_epoch("dense", row))
+        dense, dense_info = resume.dense(device) if resume is not None else session.obtain_dense(
+            recipe, on_epoch=lambda row: tracker.log_epoch("dense", row))
         if dense_info.get("source") == "cache":  # the cached model's training curves
             for row in dense_info.get("history") or []:
                 tracker.log_epoch("dense", row)
@@ -175,6 +163,7 @@ def run(recipe: Recipe, out: str | Path | None = None, log: Callable[[str], None
         stages["finetuned"] = measure_stage(model, task, bundle, recipe.evaluate, device, ref)
 
         report = {
+            "kind": "run",
             "prunetune_version": __version__,
             "recipe": recipe.model_dump(mode="json"),
             "task": task.name,
@@ -205,3 +194,17 @@ def run(recipe: Recipe, out: str | Path | None = None, log: Callable[[str], None
         tracker.finish(report, tmp)  # before the rename: tensorboard/ is inside tmp, mlflow copies the reports
     log(f"done: {out}")
     return report
+
+
+def resume_run(out_dir: str | Path, log: Callable[[str], None] = print, *, track: str | Tracker | None = None,
+               track_uri: str | None = None) -> dict[str, Any]:
+    """Continue the interrupted run whose output folder was `out_dir` from its last checkpoint."""
+    res = Resume.load(out_dir)
+    warn = res.versions_differ()
+    if warn:
+        log(f"resume: {warn}")
+    s = res.summary()
+    log(f"resume: {res.out} from {res.dir}: phase {s['phase']}, epoch {s['epoch']} after {s['batches']} batches "
+        f"(step {s['global_step']})")
+    args = {k: v for k, v in res.record.get("run_args", {}).items() if k in ("score_on", "save")}
+    return run(res.recipe, res.out, log, track=track, track_uri=track_uri, resume=res, **args)

@@ -11,6 +11,9 @@ Example:
 
 from __future__ import annotations
 
+import json
+import os
+import sys
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -18,9 +21,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from .artifacts import Manifest, as_final, load_model, read_manifest
+from .artifacts import Manifest, load_model, read_manifest, resolve_tokenizer
 from .data.image_folder import IMAGE_SUFFIXES, load_image
 from .errors import PrunetuneError
+from .files import as_final, temp_beside
+from .models.hf import load_tokenizer
+from .session import pick_device
 from .tasks import Task, to_device
 from .tasks.causal_lm import refuse_lm_folder
 
@@ -114,8 +120,6 @@ def predict(model_dir: str | Path, inputs: list[str | Path], batch_size: int = 6
     The model, its manifest and every input path are checked before this returns; decoding
     errors surface while iterating, naming the file.
     """
-    from .training import pick_device
-
     if batch_size < 1:
         raise PrunetuneError(f"--batch-size {batch_size}: must be at least 1")
     manifest = read_manifest(model_dir)  # checked before the model is built (a text model may not build yet)
@@ -147,8 +151,6 @@ def read_text_lines(inputs: list[str | Path]) -> list[tuple[str, str]]:
     """(where, text) for every line of the given text files; '-' reads standard input.
 
     An empty line is refused (naming file:line): a blank prediction is almost always a broken file."""
-    import sys
-
     if not inputs:
         raise PrunetuneError("no inputs; give text files with one text per line, or - for standard input")
     out: list[tuple[str, str]] = []
@@ -177,9 +179,6 @@ def read_text_lines(inputs: list[str | Path]) -> list[tuple[str, str]]:
 
 def _predict_text(model_dir: Path, manifest: Manifest, inputs: list[str | Path], batch_size: int,
                   trust_code: bool, device: torch.device) -> Iterator[dict[str, Any]]:
-    from .artifacts import resolve_tokenizer
-    from .models.hf import load_tokenizer
-
     texts = read_text_lines(inputs)
     tok = load_tokenizer(resolve_tokenizer(model_dir, manifest.preprocess))
     max_length = int(manifest.preprocess.get("max_length") or 128)
@@ -199,12 +198,6 @@ def _predict_text(model_dir: Path, manifest: Manifest, inputs: list[str | Path],
 
 def write_predictions(rows: Iterator[dict[str, Any]], out: str | Path | None) -> int:
     """Write rows as JSON Lines to stdout (`out` None) or atomically to `out` (which must not exist)."""
-    import json
-    import os
-    import sys
-
-    from .export import temp_beside
-
     if out is None:
         n = 0
         for row in rows:

@@ -16,9 +16,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
+from .data_spec import DataSpec
 from .errors import PrunetuneError
+from .finetune.options import DROP_FOREIGN, method_options
+from .registry import FINETUNE_METHODS
 
 
 class _Section(BaseModel):
@@ -31,40 +34,6 @@ class ModelSpec(_Section):
     name: str = Field("small_cnn", description="built-in name, 'torchvision:NAME', 'timm:NAME' or 'package.module:function'")
     kwargs: dict[str, Any] = Field(default_factory=dict, description="extra keyword arguments for the model factory")
     trust_code: bool = Field(False, description="allow importing a user's own model factory by import path")
-
-
-class DataSpec(_Section):
-    """Where the labelled data comes from and how it is split."""
-
-    source: str = "fashion_mnist"
-    path: str | None = Field(None, description="data folder; each source has a default")
-    val_size: float | None = Field(
-        None, gt=0, description="validation split carved from train: a count (>=1) or a fraction (<1); default min(5000, 10%)"
-    )
-    limit: int | None = Field(None, gt=0, description="seeded class-balanced subset of the training set")
-    test_limit: int | None = Field(None, gt=0, description="seeded class-balanced subset of the test set")
-    image_size: int | None = Field(None, gt=0, description="resize images (image folders) to this square size")
-    grayscale: bool | None = Field(None, description="image folders: convert to one channel (default: keep RGB)")
-    stream: bool | None = Field(
-        None, description="image folders: read images from disk batch by batch instead of decoding all of them into "
-        "memory (default: stream when the decoded train + test images would exceed 1 GiB; other sources are always in memory)")
-    eval_batch_size: int = Field(512, gt=0)
-    # Text sources (sst2, trec, text).
-    format: Literal["auto", "tsv", "csv", "jsonl", "txt"] = Field(
-        "auto", description="text: file format (auto: by extension; txt, one text per line: lm_text only)")
-    train_file: str | None = Field(None, description="text, sequences, ratings: training file (default: train.* in data.path)")
-    val_file: str | None = Field(None, description="text, sequences, ratings: validation file (default: dev.*/val.* in data.path, else split from train)")
-    test_file: str | None = Field(None, description="text, sequences, ratings: test file (default: test.* in data.path)")
-    text_column: str | None = Field(None, description="text: column with the text (default: sentence or text)")
-    label_column: str | None = Field(None, description="text, sequences (CSV): column with the label (default: label)")
-    prompt_column: str | None = Field(
-        None, description="lm_text: field / column with the prompt of a prompt-completion pair (default: prompt); "
-        "the loss is on the completion only")
-    completion_column: str | None = Field(None, description="lm_text: field / column with the completion (default: completion)")
-    max_length: int = Field(128, ge=2, le=8192, description="text: tokens per example (longer ones are truncated)")
-    tokenizer: str | None = Field(None, description="text: tokenizer folder or hub id (default: the model's)")
-    trec_labels: Literal["coarse", "fine"] = Field("coarse", description="trec: 6 coarse or 50 fine classes")
-    encoding: str | None = Field(None, description="text: file encoding (default utf-8; trec latin-1)")
 
 
 class EarlyStopping(_Section):
@@ -177,26 +146,25 @@ class PruneSpec(_Section):
         return self
 
 
-class PeftSpec(_Section):
-    """Parameter-efficient fine-tuning: which layers and how big the adapters are."""
-
-    include: list[str] | None = Field(None, description="linear-layer patterns to adapt (default: all; adapter: *output.dense)")
-    exclude: list[str] = Field(default_factory=list, description="linear-layer patterns not to adapt")
-    r: int = Field(8, ge=1, description="lora: rank")
-    alpha: float = Field(16.0, gt=0, description="lora: scaling alpha (update scaled by alpha / r)")
-    dropout: float = Field(0.0, ge=0, lt=1, description="lora: dropout on the adapter input (each adapted layer then keeps a copy of its input for backward)")
-    virtual_tokens: int = Field(20, ge=1, description="prompt_tuning: number of virtual tokens")
-    adapter_size: int = Field(64, ge=1, description="adapter: bottleneck width")
-
-
 class FinetuneSpec(TrainSpec):
     """How the pruned model is fine-tuned back."""
 
     method: str = Field("full", description="registered method: full, bitfit, lora, ia3, prompt_tuning, adapter")
-    peft: PeftSpec = Field(default_factory=PeftSpec)
+    # The key keeps its old name (saved recipes, manifests and checkpoints use it); after validation
+    # it holds the method's options instance (`Method.options`).
+    peft: Any = Field(default_factory=dict, validate_default=True,
+                      description="the options of finetune.method, validated by that method's options model")
     lr: float = Field(1e-3, gt=0)
     epochs: int = Field(3, ge=0)
     distill: DistillSpec | None = Field(None, description="distil from a teacher (default: the dense model)")
+
+    @field_validator("peft")
+    @classmethod
+    def _method_options(cls, v: Any, info: ValidationInfo) -> Any:
+        method = info.data.get("method")
+        if method not in FINETUNE_METHODS:
+            return v  # an unknown finetune.method is refused by the whole-recipe check, naming the choices
+        return method_options(method, v, drop_foreign=bool((info.context or {}).get(DROP_FOREIGN)))
 
 
 class RobustnessSpec(_Section):
@@ -314,7 +282,6 @@ class Recipe(_Section):
 
         for field, reg, value in [
             ("task", R.TASKS, self.task),
-            ("data.source", R.DATA_SOURCES, self.data.source),
             ("prune.method", R.PRUNERS, self.prune.method),
             ("prune.importance", R.IMPORTANCES, self.prune.importance),
             ("prune.schedule.kind", R.SCHEDULES, self.prune.schedule.kind),
@@ -326,22 +293,20 @@ class Recipe(_Section):
         ]:
             if value not in reg:
                 raise ValueError(f"{field}: unknown {reg.kind} {value!r}; choose one of: {', '.join(reg.names())}")
-        if self.prune.schedule.kind == "adaptive" and self.finetune.method not in ("full", "bitfit"):
-            raise ValueError(f"prune.schedule.kind adaptive rolls the model back, which finetune.method "
-                             f"{self.finetune.method!r} cannot follow; use full or bitfit")
-        if (self.prune.method == "structured" and self.prune.schedule.kind != "oneshot"
-                and self.finetune.method not in ("full", "bitfit")):
+        method = R.FINETUNE_METHODS.get(self.finetune.method)
+        schedule = R.SCHEDULES.get(self.prune.schedule.kind)
+        if getattr(schedule, "rolls_back", False) and not method.follows_rollback:
+            able = [n for n in R.FINETUNE_METHODS.names() if R.FINETUNE_METHODS.get(n).follows_rollback]
+            raise ValueError(f"prune.schedule.kind {self.prune.schedule.kind} rolls the model back, which finetune.method "
+                             f"{self.finetune.method!r} cannot follow; use {' or '.join(able)}")
+        # An unmasked pruner removes channels: it changes the shapes of the layers it prunes.
+        if (not R.PRUNERS.get(self.prune.method).masked and getattr(schedule, "prunes_during_finetuning", True)
+                and not method.resizable):
             raise ValueError(
                 f"finetune.method {self.finetune.method!r} adds modules that structured pruning during fine-tuning "
                 "cannot resize; use prune.schedule.kind oneshot or finetune.method full"
             )
-        from .models.hf import is_hf
-
-        if self.finetune.method == "prompt_tuning" and not is_hf(self.model.name):
-            raise ValueError(
-                f"finetune.method prompt_tuning needs a transformers model with token embeddings, not {self.model.name!r}; "
-                "choose lora, ia3, bitfit or full"
-            )
+        method.check(self)
         R.TASKS.get(self.task).check_recipe(self)  # e.g. causal_lm: lm_text data, and what language models support
         pruner = R.PRUNERS.get(self.prune.method)
         floor = self.search.robustness_floor if self.search else None
@@ -390,16 +355,46 @@ def apply_overrides(data: dict[str, Any], overrides: list[str] | None) -> dict[s
     return data
 
 
-def format_validation_error(err: ValidationError, source: str) -> str:
-    """One line: the first failing field, its problem and a hint."""
+def validation_error(err: ValidationError, source: str = "", *, within: str = "", hint: str = "") -> PrunetuneError:
+    """The one-line error for a failed validation: `source: field.path: problem (and N more)hint`.
+
+    Only the first failing field is named, with a hint for an unknown key; `within` is the section
+    the validated model sits in (`data` for a DataSpec), prefixed to the field path."""
     e = err.errors()[0]
-    loc = ".".join(str(p) for p in e["loc"])
+    loc = ".".join([within] * bool(within) + [str(p) for p in e["loc"]])
     msg = e["msg"].removeprefix("Value error, ")
     if e["type"] == "extra_forbidden":
         msg = "unknown key; remove it or check its spelling (see README's recipe reference)"
     more = f" (and {len(err.errors()) - 1} more)" if len(err.errors()) > 1 else ""
     # Whole-recipe checks name their field in the message already.
-    return f"{source}: {loc}: {msg}{more}" if loc else f"{source}: {msg}{more}"
+    line = f"{loc}: {msg}{more}" if loc else f"{msg}{more}"
+    return PrunetuneError(f"{source}: {line}{hint}" if source else f"{line}{hint}")
+
+
+class DuplicateKey(yaml.YAMLError):
+    """A mapping that names the same key twice (PyYAML would silently keep the last value)."""
+
+    def __init__(self, key: Any, line: int, first: int) -> None:
+        super().__init__(f"key {key!r} at line {line} is already set at line {first}")
+        self.key, self.line, self.first = key, line, first
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that refuses a duplicated key in any mapping (YAML merge keys `<<` still override)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=True)
+            try:
+                first = seen.setdefault(key, key_node.start_mark.line + 1)
+            except TypeError:
+                continue  # an unhashable key: SafeLoader reports it
+            if first != key_node.start_mark.line + 1:
+                raise DuplicateKey(key, key_node.start_mark.line + 1, first)
+        return super().construct_mapping(node, deep)
 
 
 def _check_tree(data: Any, source: str, max_depth: int = 64, max_values: int = 100_000) -> None:
@@ -436,7 +431,10 @@ def load_recipe(path: str | Path | None = None, overrides: list[str] | None = No
         except (OSError, UnicodeDecodeError) as e:
             raise PrunetuneError(f"{p}: cannot read recipe ({e.__class__.__name__}); give a UTF-8 YAML file") from None
         try:
-            loaded = yaml.safe_load(text)
+            loaded = yaml.load(text, Loader=_UniqueKeyLoader)
+        except DuplicateKey as e:
+            raise PrunetuneError(f"{p}: key {e.key!r} appears twice (lines {e.first} and {e.line}); "
+                                 "keep one (the recipe would silently use the last)") from None
         except yaml.YAMLError as e:
             mark = getattr(e, "problem_mark", None)
             where = f" at line {mark.line + 1}" if mark else ""
@@ -455,7 +453,7 @@ def load_recipe(path: str | Path | None = None, overrides: list[str] | None = No
     try:
         return Recipe.model_validate(data)
     except ValidationError as e:
-        raise PrunetuneError(format_validation_error(e, source)) from None
+        raise validation_error(e, source) from None
 
 
 def dump_recipe(recipe: Recipe) -> str:

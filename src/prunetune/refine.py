@@ -29,21 +29,27 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
+from pydantic import ValidationError
 
 from . import __version__
-from .artifacts import staged_folder, load_model, read_manifest, save_model
-from .cache import model_info
-from .checkpoint import Checkpointer, Resume, kernel_settings, refuse_stale
+from .artifacts import load_model, read_manifest, resolve_tokenizer, save_model
+from .checkpoint import Resume
+from .checkpointer import Checkpointer, refuse_stale
 from .data import build_data
+from .dense import model_info
 from .errors import PrunetuneError, RuntimeFault
+from .files import staged_folder
+from .finetune.options import DROP_FOREIGN
 from .measure import count_params, measure_stage, reference_counts
+from .models import build_model, classifier_name
 from .pruning.masks import masked_layer_names, masked_tensors, realise
-from .recipe import Recipe, apply_overrides, dump_recipe, format_validation_error
-from .report import write_reports
-from .tasks import Task
+from .pruning.targets import select_targets
+from .recipe import ModelSpec, Recipe, apply_overrides, dump_recipe, validation_error
+from .reporting.write import write_reports
+from .session import kernel_settings, open_session
 from .tasks.causal_lm import refuse_lm_folder
-from .tracking import Tracker, make_tracker
-from .training import Trainer, pick_device
+from .tracking import Tracker
+from .training import Trainer
 
 ALLOWED = ("data.", "finetune.")
 
@@ -88,13 +94,11 @@ def _check_overrides(overrides: list[str]) -> None:
             raise PrunetuneError(f"--set {o}: refine trains every parameter (finetune.method=full); remove this override")
 
 
-def _validate(data: dict[str, Any], source: str) -> Recipe:
-    from pydantic import ValidationError
-
+def _validate(data: dict[str, Any], source: str, context: dict[str, Any] | None = None) -> Recipe:
     try:
-        return Recipe.model_validate(data)
+        return Recipe.model_validate(data, context=context)
     except ValidationError as e:
-        raise PrunetuneError(format_validation_error(e, source)) from None
+        raise validation_error(e, source) from None
 
 
 def _names(xs: list[str], at_most: int = 8) -> str:
@@ -120,10 +124,6 @@ def check_classes(new: list[str], model: list[str], where: str) -> None:
 
 def _reference(manifest, recipe: Recipe, model, trust_code: bool) -> dict[str, Any]:
     """Dense counts as in the original run (sparsity is relative to the dense architecture)."""
-    from .models import build_model, classifier_name
-    from .pruning.targets import select_targets
-    from .recipe import ModelSpec
-
     try:
         spec = ModelSpec.model_validate(manifest.model)
         if ":" in spec.name and not spec.name.startswith(("torchvision:", "timm:")):
@@ -164,8 +164,10 @@ def refine(model_dir: str | Path, overrides: list[str] | None = None, out: str |
     refuse_lm_folder(manifest, model_dir, "refine")
     if not manifest.recipe:
         raise PrunetuneError(f"{model_dir}: the manifest holds no recipe; refine needs the recipe the model was made with")
-    original = _validate(copy.deepcopy(manifest.recipe), f"{model_dir}/manifest.json recipe")
-    merged = apply_overrides(original.model_dump(mode="json"), overrides)
+    original = _validate(copy.deepcopy(manifest.recipe), f"{model_dir}/manifest.json recipe", {DROP_FOREIGN: True})
+    saved = original.model_dump(mode="json")
+    del saved["finetune"]["peft"]  # the saved method's options: refine fine-tunes with full, which takes none
+    merged = apply_overrides(saved, overrides)
     if data_path is not None:
         merged["data"]["path"] = str(data_path)
     if not any(o.split("=", 1)[0].strip() == "data.path" for o in overrides) and data_path is None:
@@ -223,24 +225,18 @@ def _refine(model_dir: Path, recipe: Recipe, notes: list[str], out: Path, log: C
             resume: Resume | None = None, label: str | None = None) -> dict[str, Any]:
     """The refine itself, from the validated merged recipe; `label` names the source in the report
     (the path as first given; a resume loads from the absolute path recorded)."""
-    from .pipeline import seed_everything
-
     label = label if label is not None else str(model_dir)
-    tracker = make_tracker(track, track_uri, log)
     model, manifest = load_model(model_dir, trust_code=trust_code)
-    original = _validate(copy.deepcopy(manifest.recipe), f"{model_dir}/manifest.json recipe")
-    seed_everything(recipe.seed)
-    device = pick_device(recipe.evaluate.device)
-    task = Task.from_recipe(recipe)
+    original = _validate(copy.deepcopy(manifest.recipe), f"{model_dir}/manifest.json recipe", {DROP_FOREIGN: True})
+    session = open_session(recipe, log, track=track, track_uri=track_uri)  # after loading: that draws random weights
+    tracker, device, task = session.tracker, session.device, session.task
     if manifest.preprocess.get("kind") == "text":  # tokenise with the tokenizer saved in the model folder
-        from .artifacts import resolve_tokenizer
-
         tok = resolve_tokenizer(Path(model_dir), manifest.preprocess)
-        recipe = recipe.model_copy(update={"data": recipe.data.model_copy(update={"tokenizer": recipe.data.tokenizer or tok})})
-        original = original.model_copy(update={"data": original.data.model_copy(update={"tokenizer": original.data.tokenizer or tok})})
+        recipe = recipe.model_copy(update={"data": recipe.data.with_options(tokenizer=recipe.data.options.tokenizer or tok)})
+        original = original.model_copy(update={"data": original.data.with_options(tokenizer=original.data.options.tokenizer or tok)})
     # Sources that check data against the model (sequence width, id tables) see its data-decided kwargs too.
     saved_model = recipe.model.model_copy(update={"kwargs": {**manifest.model_kwargs, **recipe.model.kwargs}})
-    new = build_data(recipe.data, recipe.seed, saved_model, saved=manifest.preprocess)
+    new = session.load_data(recipe.data, saved_model, saved=manifest.preprocess)
     check_classes(new.class_names, manifest.class_names, f"data.path {recipe.data.path}")
     if list(new.input_shape) != list(manifest.input_shape):
         raise PrunetuneError(f"data.path {recipe.data.path}: inputs of shape {list(new.input_shape)} but the model takes "
@@ -291,6 +287,7 @@ def _refine(model_dir: Path, recipe: Recipe, notes: list[str], out: Path, log: C
         stages["after"] = measure("after")
 
         report = {
+            "kind": "refine",
             "prunetune_version": __version__,
             "source_model": label,
             "metric": task.metric,
@@ -310,35 +307,8 @@ def _refine(model_dir: Path, recipe: Recipe, notes: list[str], out: Path, log: C
         }
         (tmp / "recipe.resolved.yaml").write_text(dump_recipe(recipe))
         save_model(model, tmp / "model", {**model_info(recipe, new), "refined_from": label})
-        write_reports(report, tmp, markdown)
+        write_reports(report, tmp)
         tracker.finish(report, tmp)  # before the rename: tensorboard/ is inside tmp, mlflow copies the reports
     log(f"done: {out}")
     return {**report, "folder": str(out)}
 
-
-def markdown(report: dict[str, Any]) -> str:
-    st, ft, r = report["stages"], report["finetune"], report["recipe"]
-    task = Task.of_report(report)
-    m = task.metric
-    lines = [
-        f"# prunetune refine: {r['name']}",
-        "",
-        f"Re-fine-tuned `{report['source_model']}` on `{r['data']['source']}` data at `{r['data']['path']}`: "
-        f"{ft['epochs_run']} epochs (best {ft['best_epoch']}, {ft['wall_s']:.1f} s). Architecture and masks kept: "
-        f"{'yes' if report['sparsity_kept'] else 'NO'} ({report['nonzero_params']:,} non-zero parameters).",
-        "",
-        f"| stage | test set | examples | test {task.label} | Δ {task.units} | non-zero | sparsity | size | gzip |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
-    ]
-    from .report import _fmt_bytes
-
-    for data, label in (("new_data", "new data"), ("original_test", "original test")):
-        for stage in ("before", "after"):
-            s = st[stage][data]
-            lines.append(f"| {stage} | {label} | {s['examples']:,} | {task.format(s[m])} | "
-                         f"{task.format(s[m] - st['before'][data][m], signed=True)} | {s['nonzero_params']:,} | "
-                         f"{s['sparsity']:.3f} | {_fmt_bytes(s['size_bytes'])} | {_fmt_bytes(s['gzip_bytes'])} |")
-    lines += ["", "The original test set shows what the new data made the model forget.", ""]
-    if report.get("notes"):
-        lines += ["Notes:", *[f"- {x}" for x in report["notes"]], ""]
-    return "\n".join(lines)

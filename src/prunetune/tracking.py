@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any, Callable
 from urllib.parse import urlparse
 
+from . import __version__
 from .errors import PrunetuneError
 from .registry import TRACKERS
 
@@ -244,8 +245,6 @@ class MLflowTracker(Tracker):
                 exp_id = exp.experiment_id
         else:
             exp_id = exp.experiment_id
-        from . import __version__
-
         tags = {"prunetune.version": __version__, "prunetune.run_folder": str(folder.resolve())}
         self.run_id = self.client.create_run(exp_id, run_name=run_name, tags=tags).info.run_id
         params = [Param(k, v[:6000]) for k, v in flatten(recipe).items()]

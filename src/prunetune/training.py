@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import copy
 import math
-import sys
 import time
 from contextlib import nullcontext
 from typing import Any, Callable
@@ -22,6 +21,7 @@ from . import distributed
 from .data.augment import augment
 from .data.base import indexed_batches
 from .errors import RuntimeFault
+from .progress import progress
 from .registry import FINETUNE_METHODS, LR_SCHEDULES, OPTIMIZERS
 from .tasks import to_device
 
@@ -69,20 +69,6 @@ def set_dropout(model: nn.Module, p: float | None) -> None:
             m.p = p
 
 
-def pick_device(name: str | None) -> torch.device:
-    from .errors import PrunetuneError
-
-    if not name:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise PrunetuneError(f"evaluate.device: {name!r} is not a device; use cpu or cuda") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise PrunetuneError("evaluate.device: cuda was asked for but no CUDA device is available; use cpu")
-    return device
-
-
 class Trainer:
     """Trains `model` on `bundle.train`, validating on `bundle.val` after every epoch.
 
@@ -90,6 +76,9 @@ class Trainer:
     when it returns True the parameters were replaced and the optimizer is rebuilt (the learning
     rate follows the global step, so the schedule is unaffected). The best epoch by the task's
     validation metric is tracked only once every event has happened, and restored at the end.
+
+    `state_dict()` / `load_state_dict()` carry everything a resumed Trainer needs to continue
+    exactly, inside a `fit` too (see checkpoint.py, which calls `state_dict` from its step hooks).
     """
 
     def __init__(self, model: nn.Module, task, bundle, spec, device: torch.device, seed: int,
@@ -101,7 +90,7 @@ class Trainer:
         # loss_fn(logits, y, x, idx) replaces the task loss (e.g. distillation); x is the augmented batch.
         self.loss_fn = loss_fn or (lambda logits, y, x, idx: task.loss(logits, y, spec.label_smoothing))
         self.device, self.desc, self.log = device, desc, log
-        # A fine-tuning method (finetune_methods.Method) or its registered name.
+        # A fine-tuning method (finetune.base.Method) or its registered name.
         self.method = FINETUNE_METHODS.get(method, "finetune.method")(spec) if isinstance(method, str) else method
         self.steps = 0
         self.gen = torch.Generator().manual_seed(seed)
@@ -109,11 +98,37 @@ class Trainer:
         self.best_epoch: int | None = None
         self.wall_s = 0.0
         self.global_step = 0
-        # checkpoint.Checkpointer (after_step / after_epoch hooks) and the position the next fit
-        # continues from (set by checkpoint.Resume); both None outside the fine-tuning of `prunetune run` / `refine`.
+        # checkpoint.Checkpointer (after_step / after_epoch hooks); None outside the fine-tuning of
+        # `prunetune run` / `refine`.
         self.checkpoint: Any = None
-        self.resume_from: dict[str, Any] | None = None
+        self._position: Callable[[], dict[str, Any]] | None = None  # inside fit: where it is
+        self._resume_from: dict[str, Any] | None = None  # the position the next fit continues from
         self.rebuild_optimizer()
+
+    def state_dict(self) -> dict[str, Any]:
+        """Counters, history, wall time, optimizer, the generator (shuffles, augmentation) and, when
+        called inside `fit` (from a checkpoint hook), `fit`: the position in it (step, epoch, batches
+        done, events done, best score and state, epochs without improvement, early stop, the
+        generator's state at the epoch's start and the epoch's running loss); else `fit` is None.
+
+        JSON-able values and tensors, the live ones (the optimizer's, the best state's): copy
+        them before training goes on."""
+        fit = self._position() if self._position is not None else None
+        return {"global_step": self.global_step, "steps": self.steps, "best_epoch": self.best_epoch,
+                "history": self.history, "wall_s": fit["wall_s"] if fit else self.wall_s,
+                "optimizer": self.opt.state_dict(), "generator": self.gen.get_state(), "fit": fit}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from `state` (a `state_dict()`): the next `fit` resumes at its position. The model
+        must already hold the weights, at the shapes, it had then (the optimizer is rebuilt over them)."""
+        self.global_step, self.steps, self.best_epoch = int(state["global_step"]), int(state["steps"]), state["best_epoch"]
+        self.history = list(state["history"])
+        self.wall_s = float(state["wall_s"])
+        self.rebuild_optimizer()
+        self.opt.load_state_dict(state["optimizer"])
+        fit = state.get("fit")
+        self._resume_from = None if fit is None else {**fit, "gen": state["generator"]}
+        self.gen.set_state(state["generator"])
 
     def rebuild_optimizer(self) -> None:
         """A fresh optimizer over the current parameters (after structural pruning replaced them)."""
@@ -139,8 +154,8 @@ class Trainer:
         best_acc, best_state, bad_epochs = None, None, 0
         start = time.perf_counter()
         step, first, stopped = 0, 1, False
-        resume, self.resume_from = self.resume_from, None
-        if resume is not None:  # continue from a checkpoint (see checkpoint.py)
+        resume, self._resume_from = self._resume_from, None
+        if resume is not None:  # continue from a checkpoint (see load_state_dict)
             step, first, stopped = resume["step"], resume["epoch"], resume["stopped"]
             pending = pending[resume["events_done"]:]
             best_acc, best_state, bad_epochs = resume["best_acc"], resume["best_state"], resume["bad_epochs"]
@@ -163,7 +178,7 @@ class Trainer:
                 self.gen.set_state(epoch_rng)
                 it = _skip(indexed_batches(self.bundle.train, spec.batch_size, shuffle=True, generator=self.gen),
                            done, self.gen, resume["gen"])
-            bar = _progress(it, steps_per_epoch - done, f"{self.desc} {epoch}/{epochs}")
+            bar = progress(it, steps_per_epoch - done, f"{self.desc} {epoch}/{epochs}")
             for x, y, idx in bar:
                 while pending and pending[0][0] <= step:
                     _, s = pending.pop(0)
@@ -200,8 +215,8 @@ class Trainer:
                 if hasattr(bar, "set_postfix"):
                     bar.set_postfix(loss=f"{loss_sum / seen:.4f}")
                 if self.checkpoint is not None:
-                    self.checkpoint.after_step(self, lambda: position(epoch, done, epoch_rng=epoch_rng,
-                                                                      loss_sum=loss_sum, seen=seen))
+                    self._position = lambda: position(epoch, done, epoch_rng=epoch_rng, loss_sum=loss_sum, seen=seen)
+                    self.checkpoint.after_step(self)
             distributed.sync_buffers(model)
             val = self.task.evaluate(model, self.bundle.val, self.bundle.eval_batch_size, self.device, self.bundle.class_names)
             metric = self.task.metric
@@ -221,7 +236,8 @@ class Trainer:
                     bad_epochs += 1
                     stopped = bool(spec.early_stopping and bad_epochs >= spec.early_stopping.patience)
             if self.checkpoint is not None:
-                self.checkpoint.after_epoch(self, lambda: position(epoch + 1, 0, stopped=stopped))
+                self._position = lambda: position(epoch + 1, 0, stopped=stopped)
+                self.checkpoint.after_epoch(self)
             if stopped:
                 self.log(f"{self.desc}: early stop after epoch {epoch} (best: epoch {self.best_epoch})")
                 break
@@ -229,6 +245,7 @@ class Trainer:
         for _, s in pending:
             if on_event is not None:
                 on_event(s)
+        self._position = None
         if best_state is not None:
             model.load_state_dict(best_state)
         self.wall_s += time.perf_counter() - start
@@ -243,11 +260,3 @@ def _skip(it, n: int, gen: torch.Generator, state: torch.Tensor):
         next(it, None)
     gen.set_state(state)
     yield from it
-
-
-def _progress(it, total: int, desc: str):
-    if not sys.stderr.isatty():
-        return it
-    from tqdm import tqdm
-
-    return tqdm(it, total=total, desc=desc, leave=False, dynamic_ncols=True)

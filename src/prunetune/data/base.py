@@ -10,16 +10,41 @@ Example:
 
 from __future__ import annotations
 
+import inspect
+import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
+from pydantic import Field
 
+from ..data_spec import DataSpec, SourceOptions
 from ..errors import PrunetuneError
+from ..progress import progress
+from ..registry import DATA_SOURCES
 
-if TYPE_CHECKING:
-    from ..recipe import DataSpec
+
+def data_source(name: str, options: type[SourceOptions] = SourceOptions,
+                doc: str | None = None) -> Callable[[Callable[..., "DataBundle"]], Callable[..., "DataBundle"]]:
+    """Register a data source with the model of its own `data:` keys (the recipe validates them with it;
+    the source reads them as `spec.options`)."""
+
+    def deco(fn: Callable[..., "DataBundle"]) -> Callable[..., "DataBundle"]:
+        fn.options = options
+        return DATA_SOURCES.register(name, doc)(fn)
+
+    return deco
+
+
+class FileOptions(SourceOptions):
+    """Sources that read one file per split: each named here (relative to data.path), else found in data.path."""
+
+    train_file: str | None = Field(None, description="training file (default: train.* in data.path)")
+    val_file: str | None = Field(
+        None, description="validation file (default: dev.*/val.* in data.path, else split from train)")
+    test_file: str | None = Field(None, description="test file (default: test.* in data.path)")
 
 
 class LazyInputs:
@@ -148,6 +173,14 @@ def holdout(n: int, size: float, seed: int, labels: torch.Tensor | None = None,
     return torch.nonzero(mask).flatten(), held
 
 
+def label_names(labels: list[str]) -> list[str]:
+    """Sorted unique labels, numerically when all are integers."""
+    names = set(labels)
+    if all(re.fullmatch(r"-?\d+", n) for n in names):
+        return sorted(names, key=int)
+    return sorted(names)
+
+
 def default_val_size(n: int) -> int:
     return min(5000, max(1, n // 10))
 
@@ -161,9 +194,15 @@ def split_train_val(y: torch.Tensor, val_size: float | None, seed: int) -> tuple
 def batches(
     data: TensorData, batch_size: int, shuffle: bool = False, generator: torch.Generator | None = None
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Yield (x, y) mini-batches; slicing in-memory tensors is far faster than a DataLoader here."""
-    for x, y, _ in indexed_batches(data, batch_size, shuffle, generator):
-        yield x, y
+    """Yield (x, y) mini-batches; slicing in-memory tensors is far faster than a DataLoader here.
+
+    A pass in order is an evaluation (validation, test scoring): on a terminal it shows a bar once it
+    has run for a second (10,000 test images take a minute on a slow CPU)."""
+    it = ((x, y) for x, y, _ in indexed_batches(data, batch_size, shuffle, generator))
+    if shuffle:
+        yield from it
+    else:
+        yield from progress(it, math.ceil(len(data) / batch_size), f"evaluate {len(data):,} examples", delay=1.0)
 
 
 def indexed_batches(
@@ -198,7 +237,7 @@ def indexed_batches(
 
 
 def finish_bundle(
-    spec: "DataSpec",
+    spec: DataSpec,
     seed: int,
     train_x: Any,
     train_y: torch.Tensor,
@@ -222,6 +261,10 @@ def finish_bundle(
     for name, y in splits:
         if int(y.min()) < 0 or int(y.max()) >= k:
             raise PrunetuneError(f"{where}: {name} labels outside 0..{k - 1}; check the label file")
+    if len(torch.unique(train_y)) < 2:  # it would train to 100 % and learn nothing
+        raise PrunetuneError(f"{where}: the training data has a single class ({class_names[int(train_y[0])]!r}); a "
+                             "classifier needs two or more: add examples of another class (image folders: one "
+                             "sub-folder per class)")
     train = TensorData(train_x, train_y)
     if spec.limit:
         train = train.subset(balanced_subset(train.y, spec.limit, seed))
@@ -266,10 +309,10 @@ def find_file(root: Path | None, given: str | None, stems: tuple[str, ...], fiel
     return None
 
 
-def file_format(spec: "DataSpec", path: Path, formats: dict[str, str]) -> str:
-    """data.format, or the format `formats` maps the file's extension to."""
-    if spec.format != "auto":
-        return spec.format
+def file_format(fmt: str, path: Path, formats: dict[str, str]) -> str:
+    """`fmt` (data.format), or with "auto" the format `formats` maps the file's extension to."""
+    if fmt != "auto":
+        return fmt
     if path.suffix.lower() not in formats:
         names = ", ".join(dict.fromkeys(formats.values()))
         raise PrunetuneError(f"{path}: cannot tell the format from the name {path.name!r}; set data.format ({names})")
@@ -286,18 +329,14 @@ def read_utf8(path: Path) -> str:
         raise PrunetuneError(f"{path}: cannot read ({e.strerror})") from None
 
 
-def build_data(spec: "DataSpec", seed: int, model: Any = None, saved: dict[str, Any] | None = None) -> DataBundle:
+def build_data(spec: DataSpec, seed: int, model: Any = None, saved: dict[str, Any] | None = None) -> DataBundle:
     """Build the data bundle of the registered source named by `spec.source`.
 
     Sources that declare a `model` parameter (text: the tokenizer defaults to the model's) get the
     recipe's model spec. Sources that declare `saved` get a saved model's `preprocess` (eval, refine):
     they preprocess new data exactly as the model was trained (feature statistics, id tables)
     instead of deriving it again from the files."""
-    import inspect
-
-    from .. import registry as R
-
-    source = R.DATA_SOURCES.get(spec.source, "data.source")
+    source = DATA_SOURCES.get(spec.source, "data.source")
     try:
         params = inspect.signature(source).parameters
     except (TypeError, ValueError):

@@ -11,8 +11,7 @@ import numpy as np
 import torch
 
 from ..errors import PrunetuneError
-from ..registry import DATA_SOURCES
-from .base import DataBundle, finish_bundle
+from .base import DataBundle, data_source, finish_bundle
 
 DEFAULT_DIR = "/usr/share/datasets/fashion-mnist"
 CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
@@ -59,7 +58,7 @@ def _find(folder: Path, stem: str) -> Path:
     )
 
 
-@DATA_SOURCES.register("fashion_mnist")
+@data_source("fashion_mnist")
 def fashion_mnist(spec, seed: int) -> DataBundle:
     """Fashion-MNIST IDX files (default /usr/share/datasets/fashion-mnist)."""
     folder = Path(spec.path or DEFAULT_DIR)

@@ -14,10 +14,11 @@ from typing import Any
 
 import numpy as np
 import torch
+from pydantic import Field
 
+from ..data_spec import SourceOptions
 from ..errors import PrunetuneError
-from ..registry import DATA_SOURCES
-from .base import DataBundle, LazyInputs, balanced_subset, finish_bundle
+from .base import DataBundle, LazyInputs, balanced_subset, data_source, finish_bundle
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 # data.stream unset: stream when the decoded (float32) train + test images would take more than this.
@@ -144,15 +145,24 @@ def _streamed_stats(files: ImageFiles, seed: int) -> tuple[torch.Tensor, torch.T
     return mean.float(), var.clamp_min(0).sqrt().float().clamp_min(1e-6)
 
 
-def streams(spec, n_images: int, channels: int, size: int) -> bool:
+class ImageFolderOptions(SourceOptions):
+    """image_folder's own `data:` keys."""
+
+    image_size: int | None = Field(None, gt=0, description="resize images to this square size (default 32)")
+    grayscale: bool | None = Field(None, description="convert to one channel (default: keep RGB)")
+    stream: bool | None = Field(
+        None, description="read images from disk batch by batch instead of decoding all of them into memory "
+        "(default: stream when the decoded train + test images would exceed 1 GiB)")
+
+
+def streams(choice: bool | None, n_images: int, channels: int, size: int) -> bool:
     """data.stream, or (unset) whether the decoded float32 images would exceed STREAM_AUTO_BYTES."""
-    choice = getattr(spec, "stream", None)
     if choice is not None:
         return bool(choice)
     return n_images * channels * size * size * 4 > STREAM_AUTO_BYTES
 
 
-@DATA_SOURCES.register("image_folder")
+@data_source("image_folder", ImageFolderOptions)
 def image_folder(spec, seed: int) -> DataBundle:
     """Folder with class sub-folders (or train/ and test/ each with class sub-folders)."""
     if not spec.path:
@@ -160,8 +170,9 @@ def image_folder(spec, seed: int) -> DataBundle:
     root = Path(spec.path)
     if not root.is_dir():
         raise PrunetuneError(f"data.path: folder {root} not found; set data.path to an image folder")
-    size = spec.image_size or 32
-    channels = 1 if spec.grayscale else 3
+    opts: ImageFolderOptions = spec.options
+    size = opts.image_size or 32
+    channels = 1 if opts.grayscale else 3
     if (root / "train").is_dir() and (root / "test").is_dir():
         tr_files, tr_labels, classes = _scan(root / "train")
         te_files, te_labels, te_classes = _scan(root / "test")
@@ -179,7 +190,7 @@ def image_folder(spec, seed: int) -> DataBundle:
     if not tr_files:
         raise PrunetuneError(f"{root}: no images found (looked for {', '.join(sorted(IMAGE_SUFFIXES))})")
 
-    if streams(spec, len(tr_files) + len(te_files), channels, size):
+    if streams(opts.stream, len(tr_files) + len(te_files), channels, size):
         tr_lazy, te_lazy = ImageFiles(tr_files, size, channels), ImageFiles(te_files, size, channels)
         mean, std = _streamed_stats(tr_lazy, seed)
         return finish_bundle(

@@ -31,8 +31,7 @@ from pathlib import Path
 import torch
 
 from ..errors import PrunetuneError
-from ..registry import DATA_SOURCES
-from .base import DataBundle, TensorData, default_val_size, find_file, holdout, read_utf8
+from .base import DataBundle, FileOptions, TensorData, data_source, default_val_size, find_file, holdout, read_utf8
 
 EXTS = (".csv", ".tsv", ".dat", ".data", ".txt")
 USER = ("user", "user_id", "userid", "uid")
@@ -171,7 +170,7 @@ def _subset(n: int, k: int, seed: int) -> torch.Tensor:
     return torch.randperm(n, generator=g)[:k].sort().values
 
 
-@DATA_SOURCES.register("ratings", "user-item-rating triples (CSV / TSV / MovieLens .dat) for recommenders")
+@data_source("ratings", FileOptions, "user-item-rating triples (CSV / TSV / MovieLens .dat) for recommenders")
 def ratings(spec, seed: int, model=None, saved: dict | None = None) -> DataBundle:
     """`saved`: a saved model's preprocess; string ids keep the rows the model was trained with (eval, refine)."""
     root = None
@@ -180,9 +179,10 @@ def ratings(spec, seed: int, model=None, saved: dict | None = None) -> DataBundl
         if not root.is_dir():
             raise PrunetuneError(f"data.path: folder {root} not found; give the folder with the rating files")
     what = "train.csv / train.tsv / ratings.csv"
-    train_path = find_file(root, spec.train_file, ("train", "ratings"), "train_file", True, EXTS, what)
-    test_path = find_file(root, spec.test_file, ("test",), "test_file", False, EXTS, what)
-    val_path = find_file(root, spec.val_file, ("val", "dev"), "val_file", False, EXTS, what)
+    opts: FileOptions = spec.options
+    train_path = find_file(root, opts.train_file, ("train", "ratings"), "train_file", True, EXTS, what)
+    test_path = find_file(root, opts.test_file, ("test",), "test_file", False, EXTS, what)
+    val_path = find_file(root, opts.val_file, ("val", "dev"), "val_file", False, EXTS, what)
     train = read_triples(train_path)
     if not train.lines:
         raise PrunetuneError(f"{train_path}: the training set is empty; give user, item, rating lines")

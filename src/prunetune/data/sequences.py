@@ -26,16 +26,16 @@ from __future__ import annotations
 
 import csv
 import io
-import re
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from pydantic import Field
 
 from ..errors import PrunetuneError
-from ..registry import DATA_SOURCES
-from .base import DataBundle, find_file, finish_bundle, read_utf8, split_train_val
+from .base import (DataBundle, FileOptions, data_source, find_file, finish_bundle, label_names, read_utf8,
+                   split_train_val)
 
 EXTS = (".npy", ".csv")
 ID_COLUMNS = ("sequence", "sequence_id", "seq", "id")
@@ -184,14 +184,6 @@ def _encode(path: Path, labels: list[str], lines: list[int] | None, names: list[
     return torch.tensor([index[label] for label in labels], dtype=torch.long)
 
 
-def label_names(labels: list[str]) -> list[str]:
-    """Sorted unique labels, numerically when all are integers."""
-    names = set(labels)
-    if all(re.fullmatch(r"-?\d+", n) for n in names):
-        return sorted(names, key=int)
-    return sorted(names)
-
-
 def check_width(path: Path, width: int, model) -> None:
     """Refuse a model (recipe's model.kwargs, or a saved model's) built for another feature width."""
     want = (getattr(model, "kwargs", None) or {}).get("features") if model is not None else None
@@ -200,14 +192,22 @@ def check_width(path: Path, width: int, model) -> None:
                              "(model.kwargs.features or the saved model); give data with the model's features")
 
 
-@DATA_SOURCES.register("sequences", "labelled feature sequences: NPY [N, time, features] + labels, or long-format CSV")
+class SequenceOptions(FileOptions):
+    """sequences' own `data:` keys."""
+
+    label_column: str | None = Field(None, description="CSV: column with the label (default: label)")
+
+
+@data_source("sequences", SequenceOptions,
+             "labelled feature sequences: NPY [N, time, features] + labels, or long-format CSV")
 def sequences(spec, seed: int, model=None, saved: dict | None = None) -> DataBundle:
     """`saved`: a saved model's preprocess; its feature mean / std standardise the data (eval, refine)."""
+    opts: SequenceOptions = spec.options
     root = _folder(spec)
-    train_path = find_file(root, spec.train_file, ("train",), "train_file", True, EXTS, "train.npy / train.csv")
-    test_path = find_file(root, spec.test_file, ("test",), "test_file", False, EXTS, "test.npy / test.csv")
-    val_path = find_file(root, spec.val_file, ("val", "dev"), "val_file", False, EXTS, "val.npy / val.csv")
-    x_tr, l_tr, ln_tr = read_sequences(train_path, spec.label_column)
+    train_path = find_file(root, opts.train_file, ("train",), "train_file", True, EXTS, "train.npy / train.csv")
+    test_path = find_file(root, opts.test_file, ("test",), "test_file", False, EXTS, "test.npy / test.csv")
+    val_path = find_file(root, opts.val_file, ("val", "dev"), "val_file", False, EXTS, "val.npy / val.csv")
+    x_tr, l_tr, ln_tr = read_sequences(train_path, opts.label_column)
     if len(l_tr) == 0:
         raise PrunetuneError(f"{train_path}: the training set is empty; give at least one sequence")
     width = int(x_tr.shape[2])
@@ -221,7 +221,7 @@ def sequences(spec, seed: int, model=None, saved: dict | None = None) -> DataBun
     for key, path in (("test", test_path), ("val", val_path)):
         if path is None:
             continue
-        x, labels, lines = read_sequences(path, spec.label_column)
+        x, labels, lines = read_sequences(path, opts.label_column)
         if x.shape[2] != width:
             raise PrunetuneError(f"{path}: feature width {x.shape[2]} but the training file {train_path.name} has {width}; "
                                  "give files with the same features")

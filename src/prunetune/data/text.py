@@ -21,24 +21,48 @@ import csv
 import hashlib
 import io
 import json
-import os
-import re
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
+from pydantic import Field
+from safetensors import SafetensorError
+from safetensors.torch import load_file
 
-from ..files import cache_root
+from ..data_spec import SourceOptions
 from ..errors import PrunetuneError
-from ..registry import DATA_SOURCES
-from .base import DataBundle, TensorData, file_format, find_file, finish_bundle
+from ..files import cache_root, cache_tensors
+from ..models.hf import is_hf, load_tokenizer, pretrained_source
+from .base import DataBundle, FileOptions, TensorData, data_source, file_format, find_file, finish_bundle, label_names
 
 CACHE_VERSION = 1
 TOKENIZE_CALLS = 0  # files tokenised (cache misses) in this process; tests check the cache with it
 FORMATS = {".tsv": "tsv", ".csv": "csv", ".jsonl": "jsonl", ".json": "jsonl"}
+
+
+class TokenOptions(SourceOptions):
+    """The `data:` keys of every tokenised text source (sst2's own)."""
+
+    max_length: int = Field(128, ge=2, le=8192, description="tokens per example (longer ones are truncated)")
+    tokenizer: str | None = Field(None, description="tokenizer folder or hub id (default: the model's)")
+    encoding: str | None = Field(None, description="file encoding (default utf-8)")
+
+
+class TrecOptions(TokenOptions):
+    """trec's own `data:` keys."""
+
+    trec_labels: Literal["coarse", "fine"] = Field("coarse", description="6 coarse or 50 fine classes")
+    encoding: str | None = Field(None, description="file encoding (default latin-1)")
+
+
+class TextOptions(TokenOptions, FileOptions):
+    """text's own `data:` keys."""
+
+    format: Literal["auto", "tsv", "csv", "jsonl"] = Field("auto", description="file format (auto: by extension)")
+    text_column: str | None = Field(None, description="column with the text (default: sentence or text)")
+    label_column: str | None = Field(None, description="column with the label (default: label)")
 
 
 @dataclass
@@ -52,7 +76,8 @@ class Rows:
     digest: str  # sha256 of the file's bytes and how it was parsed (the tokens' cache key)
 
 
-def _decode(path: Path, encoding: str | None, default: str = "utf-8") -> tuple[str, bytes]:
+def decode_file(path: Path, encoding: str | None, default: str = "utf-8") -> tuple[str, bytes]:
+    """A data file's text (in `encoding`, else `default`) and its bytes; errors name the file, the line and the fix."""
     if not path.is_file():
         raise PrunetuneError(f"{path}: file not found; check data.path and the data.*_file fields")
     raw = path.read_bytes()
@@ -91,7 +116,7 @@ def _pick_text_column(path: Path, columns: list[str], text_col: str | None) -> s
 def read_table(path: Path, fmt: str, text_col: str | None = None, label_col: str | None = None,
                encoding: str | None = None) -> Rows:
     """Read a TSV / CSV (header row) or JSON Lines file into checked rows."""
-    content, raw = _decode(path, encoding)
+    content, raw = decode_file(path, encoding)
     label_col = label_col or "label"
     records: list[tuple[int, str, str]] = []
     if fmt == "jsonl":
@@ -142,7 +167,7 @@ def read_table(path: Path, fmt: str, text_col: str | None = None, label_col: str
 
 def read_trec(path: Path, labels: str, encoding: str | None = None) -> Rows:
     """Read a TREC `COARSE:fine question` file; labels are the coarse or the full fine names."""
-    content, raw = _decode(path, encoding, default="latin-1")
+    content, raw = decode_file(path, encoding, default="latin-1")
     records = []
     for i, line in enumerate(content.split("\n"), 1):
         if not line.strip():
@@ -152,14 +177,6 @@ def read_trec(path: Path, labels: str, encoding: str | None = None) -> Rows:
             raise PrunetuneError(f"{path}:{i}: expected 'COARSE:fine question text'; fix the line")
         records.append((i, text.strip(), head.split(":")[0] if labels == "coarse" else head))
     return _rows(path, raw, {"fmt": "trec", "labels": labels, "enc": encoding}, records)
-
-
-def label_names(labels: list[str]) -> list[str]:
-    """Sorted unique labels, numerically when all are integers."""
-    names = set(labels)
-    if all(re.fullmatch(r"-?\d+", n) for n in names):
-        return sorted(names, key=int)
-    return sorted(names)
 
 
 def encode_labels(rows: Rows, names: list[str]) -> torch.Tensor:
@@ -172,20 +189,18 @@ def encode_labels(rows: Rows, names: list[str]) -> torch.Tensor:
     return torch.tensor([index[label] for label in rows.labels], dtype=torch.long)
 
 
-def tokenizer_source(spec, model=None) -> str:
-    """data.tokenizer, else the Hugging Face model's folder or hub id."""
-    from ..models.hf import is_hf, pretrained_source
-
-    if spec.tokenizer:
-        src = Path(spec.tokenizer).expanduser()
-        return str(src.resolve()) if src.exists() else spec.tokenizer
+def tokenizer_source(tokenizer: str | None, model=None) -> str:
+    """`tokenizer` (data.tokenizer), else the Hugging Face model's folder or hub id."""
+    if tokenizer:
+        src = Path(tokenizer).expanduser()
+        return str(src.resolve()) if src.exists() else tokenizer
     if model is not None and is_hf(model.name):
         return pretrained_source(model.name)
     raise PrunetuneError("data.tokenizer: text data needs a tokenizer; set data.tokenizer or use a Hugging Face model "
                          "(model.name: minilm or hf:...)")
 
 
-def _tokenizer_id(src: str) -> str:
+def tokenizer_id(src: str) -> str:
     """The tokenizer source, plus the bytes of its vocabulary files when it is a local folder."""
     h = hashlib.sha256(src.encode())
     folder = Path(src)
@@ -197,47 +212,45 @@ def _tokenizer_id(src: str) -> str:
     return h.hexdigest()
 
 
-def tokenize(rows: Rows, src: str, max_length: int, get_tok: Callable[[], Any]) -> dict[str, torch.Tensor]:
-    """`input_ids` / `attention_mask` (int64, right-padded to the longest row), cached on disk."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file, save_file
-
-    global TOKENIZE_CALLS
-    key = hashlib.sha256(f"{CACHE_VERSION}|{rows.digest}|{_tokenizer_id(src)}|{max_length}".encode()).hexdigest()[:32]
+def cached_tokens(key: str, names: tuple[str, ...],
+                  make: Callable[[], dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """The tensors `names` cached as $PRUNETUNE_CACHE/tokens/<key>.safetensors, else `make()`'s, then cached
+    (written atomically: readers never see a half-written file; a damaged or unwritable cache only costs time)."""
     path = cache_root() / "tokens" / f"{key}.safetensors"
     if path.is_file():
         try:
             cached = load_file(str(path))
-            return {k: cached[k] for k in ("input_ids", "attention_mask")}
+            return {k: cached[k] for k in names}
         except (SafetensorError, OSError, ValueError, KeyError):
             pass  # a damaged cache file is rebuilt
-    tok = get_tok()
-    try:
-        enc = tok(rows.texts, truncation=True, max_length=max_length, padding="longest", return_tensors="pt")
-    except (ValueError, TypeError) as e:
-        raise PrunetuneError(f"data.tokenizer: {src} cannot tokenise {rows.path} ({str(e).splitlines()[0][:120]})") from None
-    TOKENIZE_CALLS += 1
-    out = {k: enc[k].to(torch.int64).contiguous() for k in ("input_ids", "attention_mask")}
-    tmp = None
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-        os.close(fd)
-        save_file(out, tmp)
-        os.replace(tmp, path)  # atomic: readers never see a half-written file
-    except (OSError, SafetensorError):  # safetensors reports a full disk as SafetensorError
-        if tmp and os.path.exists(tmp):
-            os.unlink(tmp)  # an unwritable cache only costs time
+    out = make()
+    cache_tensors(out, path)
     return out
 
 
-def _lazy_tokenizer(src: str) -> Callable[[], Any]:
+def tokenize(rows: Rows, src: str, max_length: int, get_tok: Callable[[], Any]) -> dict[str, torch.Tensor]:
+    """`input_ids` / `attention_mask` (int64, right-padded to the longest row), cached on disk."""
+
+    def make() -> dict[str, torch.Tensor]:
+        global TOKENIZE_CALLS
+        tok = get_tok()
+        try:
+            enc = tok(rows.texts, truncation=True, max_length=max_length, padding="longest", return_tensors="pt")
+        except (ValueError, TypeError) as e:
+            raise PrunetuneError(f"data.tokenizer: {src} cannot tokenise {rows.path} ({str(e).splitlines()[0][:120]})") from None
+        TOKENIZE_CALLS += 1
+        return {k: enc[k].to(torch.int64).contiguous() for k in ("input_ids", "attention_mask")}
+
+    key = hashlib.sha256(f"{CACHE_VERSION}|{rows.digest}|{tokenizer_id(src)}|{max_length}".encode()).hexdigest()[:32]
+    return cached_tokens(key, ("input_ids", "attention_mask"), make)
+
+
+def lazy_tokenizer(src: str) -> Callable[[], Any]:
+    """A function that loads the tokenizer on its first call (cached tokens need none) and keeps it."""
     box: list[Any] = []
 
     def get():
         if not box:
-            from ..models.hf import load_tokenizer
-
             tok = load_tokenizer(src)
             tok.padding_side = "right"  # TensorData.take trims padding from the right
             box.append(tok)
@@ -249,21 +262,23 @@ def _lazy_tokenizer(src: str) -> Callable[[], Any]:
 def build_text(spec, seed: int, model, where: str, train: Rows, test: Rows, val: Rows | None,
                names: list[str]) -> DataBundle:
     """Tokenise (or load cached tokens), encode labels and split: the common tail of every text source."""
-    src = tokenizer_source(spec, model)
-    get_tok = _lazy_tokenizer(src)
+    opts: TokenOptions = spec.options
+    src = tokenizer_source(opts.tokenizer, model)
+    get_tok = lazy_tokenizer(src)
     ys = [encode_labels(r, names) if r else None for r in (train, test, val)]  # label errors before slow work
-    (tr_x, tr_y), (te_x, te_y), val_xy = [(tokenize(r, src, spec.max_length, get_tok), y) if r else None
+    (tr_x, tr_y), (te_x, te_y), val_xy = [(tokenize(r, src, opts.max_length, get_tok), y) if r else None
                                           for r, y in zip((train, test, val), ys)]
     bundle = finish_bundle(spec, seed, tr_x, tr_y, te_x, te_y, names,
-                           {"kind": "text", "max_length": spec.max_length, "tokenizer": src}, where, val=val_xy)
+                           {"kind": "text", "max_length": opts.max_length, "tokenizer": src}, where, val=val_xy)
     # Each split pads to its own longest example (limits and splits may have removed the longest).
     trim = lambda d: TensorData(d.take(slice(None)), d.y)  # noqa: E731
     bundle.train, bundle.val, bundle.test = trim(bundle.train), trim(bundle.val), trim(bundle.test)
-    bundle.input_shape = (spec.max_length,)  # independent of which texts happen to be longest
+    bundle.input_shape = (opts.max_length,)  # independent of which texts happen to be longest
     return bundle
 
 
-def _folder(spec, source: str) -> Path:
+def data_folder(spec, source: str) -> Path:
+    """data.path as an existing folder, or one line saying the source needs one."""
     if not spec.path:
         raise PrunetuneError(f"data.path: {source} needs a folder; set data.path=/path/to/{source}")
     root = Path(spec.path).expanduser()
@@ -272,10 +287,10 @@ def _folder(spec, source: str) -> Path:
     return root
 
 
-@DATA_SOURCES.register("sst2", "GLUE SST-2 sentiment (folder with train.tsv, dev.tsv, test.tsv)")
+@data_source("sst2", TokenOptions, "GLUE SST-2 sentiment (folder with train.tsv, dev.tsv, test.tsv)")
 def sst2(spec, seed: int, model=None) -> DataBundle:
-    root = _folder(spec, "sst2")
-    train, dev, test = (read_table(root / f"{split}.tsv", "tsv", "sentence", "label", spec.encoding)
+    root = data_folder(spec, "sst2")
+    train, dev, test = (read_table(root / f"{split}.tsv", "tsv", "sentence", "label", spec.options.encoding)
                         for split in ("train", "dev", "test"))
     names = ["negative", "positive"]
     for rows in (train, dev, test):
@@ -286,20 +301,22 @@ def sst2(spec, seed: int, model=None) -> DataBundle:
     return build_text(spec, seed, model, f"sst2 {root}", train, test, dev, names)
 
 
-@DATA_SOURCES.register("trec", "TREC question types (folder with train_5500.label, TREC_10.label)")
+@data_source("trec", TrecOptions, "TREC question types (folder with train_5500.label, TREC_10.label)")
 def trec(spec, seed: int, model=None) -> DataBundle:
-    root = _folder(spec, "trec")
-    train = read_trec(root / "train_5500.label", spec.trec_labels, spec.encoding)
-    test = read_trec(root / "TREC_10.label", spec.trec_labels, spec.encoding)
+    opts: TrecOptions = spec.options
+    root = data_folder(spec, "trec")
+    train = read_trec(root / "train_5500.label", opts.trec_labels, opts.encoding)
+    test = read_trec(root / "TREC_10.label", opts.trec_labels, opts.encoding)
     return build_text(spec, seed, model, f"trec {root}", train, test, None, sorted(set(train.labels)))
 
 
-@DATA_SOURCES.register("text", "TSV / CSV / JSON Lines files with a text and a label column")
+@data_source("text", TextOptions, "TSV / CSV / JSON Lines files with a text and a label column")
 def text(spec, seed: int, model=None) -> DataBundle:
-    root = _folder(spec, "text") if spec.path else None
-    files = [find_file(root, spec.train_file, ("train",), "train_file", True, FORMATS, "train.tsv/.csv/.jsonl"),
-             find_file(root, spec.test_file, ("test",), "test_file", True, FORMATS, "test.tsv/.csv/.jsonl"),
-             find_file(root, spec.val_file, ("dev", "val"), "val_file", False, FORMATS, "dev.tsv/.csv/.jsonl")]
-    train, test, val = (read_table(p, file_format(spec, p, FORMATS), spec.text_column, spec.label_column, spec.encoding) if p else None
-                        for p in files)
+    opts: TextOptions = spec.options
+    root = data_folder(spec, "text") if spec.path else None
+    files = [find_file(root, opts.train_file, ("train",), "train_file", True, FORMATS, "train.tsv/.csv/.jsonl"),
+             find_file(root, opts.test_file, ("test",), "test_file", True, FORMATS, "test.tsv/.csv/.jsonl"),
+             find_file(root, opts.val_file, ("dev", "val"), "val_file", False, FORMATS, "dev.tsv/.csv/.jsonl")]
+    train, test, val = (read_table(p, file_format(opts.format, p, FORMATS), opts.text_column, opts.label_column,
+                                   opts.encoding) if p else None for p in files)
     return build_text(spec, seed, model, f"text {files[0]}", train, test, val, label_names(train.labels))

@@ -11,16 +11,15 @@ from __future__ import annotations
 
 from torch import nn
 
+from ..errors import PrunetuneError
 from ..registry import MODELS
-from . import external
+from . import external, hf
 
 
 def build_model(spec, num_classes: int, input_shape: tuple[int, ...], data_kwargs: dict | None = None) -> nn.Module:
     """`data_kwargs` (DataBundle.model_kwargs: sizes the data decides) are passed with the recipe's
     model.kwargs; a key in both takes the recipe's value."""
     name, kwargs = spec.name, {**(data_kwargs or {}), **spec.kwargs}
-    from . import hf
-
     if hf.is_hf(name):
         return hf.hf_model(name, num_classes, trust_code=spec.trust_code, **kwargs)
     if name.startswith("torchvision:"):
@@ -33,8 +32,6 @@ def build_model(spec, num_classes: int, input_shape: tuple[int, ...], data_kwarg
     try:
         return factory(num_classes=num_classes, input_shape=tuple(input_shape), **kwargs)
     except (TypeError, ValueError, RuntimeError) as e:  # wrong names; bad values: hidden=[-3, 5], dropout=2
-        from ..errors import PrunetuneError
-
         detail = (str(e).splitlines() or [e.__class__.__name__])[0][:160]
         raise PrunetuneError(f"model.kwargs: {name} cannot be built with {kwargs} for {num_classes} classes and inputs "
                              f"{list(input_shape)} ({detail}); see the model's signature in `prunetune list`") from None

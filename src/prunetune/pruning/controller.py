@@ -7,13 +7,16 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
+from safetensors.torch import load_file
 from torch import nn
 
 from .. import distributed
 from ..data.base import batches
+from ..files import cache_tensors
 from ..registry import IMPORTANCES, PRUNERS, SCHEDULES
 from ..tasks import to_device
-from .pruners import Pruner
+from .activations import input_norms
+from .pruners import Pruner, target_modules
 from .schedules import Phase, all_sparsities
 
 
@@ -27,9 +30,20 @@ class PruningController:
         self.pruner_cls = PRUNERS.get(spec.method, "prune.method")
         self.grad_cache: Path | None = None  # where the dense model's calibration gradients are cached
         self.grads_from_cache: str | None = None
-        # Where `finetune` is (read by checkpoint.Checkpointer) and where it continues from (checkpoint.Resume).
-        self.position: dict[str, Any] | None = None
-        self.resume_from: dict[str, Any] | None = None
+        # Where `finetune` is (its phase and the history so far) and where the next one continues from.
+        self._position: dict[str, Any] | None = None
+        self._resume_from: dict[str, Any] | None = None
+
+    def state_dict(self) -> dict[str, Any]:
+        """Where `finetune` is (JSON-able): the phase, where its rows start in the Trainer's history,
+        and the history of the finished phases."""
+        return dict(self._position or {"phase": 0, "phase_start": 0, "history": []})
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """The next `finetune` continues at `state` (a `state_dict()`): finished phases are skipped
+        and the current one is not pruned again (the Trainer resumes inside it)."""
+        self._resume_from = {"phase": int(state["phase"]), "phase_start": int(state["phase_start"]),
+                             "history": list(state["history"])}
 
     @property
     def final_sparsity(self) -> float:
@@ -49,8 +63,6 @@ class PruningController:
         model and the calibration settings), they are computed once and reused: a sweep's trials all
         prune the same dense model."""
         if cache is not None and cache.exists():
-            from safetensors.torch import load_file
-
             try:
                 grads = load_file(str(cache))
             except Exception:  # a damaged cache file is recomputed below
@@ -74,21 +86,18 @@ class PruningController:
             loss = self.task.loss(self.task.forward(model, to_device(x, self.device)), y.to(self.device))
             loss.backward()
         model.train(was)
-        if cache is not None:
-            _save_grads(model, cache)
+        if cache is not None:  # a failed write is only a lost cache
+            cache_tensors({n: p.grad.detach().cpu() for n, p in model.named_parameters() if p.grad is not None}, cache)
 
     def _activations(self, model: nn.Module, pruner: Pruner) -> None:
         """Input norms of the pruner's target layers over `calibration_batches` training batches (wanda)."""
-        from .activations import input_norms
-        from .pruners import _modules
-
         was = model.training
         model.eval()
         g = torch.Generator().manual_seed(self.seed + 31)
         size = getattr(self.task, "calibration_batch_size", 64)
         chosen = [x for i, (x, _) in zip(range(self.spec.calibration_batches),
                                          batches(self.bundle.train, size, shuffle=True, generator=g))]
-        mods = dict(_modules(model, list(pruner.targets)))
+        mods = dict(target_modules(model, list(pruner.targets)))
         self.importance.norms = input_norms(lambda x: self.task.forward(model, to_device(x, self.device)), mods, chosen)
         model.train(was)
 
@@ -100,7 +109,7 @@ class PruningController:
             self._activations(model, pruner)
         changed = pruner.prune_to(model, sparsity)
         distributed.sync_masks(model)  # torchrun: every rank keeps rank 0's masks
-        pruner.steps_done = getattr(pruner, "steps_done", 0) + 1  # a resumed structured pruner continues from here
+        pruner.steps_done += 1
         model.zero_grad(set_to_none=True)
         return changed
 
@@ -116,7 +125,7 @@ class PruningController:
         """Run every phase: prune to its sparsity, fine-tune with its in-training events."""
         if self.spec.schedule.kind == "adaptive":
             return self._adaptive(model, pruner, trainer, log)
-        resume, self.resume_from = self.resume_from, None
+        resume, self._resume_from = self._resume_from, None
         history: list[dict[str, Any]] = list(resume["history"]) if resume else []
         for i, phase in enumerate(self.phases):
             if resume and i < resume["phase"]:
@@ -127,7 +136,7 @@ class PruningController:
                 if self.prune_step(pruner, model, phase.sparsity):
                     trainer.rebuild_optimizer()
             start = resume["phase_start"] if resumed else len(trainer.history)
-            self.position = {"phase": i, "phase_start": start, "history": history}
+            self._position = {"phase": i, "phase_start": start, "history": history}
 
             def on_event(s: float) -> bool:
                 log(f"prune: {self.spec.method} to {s:.4f} during fine-tuning")
@@ -183,24 +192,3 @@ class PruningController:
                                  "rolled_back": rolled_back}
         return history
 
-
-def _save_grads(model: nn.Module, path: Path) -> None:
-    """Store the calibration gradients (safetensors, written atomically); a failed write is only a lost cache."""
-    import os
-    import tempfile
-
-    from safetensors.torch import save_file
-
-    grads = {n: p.grad.detach().cpu().contiguous() for n, p in model.named_parameters() if p.grad is not None}
-    if not grads:
-        return
-    tmp = None
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-        os.close(fd)
-        save_file(grads, tmp)
-        os.replace(tmp, path)
-    except Exception:
-        if tmp is not None and os.path.exists(tmp):
-            os.unlink(tmp)

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import torch
 
+from ..errors import PrunetuneError
 from ..registry import IMPORTANCES
+from .layers import layer_type_of
 
 
 class Importance:
@@ -129,9 +131,6 @@ class Wanda(Importance):
         raise RuntimeError("wanda importance needs input activations; the controller collects them")
 
     def module_scores(self, module, weight, grad):
-        from ..errors import PrunetuneError
-        from .layers import layer_type_of
-
         lt = layer_type_of(module)
         if lt is None or getattr(lt, "weights", None) is not None:  # recurrent layers: the hidden-state weights see no layer input
             raise PrunetuneError(f"prune.importance: wanda scores linear and convolution weights, not a "
@@ -147,7 +146,5 @@ class Wanda(Importance):
         return lt.from_rows(rows * norm.to(rows.device, rows.dtype), weight.shape)
 
     def structured(self):
-        from ..errors import PrunetuneError
-
         raise PrunetuneError("prune.importance: wanda with structured pruning is supported for causal language models "
                              "(heads and MLP neurons); use l1, l2 or taylor here")

@@ -2,7 +2,8 @@
 
 A pruner is set up once with every sparsity the schedule will ask for, then `prune_to` is
 called with each in turn. Masked pruners leave parametrizations on the model (see masks.py);
-the structured pruner shrinks tensors in place.
+the structured pruner shrinks tensors in place. `state_dict()` / `load_state_dict()` carry what a
+pruner keeps between steps (a resumed run's pruner continues where the checkpointed one was).
 """
 
 from __future__ import annotations
@@ -13,10 +14,13 @@ import torch
 from torch import nn
 
 from ..errors import PrunetuneError
+from ..models.hf import attention_modules, sync_attention
 from ..registry import PRUNERS
+from .decoder import DecoderPruner, decoder_blocks, is_causal_lm
 from .importance import Importance
 from .layers import layer_type_of, prunable_layers
 from .masks import attach_mask, get_mask
+from .sequence import structured_options
 
 
 class Pruner:
@@ -28,6 +32,16 @@ class Pruner:
         self.importance = importance
         self.targets = targets
         self.notes: list[str] = []
+        self.steps_done = 0  # pruning steps taken (counted by the controller)
+
+    def state_dict(self) -> dict[str, Any]:
+        """What the pruner keeps between steps, JSON-able (masks live in the model's state)."""
+        return {"steps_done": self.steps_done}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue after the steps of `state` (a `state_dict()`); call after `setup`, before the
+        model is given its checkpointed shapes and weights."""
+        self.steps_done = int(state["steps_done"])
 
     def setup(self, model: nn.Module, example_inputs: Any, sparsities: list[float]) -> None:
         raise NotImplementedError
@@ -37,7 +51,7 @@ class Pruner:
         raise NotImplementedError
 
 
-def _modules(model: nn.Module, names: list[str]) -> list[tuple[str, nn.Module]]:
+def target_modules(model: nn.Module, names: list[str]) -> list[tuple[str, nn.Module]]:
     d = dict(model.named_modules())
     # A layer wrapped by peft (LoRA, IA3) keeps its weight in `base_layer`.
     return [(n, getattr(d[n], "base_layer", d[n])) for n in names]
@@ -49,7 +63,7 @@ def _original(mod: nn.Module, tensor: str = "weight") -> nn.Parameter:
 
 def _tensors(model: nn.Module, names: list[str]) -> list[tuple[str, nn.Module, str]]:
     """(layer, module, tensor) for every prunable tensor of the named layers (one per LSTM / GRU gate matrix)."""
-    return [(n, mod, t) for n, mod in _modules(model, names) for t in layer_type_of(mod).tensors(mod)]
+    return [(n, mod, t) for n, mod in target_modules(model, names) for t in layer_type_of(mod).tensors(mod)]
 
 
 class _MaskPruner(Pruner):
@@ -144,10 +158,8 @@ class Structured(Pruner):
     def setup(self, model, example_inputs, sparsities):
         import torch_pruning as tp
 
-        from ..lm.structured import DecoderPruner, decoder_blocks, is_causal_lm
-        from ..models.hf import attention_modules
-
         self._decoder = None
+        self._tp = None
         if is_causal_lm(model) or decoder_blocks(model):  # decoders (GPT-2, Llama, NeoX): heads and MLP neurons
             self._decoder = DecoderPruner(self.spec, self.importance, self.targets, self.notes)
             self._decoder.setup(model, list(sparsities))
@@ -172,8 +184,6 @@ class Structured(Pruner):
                 for p in ("query", "key", "value"):
                     heads[getattr(a, p)] = count
             ignored += _hidden_size_owners(model)
-        from .sequence import structured_options
-
         # RNN / embedding support (importance, tracing, custom pruner, root types); fresh channel-group dicts.
         options = structured_options(model, self.targets, self.importance, self._forward_fn)
         self._tp = tp.pruner.BasePruner(
@@ -200,15 +210,43 @@ class Structured(Pruner):
         out = model(**inputs) if isinstance(inputs, dict) else model(inputs)
         return getattr(out, "logits", out)
 
-    def prune_to(self, model, sparsity):
-        from ..models.hf import sync_attention
+    def state_dict(self) -> dict[str, Any]:
+        """Besides the step count, Torch-Pruning's iterative pruner state (`torch_pruning`, None for
+        decoders, whose pruner keeps none): its step, the channel counts each ranking scope started
+        from (later steps' counts are relative to these) and the head / channel-group tables, keyed
+        by module name."""
+        return {**super().state_dict(), "torch_pruning": None if self._tp is None else _tp_state(self._tp)}
 
-        if getattr(self, "_decoder", None) is not None:
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        if self._tp is not None and state.get("torch_pruning") is not None:
+            _set_tp_state(self._tp, state["torch_pruning"])
+
+    def prune_to(self, model, sparsity):
+        if self._decoder is not None:
             return self._decoder.prune_to(model, sparsity)
         self._tp.step()
         for a in self._attn:
             sync_attention(a)
         return True
+
+
+def _tp_state(tp) -> dict[str, Any]:
+    names = tp.DG._module2name
+    return {"current_step": int(tp.current_step),
+            "scope_initial_channels": {str(k): int(v) for k, v in tp._scope_initial_channels.items()},
+            "num_heads": {names[m]: int(n) for m, n in tp.num_heads.items() if m in names},
+            "out_channel_groups": {names[m]: int(n) for m, n in tp.out_channel_groups.items() if m in names}}
+
+
+def _set_tp_state(tp, state: dict[str, Any]) -> None:
+    modules = {n: m for m, n in tp.DG._module2name.items()}
+    tp.current_step = state["current_step"]
+    tp._scope_initial_channels = dict(state["scope_initial_channels"])
+    for key in ("num_heads", "out_channel_groups"):
+        table = getattr(tp, key)
+        for name, n in state[key].items():
+            table[modules[name]] = n
 
 
 def _hidden_size_owners(model: nn.Module) -> list[nn.Module]:

@@ -3,6 +3,10 @@
 Each phase prunes to `sparsity` (if given), then fine-tunes `epochs` epochs, pruning again at
 each `(fraction of the phase, sparsity)` event on the way.
 
+The recipe checks two attributes a schedule may carry: `rolls_back` (the model may be rolled back
+to an earlier step; default False) and `prunes_during_finetuning` (False when pruning happens once,
+before fine-tuning; default True).
+
 Example:
     >>> from prunetune.recipe import PruneSpec
     >>> [p.sparsity for p in iterative(PruneSpec(sparsity=0.75, schedule={"kind": "iterative", "steps": 2}), 3)]
@@ -38,6 +42,9 @@ def all_sparsities(phases: list[Phase]) -> list[float]:
 def oneshot(spec, epochs: int) -> list[Phase]:
     """Prune once to the target, then fine-tune."""
     return [Phase(spec.sparsity, epochs)]
+
+
+oneshot.prunes_during_finetuning = False
 
 
 @SCHEDULES.register("iterative")
@@ -85,3 +92,6 @@ def adaptive(spec, epochs: int) -> list[Phase]:
     keep = 1.0 - spec.sparsity
     per = max(1, spec.schedule.epochs_per_step)
     return [Phase(round(1.0 - keep ** (r / k), 6) if r < k else spec.sparsity, per) for r in range(1, k + 1)]
+
+
+adaptive.rolls_back = True

@@ -1,19 +1,21 @@
-"""The dense (starting) model: loaded from the user's safetensors file, or trained and cached.
+"""The dense (starting) model: loaded from the user's safetensors file, or trained and cached; and
+`model_info`, what a saved model's manifest records besides its tensors.
 
 A trained dense model is cached by a hash of the recipe's task, model, data, dense and seed
-fields, so repeated runs and sweeps skip training. Cache root: $PRUNETUNE_CACHE or
-~/.cache/prunetune.
+fields (`dense_key`), so repeated runs and sweeps skip training. Cache root: $PRUNETUNE_CACHE or
+~/.cache/prunetune (`files.cache_root`).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
 from torch import nn
 
 from .artifacts import FORMAT, load_model, save_model
@@ -68,9 +70,6 @@ def check_outputs(model: nn.Module, task, bundle, where: str) -> None:
 
 
 def _load_user_file(model: nn.Module, path: Path, bundle) -> None:
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
     if not path.exists():
         raise PrunetuneError(f"dense.path: {path} not found; give a .safetensors file of trained weights")
     try:

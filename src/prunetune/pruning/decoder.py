@@ -27,8 +27,8 @@ import torch
 from torch import nn
 
 from ..errors import PrunetuneError
-from ..pruning.hf_conv1d import is_hf_conv1d
-from ..pruning.layers import sync_attributes
+from .hf_conv1d import is_hf_conv1d
+from .layers import sync_attributes
 
 
 @dataclass

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from .html import esc, table
+
 NOTE = ("Greedy decoding (no sampling) from the first test examples: the prompt of a prompt / completion pair, "
         "else the first half of the text; the reference is the rest of it.")
 
@@ -27,6 +29,7 @@ def _md(text: str) -> str:
 
 
 def markdown_lines(stages: dict[str, Any], names: tuple[str, ...]) -> list[str]:
+    """The report.md section (nothing when no stage sampled generations)."""
     rows = _rows(stages, names)
     if not rows:
         return []
@@ -38,8 +41,7 @@ def markdown_lines(stages: dict[str, Any], names: tuple[str, ...]) -> list[str]:
 
 
 def html_section(stages: dict[str, Any], names: tuple[str, ...]) -> list[str]:
-    from ..html_report import esc, table
-
+    """The report.html section (nothing when no stage sampled generations)."""
     rows = _rows(stages, names)
     if not rows:
         return []

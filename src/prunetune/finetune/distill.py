@@ -17,17 +17,16 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .errors import PrunetuneError
-from .pruning.masks import realise
-from .tasks import to_device
+from ..artifacts import load_model
+from ..errors import PrunetuneError
+from ..pruning.masks import realise
+from ..tasks import to_device
 
 
 def load_teacher(spec, dense: nn.Module, bundle, trust_code: bool) -> tuple[nn.Module, str]:
     """The teacher model: the run's dense model, or a saved model folder with the same classes."""
     if spec.teacher == "dense":
         return dense, "dense"
-    from .artifacts import load_model
-
     folder = Path(spec.teacher)
     if not folder.is_dir():
         raise PrunetuneError(f"finetune.distill.teacher: {folder} is not a model folder; use 'dense' or a run's model/ folder")

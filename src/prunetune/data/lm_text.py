@@ -28,23 +28,34 @@ import csv
 import hashlib
 import io
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Literal
 
+import numpy as np
 import torch
+from pydantic import Field
 
-from ..files import cache_root
-from ..data.base import DataBundle, TensorData, default_val_size, file_format, find_file, holdout
-from ..data.text import FORMATS, _decode, _folder, _lazy_tokenizer, _tokenizer_id, tokenizer_source
 from ..errors import PrunetuneError
-from ..registry import DATA_SOURCES
+from .base import DataBundle, FileOptions, TensorData, data_source, default_val_size, file_format, find_file, holdout
+from .text import (FORMATS, TokenOptions, cached_tokens, data_folder, decode_file, lazy_tokenizer, tokenizer_id,
+                   tokenizer_source)
 
 CACHE_VERSION = 1
 IGNORE = -100
 LM_FORMATS = {**FORMATS, ".txt": "txt"}
+
+
+class LMTextOptions(TokenOptions, FileOptions):
+    """lm_text's own `data:` keys."""
+
+    format: Literal["auto", "tsv", "csv", "jsonl", "txt"] = Field(
+        "auto", description="file format (auto: by extension; txt: one text per line)")
+    text_column: str | None = Field(None, description="field / column with the text (default: text or sentence)")
+    prompt_column: str | None = Field(
+        None, description="field / column with the prompt of a prompt-completion pair (default: prompt); "
+        "the loss is on the completion only")
+    completion_column: str | None = Field(None, description="field / column with the completion (default: completion)")
 
 
 @dataclass
@@ -72,18 +83,18 @@ def _value(path: Path, line: int, obj: dict, field: str) -> str:
         raise PrunetuneError(f"{path}:{line}: field {field!r} is a number too long to read as text; quote it") from None
 
 
-def _columns(spec) -> tuple[str, str]:
-    return spec.prompt_column or "prompt", spec.completion_column or "completion"
+def _columns(opts: LMTextOptions) -> tuple[str, str]:
+    return opts.prompt_column or "prompt", opts.completion_column or "completion"
 
 
-def _mode(path: Path, fields: list[str], spec, where: str) -> tuple[str, str | None]:
+def _mode(path: Path, fields: list[str], opts: LMTextOptions, where: str) -> tuple[str, str | None]:
     """('text', column) or ('pair', None) for a file with these fields / columns."""
-    p, c = _columns(spec)
-    if spec.text_column:
-        if spec.text_column not in fields:
-            raise PrunetuneError(f"{where}: no {spec.text_column!r} (found: {', '.join(fields)}); set data.text_column")
-        return "text", spec.text_column
-    if p in fields or c in fields or spec.prompt_column or spec.completion_column:
+    p, c = _columns(opts)
+    if opts.text_column:
+        if opts.text_column not in fields:
+            raise PrunetuneError(f"{where}: no {opts.text_column!r} (found: {', '.join(fields)}); set data.text_column")
+        return "text", opts.text_column
+    if p in fields or c in fields or opts.prompt_column or opts.completion_column:
         for name, key in ((p, "prompt_column"), (c, "completion_column")):
             if name not in fields:
                 raise PrunetuneError(f"{where}: no {name!r} to pair with {c if name == p else p!r} "
@@ -96,9 +107,9 @@ def _mode(path: Path, fields: list[str], spec, where: str) -> tuple[str, str | N
                          "set data.text_column, or data.prompt_column and data.completion_column")
 
 
-def read_lm(path: Path, fmt: str, spec) -> LMRows:
+def read_lm(path: Path, fmt: str, opts: LMTextOptions) -> LMRows:
     """Read and check one file; every error names the file and the line."""
-    content, raw = _decode(path, spec.encoding)
+    content, raw = decode_file(path, opts.encoding)
     records: list[tuple[int, str, str]] = []  # (line, prompt, text)
     mode = None
     if fmt == "txt":
@@ -119,33 +130,33 @@ def read_lm(path: Path, fmt: str, spec) -> LMRows:
             if not isinstance(obj, dict):
                 raise PrunetuneError(f"{path}:{i}: expected a JSON object per line, got {type(obj).__name__}")
             if mode is None:
-                mode = _mode(path, list(obj), spec, f"{path}:{i}")
-            records.append(_record(path, i, obj, mode, spec))
+                mode = _mode(path, list(obj), opts, f"{path}:{i}")
+            records.append(_record(path, i, obj, mode, opts))
     else:
         quoting = {"quoting": csv.QUOTE_NONE} if fmt == "tsv" else {}
         reader = csv.reader(io.StringIO(content, newline=""), delimiter="\t" if fmt == "tsv" else ",", **quoting)
         try:
             header = [h.strip() for h in next(reader)]
-            mode = _mode(path, header, spec, str(path))
+            mode = _mode(path, header, opts, str(path))
             for row in reader:
                 if not row:
                     continue
                 if len(row) != len(header):
                     raise PrunetuneError(f"{path}:{reader.line_num}: {len(row)} fields but the header has "
                                          f"{len(header)}; fix the row (stray {'tab' if fmt == 'tsv' else 'comma or quote'}?)")
-                records.append(_record(path, reader.line_num, dict(zip(header, row)), mode, spec))
+                records.append(_record(path, reader.line_num, dict(zip(header, row)), mode, opts))
         except StopIteration:
             pass
         except csv.Error as e:
             raise PrunetuneError(f"{path}:{reader.line_num}: unreadable {fmt.upper()} ({e}); fix the quoting") from None
     if not records:
         raise PrunetuneError(f"{path}: no rows; put data in the file or point data.path elsewhere")
-    how = {"fmt": fmt, "mode": mode, "cols": _columns(spec), "text": spec.text_column, "enc": spec.encoding}
+    how = {"fmt": fmt, "mode": mode, "cols": _columns(opts), "text": opts.text_column, "enc": opts.encoding}
     digest = hashlib.sha256(hashlib.sha256(raw).digest() + json.dumps(how, sort_keys=True).encode()).hexdigest()
     return LMRows(path, [r[1] for r in records], [r[2] for r in records], [r[0] for r in records], digest)
 
 
-def _record(path: Path, line: int, obj: dict, mode: tuple[str, str | None], spec) -> tuple[int, str, str]:
+def _record(path: Path, line: int, obj: dict, mode: tuple[str, str | None], opts: LMTextOptions) -> tuple[int, str, str]:
     kind, col = mode
     if kind == "text":
         if col not in obj:
@@ -154,7 +165,7 @@ def _record(path: Path, line: int, obj: dict, mode: tuple[str, str | None], spec
         if not text:
             raise PrunetuneError(f"{path}:{line}: empty text; remove the row or fill in its text")
         return line, "", text
-    p, c = _columns(spec)
+    p, c = _columns(opts)
     for name in (p, c):
         if name not in obj:
             raise PrunetuneError(f"{path}:{line}: no field {name!r} (fields: {', '.join(obj)}); give every line a "
@@ -188,8 +199,6 @@ def encode(rows: LMRows, tok, max_length: int) -> dict[str, torch.Tensor]:
         ids = (list(h) + t)[:max_length]
         seqs.append(ids)
         labels.append(([IGNORE] * len(h) + t)[:max_length])
-    import numpy as np
-
     width = max(len(s) for s in seqs)
     n = len(seqs)
     ids, mask, lab = np.full((n, width), pad, np.int64), np.zeros((n, width), np.int64), np.full((n, width), IGNORE, np.int64)
@@ -201,34 +210,16 @@ def encode(rows: LMRows, tok, max_length: int) -> dict[str, torch.Tensor]:
 
 
 def tokenize_lm(rows: LMRows, src: str, max_length: int, get_tok: Callable[[], Any]) -> dict[str, torch.Tensor]:
-    """`encode`, cached on disk under $PRUNETUNE_CACHE/tokens (a damaged or unwritable cache only costs time)."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file, save_file
+    """`encode`, cached on disk under $PRUNETUNE_CACHE/tokens like the classification sources' tokens."""
 
-    key = hashlib.sha256(f"lm{CACHE_VERSION}|{rows.digest}|{_tokenizer_id(src)}|{max_length}".encode()).hexdigest()[:32]
-    path = cache_root() / "tokens" / f"lm-{key}.safetensors"
-    names = ("input_ids", "attention_mask", "labels")
-    if path.is_file():
+    def make() -> dict[str, torch.Tensor]:
         try:
-            cached = load_file(str(path))
-            return {k: cached[k] for k in names}
-        except (SafetensorError, OSError, ValueError, KeyError):
-            pass
-    try:
-        out = encode(rows, get_tok(), max_length)
-    except (ValueError, TypeError) as e:
-        raise PrunetuneError(f"data.tokenizer: {src} cannot tokenise {rows.path} ({str(e).splitlines()[0][:120]})") from None
-    tmp = None
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-        os.close(fd)
-        save_file({k: v.contiguous() for k, v in out.items()}, tmp)
-        os.replace(tmp, path)
-    except (OSError, SafetensorError):
-        if tmp and os.path.exists(tmp):
-            os.unlink(tmp)
-    return out
+            return encode(rows, get_tok(), max_length)
+        except (ValueError, TypeError) as e:
+            raise PrunetuneError(f"data.tokenizer: {src} cannot tokenise {rows.path} ({str(e).splitlines()[0][:120]})") from None
+
+    key = hashlib.sha256(f"lm{CACHE_VERSION}|{rows.digest}|{tokenizer_id(src)}|{max_length}".encode()).hexdigest()[:32]
+    return cached_tokens(f"lm-{key}", ("input_ids", "attention_mask", "labels"), make)
 
 
 def _data(enc: dict[str, torch.Tensor]) -> TensorData:
@@ -253,10 +244,11 @@ def _trim(d: TensorData) -> TensorData:
 
 
 def build_lm(spec, seed: int, model, where: str, train: LMRows, test: LMRows, val: LMRows | None) -> DataBundle:
-    src = tokenizer_source(spec, model)
-    get_tok = _lazy_tokenizer(src)
+    opts: LMTextOptions = spec.options
+    src = tokenizer_source(opts.tokenizer, model)
+    get_tok = lazy_tokenizer(src)
     train, test = _subset(train, spec.limit, seed), _subset(test, spec.test_limit, seed + 1)
-    tr, te, va = (_data(tokenize_lm(r, src, spec.max_length, get_tok)) if r else None for r in (train, test, val))
+    tr, te, va = (_data(tokenize_lm(r, src, opts.max_length, get_tok)) if r else None for r in (train, test, val))
     if va is None:
         size = spec.val_size if spec.val_size is not None else default_val_size(len(tr))
         keep, held = holdout(len(tr), size, seed + 7919)
@@ -267,19 +259,21 @@ def build_lm(spec, seed: int, model, where: str, train: LMRows, test: LMRows, va
             raise PrunetuneError(f"{where}: the {name} examples have no token to predict (each needs two or more tokens); "
                                  "use longer texts")
     return DataBundle(
-        train=_trim(tr), val=_trim(va), test=_trim(te), class_names=[], input_shape=(spec.max_length,),
-        preprocess={"kind": "text", "max_length": spec.max_length, "tokenizer": src, "lm": True},
+        train=_trim(tr), val=_trim(va), test=_trim(te), class_names=[], input_shape=(opts.max_length,),
+        preprocess={"kind": "text", "max_length": opts.max_length, "tokenizer": src, "lm": True},
         eval_batch_size=spec.eval_batch_size, model_kwargs={"head": "causal_lm"})
 
 
-@DATA_SOURCES.register("lm_text", "language-model text: .txt lines, a TSV/CSV text column, JSON Lines text or prompt/completion")
+@data_source("lm_text", LMTextOptions,
+             "language-model text: .txt lines, a TSV/CSV text column, JSON Lines text or prompt/completion")
 def lm_text(spec, seed: int, model=None) -> DataBundle:
-    root = _folder(spec, "lm_text") if spec.path else None
+    opts: LMTextOptions = spec.options
+    root = data_folder(spec, "lm_text") if spec.path else None
     exts = ".txt/.tsv/.csv/.jsonl"
-    files = [find_file(root, spec.train_file, ("train",), "train_file", True, LM_FORMATS, f"train{exts}"),
-             find_file(root, spec.test_file, ("test",), "test_file", True, LM_FORMATS, f"test{exts}"),
-             find_file(root, spec.val_file, ("dev", "val"), "val_file", False, LM_FORMATS, f"dev{exts}")]
-    train, test, val = (read_lm(p, file_format(spec, p, LM_FORMATS), spec) if p else None for p in files)
+    files = [find_file(root, opts.train_file, ("train",), "train_file", True, LM_FORMATS, f"train{exts}"),
+             find_file(root, opts.test_file, ("test",), "test_file", True, LM_FORMATS, f"test{exts}"),
+             find_file(root, opts.val_file, ("dev", "val"), "val_file", False, LM_FORMATS, f"dev{exts}")]
+    train, test, val = (read_lm(p, file_format(opts.format, p, LM_FORMATS), opts) if p else None for p in files)
     return build_lm(spec, seed, model, f"lm_text {files[0]}", train, test, val)
 
 

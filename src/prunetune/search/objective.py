@@ -1,0 +1,153 @@
+"""What a trial is scored by: the task's validation metric (its direction, the tolerance's threshold,
+the early-stop rule) and a measured cost (latency, non-zeros, gzip bytes or MACs); and the trial
+itself, a normal run scored on the validation split."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from .. import pipeline
+from ..artifacts import load_model
+from ..data import build_data
+from ..errors import PrunetuneError
+from ..measure import example_batch, latency_ms
+from ..pruning.masks import realise
+from ..recipe import Recipe
+from ..registry import SCHEDULES
+from ..reporting.format import short
+from ..robustness import floor_accuracy
+from ..tasks import Task
+from .space import validate, with_params
+from .storage import optuna_module
+
+if TYPE_CHECKING:
+    from .study import Sweep
+
+
+def _relative_latency(stage: dict[str, Any], dense: dict[str, Any] | None = None) -> float:
+    """Latency at batch N relative to the dense model's, both measured in the same trial (so a busy
+    machine's drift between trials cancels out): 1 / measured speedup."""
+    if dense is None:
+        return 1.0
+    return stage["latency_ms"]["batch_N"]["p50"] / dense["latency_ms"]["batch_N"]["p50"]
+
+
+OBJECTIVES = {
+    "latency": ("latency relative to dense (batch N)", _relative_latency),
+    "nonzero": ("non-zero parameters", lambda s, d=None: s["nonzero_params"]),
+    "size": ("gzip bytes", lambda s, d=None: s["gzip_bytes"]),
+    "macs": ("MACs", lambda s, d=None: s["macs"]),
+}
+
+
+def dense_cost(objective: str, stage: dict[str, Any]) -> float | None:
+    """The dense model's own cost (its point on the Pareto plot); None when its stage lacks the measurement."""
+    try:
+        return OBJECTIVES[objective][1](stage)
+    except (KeyError, TypeError):
+        return None
+
+
+def study_task(study) -> Task:
+    """The task (metric and direction) a stored study was created with; a study from before the sweep
+    followed the task's metric has no `metric` in its dense reference and maximised accuracy."""
+    dense = study.user_attrs.get("dense") or {}
+    return Task.of_report({"metric": dense.get("metric"), "higher_is_better": study.directions[0].name == "MAXIMIZE"})
+
+
+def constraints(trial) -> tuple[float, ...]:
+    """Optuna 4's `constraints_func`: the value the objective stored (> 0: below the robustness floor).
+    Optuna 5 deprecates it; there the objective calls `trial.set_constraint` itself."""
+    return tuple(trial.user_attrs.get("constraint", (0.0,)))
+
+
+def _total_epochs(recipe: Recipe) -> int:
+    phases = SCHEDULES.get(recipe.prune.schedule.kind)(recipe.prune, recipe.finetune.epochs)
+    return sum(p.epochs for p in phases)
+
+
+def interleaved_latency_ratio(dense_dir: Path, model_dir: Path, recipe: Recipe, rounds: int = 2) -> float:
+    """p50 latency at evaluate.latency_batch of the saved model over the dense model's, measured in
+    alternation (dense, model, dense, model, ...) and taking each one's best round."""
+    task = Task.from_recipe(recipe)
+    bundle = build_data(recipe.data, recipe.seed, recipe.model)
+    x = example_batch(bundle.val, recipe.evaluate.latency_batch, recipe.evaluate.sequence_length)
+    threads = recipe.evaluate.threads or torch.get_num_threads()
+    dense, model = realise(load_model(dense_dir)[0]), realise(load_model(model_dir)[0])
+    best = {"d": float("inf"), "m": float("inf")}
+    for _ in range(rounds):
+        for key, m in (("d", dense), ("m", model)):
+            best[key] = min(best[key], latency_ms(m, task.forward, x, threads, recipe.evaluate.min_run_time)["p50"])
+    return best["m"] / best["d"]
+
+
+def run_trial(s: Sweep, trial, dense_val: float) -> tuple[float, float]:
+    """One trial of sweep `s`: a run of the searched point, scored on validation, stopped early when
+    hopeless; (validation metric, cost), and the details in the trial's user attributes."""
+    optuna = optuna_module()
+    params = {d.name: d.suggest(trial) for d in s.dims}
+    data = with_params(s.base, params)
+    data["name"] = f"{s.recipe.name}-trial{trial.number}"
+    try:
+        recipe = validate(data, "trial")
+    except PrunetuneError as e:  # an invalid combination (e.g. N:M with a gradual schedule)
+        trial.set_user_attr("invalid", str(e))
+        s.log(f"trial {trial.number}: skipped, invalid combination ({e})")
+        raise optuna.TrialPruned() from None
+    trial.set_user_attr("recipe", data)
+    m, key = s.metric, f"val_{s.metric}"
+    threshold = s.task.threshold(dense_val, s.spec.tolerance)
+    total, seen, curve = _total_epochs(recipe), [0], []
+
+    def check(row: dict[str, Any]) -> None:
+        seen[0] += 1
+        curve.append(row[key])
+        if s.task.hopeless(row[key], dense_val, s.spec.tolerance, s.spec.early_stop_slack, max(0, total - seen[0])):
+            trial.set_user_attr("val_curve", curve)
+            trial.set_user_attr("stopped_at_epoch", seen[0])
+            raise optuna.TrialPruned(f"validation {m} {s.task.format(row[key])} after epoch {seen[0]}")
+
+    folder = s.out / "trials" / f"trial-{trial.number:04d}"
+    if folder.exists():
+        shutil.rmtree(folder)
+    shown = ", ".join(f"{k}={short(v)}" for k, v in params.items())
+    s.log(f"trial {trial.number}: {shown}")
+    t0 = time.time()
+    try:
+        rep = pipeline.run(recipe, folder, log=lambda m: None, score_on="val", save=s.spec.objective == "latency",
+                           on_finetune_epoch=check, checkpoint=False)
+    except optuna.TrialPruned:
+        s.log(f"trial {trial.number}: stopped early (validation {m} {s.task.format(curve[-1])}, "
+              f"threshold {s.task.format(threshold)})")
+        raise
+    f, d = rep["stages"]["finetuned"], rep["stages"]["dense"]
+    cost = float(OBJECTIVES[s.spec.objective][1](f, d))
+    if s.spec.objective == "latency" and (folder / "model").exists() and rep["dense"].get("cache"):
+        # Dense and pruned timed back to back, alternately: a busy machine's drift cancels out.
+        cost = interleaved_latency_ratio(Path(rep["dense"]["cache"]), folder / "model", recipe)
+        shutil.rmtree(folder / "model", ignore_errors=True)  # only the balance point's model is kept (OUT/balance)
+    result = {
+        key: f[m], "cost": cost, "params": f["params"], "nonzero_params": f["nonzero_params"],
+        "sparsity": f["sparsity"], "macs": f["macs"], "gzip_bytes": f["gzip_bytes"],
+        "latency_ms": (f.get("latency_ms") or {}).get("batch_N", {}).get("p50"),
+        "speedup": (round(1.0 / cost, 3) if s.spec.objective == "latency" and cost > 0
+                    else rep["speedup"]["finetuned"].get("speedup_batch_N")),
+        "dense_latency_ms": (d.get("latency_ms") or {}).get("batch_N", {}).get("p50"),
+        "wall_s": round(time.time() - t0, 1), "val_curve": curve,
+    }
+    floor = s.spec.robustness_floor
+    if floor is not None:  # feasible when robust validation accuracy >= the floor (constraint <= 0)
+        result["robust_accuracy"] = floor_accuracy(f, floor)
+        constraint = float(floor.min_accuracy - result["robust_accuracy"])
+        trial.set_user_attr("constraint", [constraint])
+        if hasattr(trial, "set_constraint"):
+            trial.set_constraint("robustness_floor", constraint)
+    trial.set_user_attr("result", result)
+    s.log(f"trial {trial.number}: val {s.task.format(f[m])} (dense {s.task.format(dense_val)}), {s.spec.objective} "
+          f"{short(cost)}" + (f", speedup {result['speedup']:.2f}x" if result["speedup"] else "") + f" ({result['wall_s']:.0f}s)")
+    return f[m], cost
