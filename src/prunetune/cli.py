@@ -10,7 +10,19 @@ from typing import List, Optional
 
 import typer
 
+from . import registry as R
+from .checkpointer import refuse_stale
 from .errors import PrunetuneError, one_line
+from .evaluation import evaluate_model
+from .export import FORMATS, export_onnx
+from .pipeline import resume_run
+from .pipeline import run as run_recipe
+from .predict import predict as run_predict
+from .predict import write_predictions
+from .recipe import Recipe, load_recipe
+from .refine import refine, resume_refine
+from .reporting.format import speedups
+from .search.study import sweep as run_sweep
 from .tasks import Task
 
 TRACK_HELP = "log params, per-epoch metrics and the report to an experiment tracker: tensorboard or mlflow"
@@ -65,21 +77,13 @@ def run(
     """Prune, fine-tune and measure as the recipe says; write a run folder."""
 
     def go():
-        from .pipeline import run as run_recipe
-        from .recipe import Recipe, load_recipe
-        from .reporting.format import speedups
-
         if resume is not None:
-            from .pipeline import resume_run
-
             if recipe is not None or set_ or (out is not None and out != resume):
                 raise PrunetuneError("--resume: the recipe and the output folder come from the checkpoint; "
                                      "drop RECIPE, --set and --out")
             report = resume_run(resume, log=_log, track=track, track_uri=track_uri)
             r = Recipe.model_validate(report["recipe"])
         else:
-            from .checkpointer import refuse_stale
-
             r = load_recipe(recipe, set_)
             if out is not None:
                 refuse_stale(out)
@@ -109,9 +113,6 @@ def sweep(
     """Search pruning x fine-tuning for the cheapest model within search.tolerance of the dense model's metric."""
 
     def go():
-        from .recipe import load_recipe
-        from .search.study import sweep as run_sweep
-
         r = load_recipe(recipe, set_)
         if trials is not None and trials < 0:
             raise PrunetuneError(f"--trials {trials}: must be 0 or more")
@@ -143,8 +144,6 @@ def eval_(
     """Score a saved model on its test set and print the result as JSON."""
 
     def go():
-        from .evaluation import evaluate_model
-
         print(json.dumps(evaluate_model(model_dir, set_, trust_code), indent=2))
 
     _guard(go)
@@ -165,8 +164,6 @@ def export(
     """Export a saved model, check it against PyTorch, time it; print the export report as JSON."""
 
     def go():
-        from .export import FORMATS, export_onnx
-
         if format_ not in FORMATS:
             raise PrunetuneError(f"--format {format_}: unknown export format; choose one of: {', '.join(FORMATS)}")
         print(json.dumps(export_onnx(model_dir, out, opset=opset, threads=threads,
@@ -187,9 +184,6 @@ def predict(
     """Classify images or texts with a saved model; one JSON line per input: input, label, probabilities."""
 
     def go():
-        from .predict import predict as run_predict
-        from .predict import write_predictions
-
         if out is not None and out.exists():  # refuse before loading anything
             raise PrunetuneError(f"{out}: already exists; choose another --out or remove it")
         n = write_predictions(run_predict(model_dir, list(inputs), batch_size=batch_size, trust_code=trust_code), out)
@@ -202,8 +196,6 @@ def predict(
 @app.command("list")
 def list_() -> None:
     """Print every registered data source, model, task, importance, pruner, schedule and method."""
-    from . import registry as R
-
     for title, reg in R.ALL.items():
         print(f"{title}:")
         for name, doc in reg.describe().items():
@@ -227,8 +219,6 @@ def refine_(
     """Re-fine-tune a saved model on new labelled data, keeping its architecture and masks; write a new version."""
 
     def go():
-        from .refine import refine, resume_refine
-
         if resume is not None:
             if model_dir is not None or data_path is not None or set_ or (out is not None and out != resume):
                 raise PrunetuneError("--resume: the model, the data, the settings and the output folder come from the "

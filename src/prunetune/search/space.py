@@ -12,7 +12,7 @@ from pydantic import ValidationError
 
 from ..errors import PrunetuneError
 from ..finetune.options import DROP_FOREIGN
-from ..recipe import Recipe, _set_path, validation_error
+from ..recipe import Recipe, set_path, validation_error
 
 
 @dataclass
@@ -82,7 +82,7 @@ def parse_space(space: dict[str, Any], base: dict[str, Any]) -> list[Dim]:
             raise PrunetuneError(f"{where}: give [low, high], {{low, high, log: true}} or {{choices: [...]}}")
         for value in dim.extremes():
             data = copy.deepcopy(base)
-            _set_path(data, name, value)
+            set_path(data, name, value)
             validate(data, f"{where} = {value!r}")
         dims.append(dim)
     return dims
@@ -102,5 +102,5 @@ def with_params(base: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
     """A copy of the base recipe's data with each searched field set to its value."""
     data = copy.deepcopy(base)
     for k, v in params.items():
-        _set_path(data, k, v)
+        set_path(data, k, v)
     return data
