@@ -5,7 +5,7 @@ Imported once, by `registry.load_builtins` on the first registry lookup: adding 
 plus its line here.
 """
 
-from . import tracking, training  # noqa: F401
+from . import export, tracking, training  # noqa: F401
 from .finetune import adapter, bitfit, full, ia3, lora, prompt_tuning  # noqa: F401
 from .tasks import causal_lm, classification, regression  # noqa: F401
 from .data import fashion_mnist, image_folder, text  # noqa: F401

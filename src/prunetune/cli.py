@@ -14,7 +14,6 @@ from . import registry as R
 from .checkpointer import refuse_stale
 from .errors import PrunetuneError, one_line
 from .evaluation import evaluate_model
-from .export import FORMATS, export_onnx
 from .pipeline import resume_run
 from .pipeline import run as run_recipe
 from .predict import predict as run_predict
@@ -164,9 +163,9 @@ def export(
     """Export a saved model, check it against PyTorch, time it; print the export report as JSON."""
 
     def go():
-        if format_ not in FORMATS:
-            raise PrunetuneError(f"--format {format_}: unknown export format; choose one of: {', '.join(FORMATS)}")
-        print(json.dumps(export_onnx(model_dir, out, opset=opset, threads=threads,
+        if format_ not in R.EXPORTERS:
+            raise PrunetuneError(f"--format {format_}: unknown export format; choose one of: {', '.join(R.EXPORTERS.names())}")
+        print(json.dumps(R.EXPORTERS.get(format_)(model_dir, out, opset=opset, threads=threads,
                                      min_run_time=min_run_time, trust_code=trust_code, compare_dense=compare_dense), indent=2))
 
     _guard(go)

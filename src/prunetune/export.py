@@ -24,12 +24,12 @@ import numpy as np
 import torch
 
 from .artifacts import load_model, read_manifest
-from .files import as_final, temp_beside
 from .errors import PrunetuneError, RuntimeFault
+from .files import as_final, temp_beside
 from .pruning.masks import realise
+from .registry import EXPORTERS
 from .tasks.causal_lm import refuse_lm_folder
 
-FORMATS = ("onnx",)
 TOLERANCE = 1e-4  # max abs difference allowed between onnxruntime and PyTorch logits
 SEED = 20240607
 
@@ -135,6 +135,7 @@ def _ort_latency_ms(sess, feed: dict[str, np.ndarray], min_run_time: float) -> f
     return round(float(np.median(times)) * 1000.0, 4)
 
 
+@EXPORTERS.register("onnx", "ONNX file checked against PyTorch in onnxruntime, and timed there")
 def export_onnx(model_dir: str | Path, out_file: str | Path | None = None, opset: int | None = None,
                 check_inputs: int = 100, threads: int | None = None, min_run_time: float = 1.0,
                 trust_code: bool = False, compare_dense: bool = True) -> dict[str, Any]:

@@ -75,6 +75,7 @@ OPTIMIZERS: Registry = Registry("optimizer")
 LR_SCHEDULES: Registry = Registry("learning-rate schedule")
 LAYER_TYPES: Registry = Registry("prunable layer type")
 TRACKERS: Registry = Registry("tracker")
+EXPORTERS: Registry = Registry("export format")
 
 ALL = {
     "data sources": DATA_SOURCES,
@@ -88,6 +89,7 @@ ALL = {
     "learning-rate schedules": LR_SCHEDULES,
     "prunable layer types": LAYER_TYPES,
     "trackers": TRACKERS,
+    "export formats": EXPORTERS,
 }
 
 
