@@ -49,10 +49,10 @@ def test_every_run_writes_a_self_contained_page(run_folder):
     assert page.startswith("<!DOCTYPE html>") and "Content-Security-Policy" in page
     assert "http:" not in page and "https:" not in page  # nothing to fetch (base64 has no ':')
     srcs = re.findall(r'src="([^"]*)"', page)
-    assert len(srcs) == 2 and all(s.startswith("data:image/png;base64,") for s in srcs)
+    assert len(srcs) == 3 and all(s.startswith("data:image/png;base64,") for s in srcs)
     # The embedded images are the plots written beside the page.
-    assert base64.b64decode(srcs[0].split(",", 1)[1]) == (out / "curves.png").read_bytes()
-    assert base64.b64decode(srcs[1].split(",", 1)[1]) == (out / "sparsity.png").read_bytes()
+    for src, name in zip(srcs, ("curves.png", "sparsity.png", "confusion.png")):
+        assert base64.b64decode(src.split(",", 1)[1]) == (out / name).read_bytes()
     assert 'id="sweep"' not in page and 'id="distill"' not in page
 
 
@@ -73,12 +73,12 @@ def test_page_renders_in_headless_chromium(run_folder, tmp_path):
 
     # Every image is a data: URI, decodes to a real plot, and the browser decoded it too.
     srcs = re.findall(r'<img[^>]*\bsrc="([^"]*)"', dom)
-    assert len(srcs) == 2 and all(s.startswith("data:image/png;base64,") for s in srcs)
+    assert len(srcs) == 3 and all(s.startswith("data:image/png;base64,") for s in srcs)  # curves, sparsity, confusion
     for s in srcs:
         im = Image.open(io.BytesIO(base64.b64decode(s.split(",", 1)[1])))
         assert im.format == "PNG" and im.width > 300 and im.height > 200
     body = re.search(r"<body[^>]*>", dom).group(0)
-    assert 'data-loaded="2"' in body and 'data-images="2"' in body, body
+    assert 'data-loaded="3"' in body and 'data-images="3"' in body, body
 
     # The screenshot is not blank, and the plots were painted: the page's own styles are grey,
     # so strongly coloured pixels can only come from the plots (blue/orange/green lines, blue bars).

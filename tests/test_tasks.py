@@ -143,6 +143,20 @@ def test_a_macro_f1_run_selects_its_best_epoch_by_val_macro_f1(macro_run):
     assert "| stage | test macro-F1 |" in (out / "report.md").read_text()
 
 
+def test_the_reports_show_per_class_f1_and_the_confusion_matrix(macro_run):
+    rep, out = macro_run
+    fine = rep["stages"]["finetuned"]
+    md = (out / "report.md").read_text()
+    assert "## Per-class precision, recall and F1 (fine-tuned, %)" in md
+    assert f"Macro-F1 dense {rep['stages']['dense']['macro_f1']:.2f}" in md
+    c0 = fine["per_class"]["c0"]
+    assert f"| c0 | {c0['support']} | {c0['precision']:.2f} | {c0['recall']:.2f} | {c0['f1']:.2f} |" in md
+    assert "| c1 | " + " | ".join(str(v) for v in fine["confusion_matrix"][1]) + " |" in md
+    html = (out / "report.html").read_text()
+    assert 'id="per-class-f1"' in html and "confusion matrix of the fine-tuned model" in html
+    assert (out / "confusion.png").read_bytes()[:4] == b"\x89PNG"
+
+
 def test_a_saved_model_keeps_its_metric(macro_run):
     from prunetune.artifacts import read_manifest
 

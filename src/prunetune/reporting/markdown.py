@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from ..errors import PrunetuneError
 from ..robustness import floor_accuracy, floor_label
+from . import classes
 from .format import STAGES, fmt_bytes, short, speedups
 from .model import RefineReport, RunReport, SweepReport
 from .robustness import markdown_lines as robustness_lines
@@ -91,6 +92,7 @@ def run_markdown(report: RunReport) -> str:
     for cls in stages["dense"].get("per_class_accuracy", {}):
         vals = [stages[s]["per_class_accuracy"].get(cls) for s in STAGES]
         lines.append(f"| {cls} | " + " | ".join("-" if v is None else f"{v:.2f}" for v in vals) + " |")
+    lines += classes.markdown_lines(stages)
     return "\n".join(lines) + "\n"
 
 

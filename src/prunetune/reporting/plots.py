@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
+from . import classes
 from .model import RefineReport, RunReport, SweepReport
 
 
@@ -19,9 +20,10 @@ def _pyplot():
 
 
 def figures(report: RunReport | RefineReport) -> dict[str, bytes]:
-    """The plots as PNG bytes, rendered in memory: {"curves.png": ..., "sparsity.png": ...}.
+    """The plots as PNG bytes, rendered in memory: {"curves.png": ..., "sparsity.png": ..., "confusion.png": ...}.
 
-    sparsity.png needs a per-layer plan (run reports); a report without one gets only the curves.
+    sparsity.png needs a per-layer plan and confusion.png a classification run's confusion matrix (run
+    reports); a report without them gets only the curves.
     """
     plt = _pyplot()
 
@@ -60,6 +62,10 @@ def figures(report: RunReport | RefineReport) -> dict[str, bytes]:
         ax.set(ylim=(0, 1), ylabel="sparsity vs dense", title="per-layer sparsity (grey: not pruned)")
         fig.tight_layout()
         out["sparsity.png"] = png(fig)
+    if isinstance(report, RunReport):
+        fig = classes.confusion_figure(plt, report.stages)
+        if fig is not None:
+            out["confusion.png"] = png(fig)
     return out
 
 

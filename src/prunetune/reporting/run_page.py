@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from . import robustness, samples
+from . import classes, robustness, samples
 from .format import STAGES, fmt_bytes, speedups
 from .html import cell, esc, img, lat, notes_and_curves, page, per_class, table
 from ..tasks import Task
@@ -94,6 +94,7 @@ def render_run(report: RunReport, folder: Path | None, images: dict[str, bytes])
     if "per_class_accuracy" in stages["dense"]:
         body += ['<section id="per-class">', "<h2>Per-class test accuracy (%)</h2>",
                  per_class({s: stages[s]["per_class_accuracy"] for s in STAGES if s in stages}), "</section>"]
+    body += classes.html_section(stages, images)
     if report.sweep is not None:
         body += _sweep(report.sweep, folder)
     body.append(f'<p class="note">prunetune {esc(report.prunetune_version)}, '
