@@ -38,8 +38,8 @@ from pydantic import Field
 
 from ..errors import PrunetuneError
 from .base import DataBundle, FileOptions, TensorData, data_source, default_val_size, file_format, find_file, holdout
-from .text import (FORMATS, TokenOptions, cached_tokens, data_folder, decode_file, lazy_tokenizer, tokenizer_id,
-                   tokenizer_source)
+from .text import (FORMATS, TokenOptions, cached_tokens, data_folder, decode_file, json_lines, lazy_tokenizer,
+                   tokenizer_id, tokenizer_source)
 
 CACHE_VERSION = 1
 IGNORE = -100
@@ -117,18 +117,7 @@ def read_lm(path: Path, fmt: str, opts: LMTextOptions) -> LMRows:
             if line.strip():
                 records.append((i, "", line.strip()))
     elif fmt == "jsonl":
-        for i, line in enumerate(content.split("\n"), 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise PrunetuneError(f"{path}:{i}: malformed JSON ({e.msg}); write one JSON object per line") from None
-            except (ValueError, RecursionError) as e:
-                raise PrunetuneError(f"{path}:{i}: unreadable JSON ({str(e).split(':')[0][:80]}); "
-                                     "write one flat JSON object per line") from None
-            if not isinstance(obj, dict):
-                raise PrunetuneError(f"{path}:{i}: expected a JSON object per line, got {type(obj).__name__}")
+        for i, obj in json_lines(path, content):
             if mode is None:
                 mode = _mode(path, list(obj), opts, f"{path}:{i}")
             records.append(_record(path, i, obj, mode, opts))

@@ -21,7 +21,7 @@ import csv
 import hashlib
 import io
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -113,6 +113,24 @@ def _pick_text_column(path: Path, columns: list[str], text_col: str | None) -> s
     raise PrunetuneError(f"{path}: no 'sentence' or 'text' column (columns: {', '.join(columns)}); set data.text_column")
 
 
+def json_lines(path: Path, content: str) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line number, object) for every non-blank line of a JSON Lines file; a line that is not one JSON
+    object is refused naming path:line."""
+    for i, line in enumerate(content.split("\n"), 1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise PrunetuneError(f"{path}:{i}: malformed JSON ({e.msg}); write one JSON object per line") from None
+        except (ValueError, RecursionError) as e:  # a number of over 4300 digits; nesting too deep
+            raise PrunetuneError(f"{path}:{i}: unreadable JSON ({str(e).split(':')[0][:80]}); "
+                                 "write one flat JSON object per line") from None
+        if not isinstance(obj, dict):
+            raise PrunetuneError(f"{path}:{i}: expected a JSON object per line, got {type(obj).__name__}")
+        yield i, obj
+
+
 def read_table(path: Path, fmt: str, text_col: str | None = None, label_col: str | None = None,
                encoding: str | None = None) -> Rows:
     """Read a TSV / CSV (header row) or JSON Lines file into checked rows."""
@@ -120,18 +138,7 @@ def read_table(path: Path, fmt: str, text_col: str | None = None, label_col: str
     label_col = label_col or "label"
     records: list[tuple[int, str, str]] = []
     if fmt == "jsonl":
-        for i, line in enumerate(content.split("\n"), 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise PrunetuneError(f"{path}:{i}: malformed JSON ({e.msg}); write one JSON object per line") from None
-            except (ValueError, RecursionError) as e:  # a number of over 4300 digits; nesting too deep
-                raise PrunetuneError(f"{path}:{i}: unreadable JSON ({str(e).split(':')[0][:80]}); "
-                                     "write one flat JSON object per line") from None
-            if not isinstance(obj, dict):
-                raise PrunetuneError(f"{path}:{i}: expected a JSON object per line, got {type(obj).__name__}")
+        for i, obj in json_lines(path, content):
             text_col = _pick_text_column(path, list(obj), text_col)
             for col in (text_col, label_col):
                 if col not in obj:
