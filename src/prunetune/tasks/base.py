@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Mapping
 import torch
 from torch import nn
 
+from ..data.base import batches
 from ..errors import PrunetuneError
 from ..registry import DATA_SOURCES, TASKS
 
@@ -134,6 +135,27 @@ class Task:
                 f"{where}: the model outputs {out.shape[-1]} classes but the data has {bundle.num_classes}; "
                 "match the model's classifier to the data"
             )
+
+    def prediction(self, out: torch.Tensor) -> torch.Tensor:
+        """What `predict` keeps of a batch's model output (classification: the logits)."""
+        return out.float()
+
+    def summed_loss(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """The loss of a batch of `prediction`s, summed over its examples (`predict` averages it)."""
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def predict(self, model: nn.Module, data, batch_size: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every example's prediction, in order, and the mean loss over `data`."""
+        was_training = model.training
+        model.eval()
+        outs, total = [], 0.0
+        for x, y in batches(data, batch_size):
+            pred = self.prediction(self.forward(model, to_device(x, device))).cpu()
+            total += float(self.summed_loss(pred, y))
+            outs.append(pred)
+        model.train(was_training)
+        return torch.cat(outs), torch.tensor(total / max(1, len(data)))
 
     # -- the metric ---------------------------------------------------------------------------
 

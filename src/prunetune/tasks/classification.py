@@ -25,9 +25,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ..data.base import batches
 from ..registry import TASKS
-from .base import Task, to_device
+from .base import Task
 
 
 def _pct(x: float) -> float:
@@ -68,18 +67,8 @@ class Classification(Task):
     def loss(self, logits: torch.Tensor, target: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
         return F.cross_entropy(logits.float(), target, label_smoothing=label_smoothing)
 
-    @torch.no_grad()
-    def predict(self, model: nn.Module, data, batch_size: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        """Logits for the whole dataset (in order) and the mean loss."""
-        was_training = model.training
-        model.eval()
-        outs, total = [], 0.0
-        for x, y in batches(data, batch_size):
-            logits = self.forward(model, to_device(x, device)).float().cpu()
-            total += float(F.cross_entropy(logits, y, reduction="sum"))
-            outs.append(logits)
-        model.train(was_training)
-        return torch.cat(outs), torch.tensor(total / max(1, len(data)))
+    def summed_loss(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(pred, target, reduction="sum")
 
     def evaluate(self, model: nn.Module, data, batch_size: int, device: torch.device, class_names: list[str]) -> dict[str, Any]:
         logits, loss = self.predict(model, data, batch_size, device)

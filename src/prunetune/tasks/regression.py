@@ -17,10 +17,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ..data.base import batches
 from ..errors import PrunetuneError
 from ..registry import TASKS
-from .base import Task, to_device
+from .base import Task
 
 
 @TASKS.register("regression")
@@ -49,18 +48,11 @@ class Regression(Task):
             raise PrunetuneError("task: regression needs numeric targets (e.g. data.source ratings); "
                                  "for class labels use task classification")
 
-    @torch.no_grad()
-    def predict(self, model: nn.Module, data, batch_size: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        """Predictions for the whole dataset (in order) and the mean squared error."""
-        was_training = model.training
-        model.eval()
-        outs, total = [], 0.0
-        for x, y in batches(data, batch_size):
-            pred = self._flat(self.forward(model, to_device(x, device))).cpu()
-            total += float(F.mse_loss(pred, y.float(), reduction="sum"))
-            outs.append(pred)
-        model.train(was_training)
-        return torch.cat(outs), torch.tensor(total / max(1, len(data)))
+    def prediction(self, out: torch.Tensor) -> torch.Tensor:
+        return self._flat(out)
+
+    def summed_loss(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return F.mse_loss(pred, target.float(), reduction="sum")
 
     def evaluate(self, model: nn.Module, data, batch_size: int, device: torch.device, class_names: list[str]) -> dict[str, Any]:
         pred, mse = self.predict(model, data, batch_size, device)
