@@ -179,6 +179,7 @@ def run(recipe: Recipe, out: str | Path | None = None, log: Callable[[str], None
             "dense": dense_info,
             "distill": distiller.summary(teacher_name, teacher_score) if distiller else None,
             "notes": pruner.notes,
+            "bn_recalibrations": controller.bn_recalibrations,
             "adaptive": getattr(controller, "adaptive_summary", None),
             "importance_gradients": ({"from_cache": controller.grads_from_cache} if controller.grads_from_cache else None),
             "torch_version": torch.__version__,

@@ -61,6 +61,21 @@ def cosine(step: int, total: int, warmup: int) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
+@LR_SCHEDULES.register("onecycle")
+def onecycle(step: int, total: int, warmup: int) -> float:
+    """One cycle (Smith & Topin), as torch's OneCycleLR defaults: cosine rise from lr/25 over the
+    warm-up (default 30 % of the steps), then cosine fall to lr/25/1e4 (momentum is not cycled)."""
+    up = warmup or max(1, int(0.3 * total))
+    start, end = 1.0 / 25.0, 1.0 / 25.0 / 1e4
+
+    def anneal(a: float, b: float, pct: float) -> float:
+        return b + (a - b) / 2.0 * (1.0 + math.cos(math.pi * min(1.0, max(0.0, pct))))
+
+    if step < up:
+        return anneal(start, 1.0, step / max(1, up - 1))
+    return anneal(1.0, end, (step - up + 1) / max(1, total - up))
+
+
 def set_dropout(model: nn.Module, p: float | None) -> None:
     if p is None:
         return

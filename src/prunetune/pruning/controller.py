@@ -16,6 +16,7 @@ from ..files import cache_tensors
 from ..registry import IMPORTANCES, PRUNERS, SCHEDULES
 from ..tasks import to_device
 from .activations import input_norms
+from .batchnorm import recalibrate_bn
 from .pruners import Pruner, target_modules
 from .schedules import Phase, all_sparsities
 
@@ -33,6 +34,7 @@ class PruningController:
         # Where `finetune` is (its phase and the history so far) and where the next one continues from.
         self._position: dict[str, Any] | None = None
         self._resume_from: dict[str, Any] | None = None
+        self.bn_recalibrations = 0  # pruning steps after which BatchNorm statistics were re-estimated
 
     def state_dict(self) -> dict[str, Any]:
         """Where `finetune` is (JSON-able): the phase, where its rows start in the Trainer's history,
@@ -101,6 +103,15 @@ class PruningController:
         self.importance.norms = input_norms(lambda x: self.task.forward(model, to_device(x, self.device)), mods, chosen)
         model.train(was)
 
+    def _recalibrate_bn(self, model: nn.Module) -> None:
+        """BatchNorm statistics of the pruned network from `prune.recalibrate_bn` training batches
+        (the same seeded batches on every rank, so torchrun ranks stay identical)."""
+        g = torch.Generator().manual_seed(self.seed + 37)
+        chosen = [to_device(x, self.device) for _, (x, _) in zip(range(self.spec.recalibrate_bn),
+                                                                    batches(self.bundle.train, 128, shuffle=True, generator=g))]
+        if recalibrate_bn(model, chosen):
+            self.bn_recalibrations += 1
+
     def prune_step(self, pruner: Pruner, model: nn.Module, sparsity: float, from_dense: bool = False) -> bool:
         torch.manual_seed(self.seed + int(sparsity * 1e6))  # random importance repeats run to run
         if self.importance.needs_grad:
@@ -109,6 +120,8 @@ class PruningController:
             self._activations(model, pruner)
         changed = pruner.prune_to(model, sparsity)
         distributed.sync_masks(model)  # torchrun: every rank keeps rank 0's masks
+        if changed and self.spec.recalibrate_bn:
+            self._recalibrate_bn(model)
         pruner.steps_done += 1
         model.zero_grad(set_to_none=True)
         return changed

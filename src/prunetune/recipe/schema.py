@@ -127,6 +127,8 @@ class PruneSpec(_Section):
     keep_classifier: bool = Field(True, description="never prune the final classifier's outputs")
     calibration_batches: int = Field(8, ge=1, description="batches for gradient-based importance")
     round_to: int | None = Field(None, ge=1, description="structured: keep channel counts multiples of this")
+    recalibrate_bn: int = Field(
+        0, ge=0, description="training batches (of 128) that re-estimate BatchNorm statistics after each pruning step (0: off)")
     head_sparsity: float | None = Field(
         None, ge=0, lt=1, description="structured transformers: fraction of attention heads removed (default: sparsity)")
     schedule: ScheduleSpec = Field(default_factory=ScheduleSpec)
