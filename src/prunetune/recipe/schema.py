@@ -117,9 +117,12 @@ class PruneSpec(_Section):
     """What, how and when to prune."""
 
     method: str = Field("structured", description="registered pruner: structured, unstructured, nm")
-    importance: str = "l2"
+    importance: str | None = Field(
+        None, description="registered importance (default: the method's best known, see `prunetune list`: structured l2, "
+        "unstructured lamp)")
     sparsity: float = Field(0.5, ge=0, lt=1, description="fraction removed: channels (structured) or weights")
-    scope: Literal["global", "layer"] = Field("layer", description="rank globally or per layer")
+    scope: Literal["global", "layer"] | None = Field(
+        None, description="rank globally or per layer (default: the method's; unstructured: global)")
     n: int = Field(2, ge=1, description="N of N:M (keep N of every M weights)")
     m: int = Field(4, ge=2, description="M of N:M")
     include: list[str] = Field(default_factory=lambda: ["*"], description="layer name patterns to prune")
@@ -135,6 +138,16 @@ class PruneSpec(_Section):
     order: Literal["finetune_first", "prune_first"] = Field(
         "finetune_first", description="finetune_first: prune the trained dense model; prune_first: prune the "
         "untrained starting model (dense.epochs is taken as 0), then fine-tune")
+
+    @model_validator(mode="after")
+    def _method_defaults(self) -> "PruneSpec":
+        """importance and scope default to the chosen method's (Pruner.default_importance / default_scope)."""
+        pruner = R.PRUNERS.get(self.method) if self.method in R.PRUNERS else None
+        if self.importance is None:
+            self.importance = getattr(pruner, "default_importance", "l2")
+        if self.scope is None:
+            self.scope = getattr(pruner, "default_scope", "layer")
+        return self
 
     @model_validator(mode="after")
     def _nm(self) -> "PruneSpec":

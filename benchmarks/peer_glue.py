@@ -1,0 +1,230 @@
+"""prunetune against the hand-glued pipeline, on the same dense model, splits and epoch budget.
+
+The glue is what users write today: Torch-Pruning L2 one-shot channel pruning (classifier ignored)
+or `torch.nn.utils.prune` global L1, then plain AdamW + OneCycleLR for the same number of epochs,
+keeping the best validation epoch. prunetune runs its default recipe at the same amount. Both start
+from prunetune's cached dense small CNN (the Fashion-MNIST benchmark's dense recipe) and use its
+splits. Ablation rows switch one recovery ingredient at a time; every row records the best
+validation accuracy (what defaults are chosen on) beside the test accuracy (what is reported).
+
+Writes benchmarks/results/peer_glue.json and peer_glue.md.
+
+    python benchmarks/peer_glue.py [--quick] [--only NAME ...] [--no-latency]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+import torch_pruning as tp
+from torch import nn
+from torch.nn.utils import prune as tprune
+
+sys.path.insert(0, str(Path(__file__).parent))
+from fashion_mnist import BASE, merge  # noqa: E402
+from machine import describe  # noqa: E402
+
+from prunetune.measure import macs, serialized_sizes  # noqa: E402
+from prunetune.pipeline import run  # noqa: E402
+from prunetune.recipe import Recipe  # noqa: E402
+from prunetune.session import open_session  # noqa: E402
+from prunetune.timing import compare_latency  # noqa: E402
+
+HERE = Path(__file__).parent
+RESULTS = HERE / "results"
+EPOCHS = BASE["finetune"]["epochs"]  # the same fine-tuning budget for every row (3)
+
+# prunetune's defaults for each row: what `prunetune run` does with only method and amount set.
+DEFAULT_CHANNELS = {"prune": {"method": "structured"}}
+DEFAULT_UNSTRUCTURED = {"prune": {"method": "unstructured"}}
+
+# One ingredient at a time, on top of the plain structured recipe (L2, per layer, one-shot, cosine).
+PLAIN_CH = {"prune": {"method": "structured", "importance": "l2", "scope": "layer", "recalibrate_bn": 0},
+            "finetune": {"lr_schedule": "cosine"}}
+ABLATION_CH = {
+    "plain": {},
+    "bn": {"prune": {"recalibrate_bn": 32}},
+    "global": {"prune": {"scope": "global"}},
+    "taylor": {"prune": {"importance": "taylor"}},
+    "onecycle": {"finetune": {"lr_schedule": "onecycle"}},
+    "distill": {"finetune": {"distill": {"alpha": 0.7, "temperature": 4.0}}},
+    "iterative": {"prune": {"schedule": {"kind": "iterative", "steps": 3, "epochs_per_step": 1}}},
+    "lr2e3": {"finetune": {"lr": 2e-3, "warmup_epochs": 0.2}},
+}
+PLAIN_UN = {"prune": {"method": "unstructured", "importance": "l1", "scope": "global", "recalibrate_bn": 0},
+            "finetune": {"lr_schedule": "cosine"}}
+ABLATION_UN = {
+    "plain": {},
+    "lamp": {"prune": {"importance": "lamp"}},
+    "bn": {"prune": {"recalibrate_bn": 32}},
+    "onecycle": {"finetune": {"lr_schedule": "onecycle"}},
+    "distill": {"finetune": {"distill": {"alpha": 0.7, "temperature": 4.0}}},
+    "gradual": {"prune": {"schedule": {"kind": "gradual"}}},
+}
+
+
+def rows_wanted() -> list[tuple[str, str, float, dict | None]]:
+    """(row name, kind, amount, prunetune overrides or None for the glue)."""
+    out = []
+    for s in (0.5, 0.75):
+        out.append((f"channels-{int(s * 100)}-glue", "channels", s, None))
+        out.append((f"channels-{int(s * 100)}-prunetune", "channels", s, DEFAULT_CHANNELS))
+        for k, extra in ABLATION_CH.items():
+            out.append((f"channels-{int(s * 100)}-ablation-{k}", "channels", s, merge(PLAIN_CH, extra)))
+    for s in (0.95, 0.98):
+        out.append((f"unstructured-{int(s * 100)}-glue", "unstructured", s, None))
+        out.append((f"unstructured-{int(s * 100)}-prunetune", "unstructured", s, DEFAULT_UNSTRUCTURED))
+        for k, extra in ABLATION_UN.items():
+            out.append((f"unstructured-{int(s * 100)}-ablation-{k}", "unstructured", s, merge(PLAIN_UN, extra)))
+    return out
+
+
+# ----------------------------------------------------------------------------------------- the glue
+@torch.no_grad()
+def accuracy(model: nn.Module, data, batch: int = 512) -> float:
+    model.eval()
+    correct = 0
+    for i in range(0, len(data), batch):
+        correct += int((model(data.x[i:i + batch]).argmax(1) == data.y[i:i + batch]).sum())
+    return 100.0 * correct / len(data)
+
+
+def glue_finetune(model: nn.Module, bundle, epochs: int, lr: float, wd: float, bs: int, seed: int) -> dict:
+    """Plain AdamW + OneCycleLR, best validation epoch restored: the forty lines users write."""
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=wd)
+    n = len(bundle.train)
+    steps = epochs * math.ceil(n / bs)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps)
+    g = torch.Generator().manual_seed(seed)
+    best, best_state, history = -1.0, None, []
+    t0 = time.perf_counter()
+    for _ in range(epochs):
+        model.train()
+        perm = torch.randperm(n, generator=g)
+        for i in range(0, n, bs):
+            idx = perm[i:i + bs]
+            loss = F.cross_entropy(model(bundle.train.x[idx]), bundle.train.y[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+        val = accuracy(model, bundle.val)
+        history.append(round(val, 2))
+        if val > best:
+            best, best_state = val, copy.deepcopy(model.state_dict())
+    model.load_state_dict(best_state)
+    return {"best_val": round(best, 2), "val_history": history, "wall_s": round(time.perf_counter() - t0, 1)}
+
+
+def glue_prune(model: nn.Module, kind: str, amount: float, example: torch.Tensor) -> nn.Module:
+    if kind == "channels":
+        imp = tp.importance.MagnitudeImportance(p=2)
+        pruner = tp.pruner.MetaPruner(model, example, importance=imp, pruning_ratio=amount,
+                                      ignored_layers=[model.classifier])
+        pruner.step()
+        return model
+    params = [(m, "weight") for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    tprune.global_unstructured(params, pruning_method=tprune.L1Unstructured, amount=amount)
+    return model
+
+
+def glue_row(dense: nn.Module, bundle, kind: str, amount: float) -> tuple[dict, nn.Module]:
+    torch.manual_seed(1)
+    model = glue_prune(copy.deepcopy(dense), kind, amount, bundle.train.x[:2])
+    before = accuracy(model, bundle.test)
+    ft = BASE["finetune"]
+    info = glue_finetune(model, bundle, EPOCHS, ft["lr"], ft["weight_decay"], BASE["dense"].get("batch_size", 128), seed=1)
+    if kind == "unstructured":
+        for m in model.modules():
+            if tprune.is_pruned(m):
+                tprune.remove(m, "weight")
+    return {"before_ft": round(before, 2), "after_ft": round(accuracy(model, bundle.test), 2), **info}, model
+
+
+# ------------------------------------------------------------------------------------- the rows
+def prunetune_row(name: str, kind: str, amount: float, overrides: dict, runs: Path) -> tuple[dict, nn.Module]:
+    recipe = Recipe.model_validate(merge(merge(BASE, overrides), {"name": name, "prune": {"sparsity": amount},
+                                                                  "evaluate": {"latency": False, "memory": False}}))
+    out = runs / name
+    shutil.rmtree(out, ignore_errors=True)
+    rep = run(recipe, out, log=lambda m: None, checkpoint=False)
+    hist = rep["finetune"]["history"]
+    best_val = max(r["val_accuracy"] for r in hist) if hist else None
+    model = load_shipped(out / "model")
+    return {"before_ft": rep["stages"]["pruned"]["accuracy"], "after_ft": rep["stages"]["finetuned"]["accuracy"],
+            "best_val": best_val, "val_history": [r["val_accuracy"] for r in hist],
+            "wall_s": rep["finetune"]["wall_s"], "recipe": overrides,
+            "bn_recalibrations": rep.get("bn_recalibrations")}, model
+
+
+def load_shipped(folder: Path) -> nn.Module:
+    from prunetune.artifacts import load_model
+    from prunetune.pruning.masks import realise
+
+    return realise(load_model(folder)[0]).eval()
+
+
+def measured(row: dict, dense: nn.Module, model: nn.Module, bundle, latency: bool) -> dict:
+    one, big = bundle.test.x[:1], bundle.test.x[:64]
+    d_size, d_gz = serialized_sizes(dense)
+    size, gz = serialized_sizes(model)
+    row.update({"macs_ratio": round(macs(dense, one) / macs(model, one), 2),
+                "nonzero": int(sum(int(torch.count_nonzero(p)) for p in model.parameters())),
+                "size_ratio": round(d_size / size, 2), "gzip_ratio": round(d_gz / gz, 2)})
+    if latency:
+        forward = lambda m, x: m(x)  # noqa: E731
+        row["speedup_b1"] = compare_latency(dense, model, forward, one, threads=torch.get_num_threads(), min_run_time=2.0)
+        row["speedup_b64"] = compare_latency(dense, model, forward, big, threads=torch.get_num_threads(), min_run_time=2.0)
+    return row
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="2,000 training images, 1 epoch: a smoke test")
+    ap.add_argument("--only", nargs="*", help="row names (prefix match)")
+    ap.add_argument("--no-latency", action="store_true")
+    ap.add_argument("--runs", default="runs/peer_glue")
+    args = ap.parse_args()
+    global BASE, EPOCHS
+    if args.quick:
+        BASE = merge(BASE, {"data": {"limit": 2000}, "dense": {"epochs": 1}, "finetune": {"epochs": 1}})
+        EPOCHS = 1
+    recipe = Recipe.model_validate(BASE)
+    session = open_session(recipe, log=lambda m: None)
+    bundle = session.load_data(recipe.data, score_on="test")
+    dense, info = session.obtain_dense(recipe)
+    dense.eval()
+    dense_acc = accuracy(dense, bundle.test)
+    json_path = RESULTS / ("peer_glue_quick.json" if args.quick else "peer_glue.json")
+    done = {r["name"]: r for r in json.loads(json_path.read_text())["rows"]} if json_path.exists() else {}
+    runs = Path(args.runs)
+    for name, kind, amount, overrides in rows_wanted():
+        if args.only and not any(name.startswith(o) for o in args.only):
+            continue
+        t0 = time.perf_counter()
+        if overrides is None:
+            row, model = glue_row(dense, bundle, kind, amount)
+        else:
+            row, model = prunetune_row(name, kind, amount, overrides, runs)
+        row = measured({"name": name, "kind": kind, "amount": amount, "dense": round(dense_acc, 2), **row},
+                       dense, model, bundle, latency=not args.no_latency and "ablation" not in name)
+        row["drop"] = round(row["dense"] - row["after_ft"], 2)
+        row["row_s"] = round(time.perf_counter() - t0, 1)
+        done[name] = row
+        print(f"{name}: val {row['best_val']} test {row['before_ft']} -> {row['after_ft']} (drop {row['drop']}) "
+              f"{row['row_s']:.0f}s", flush=True)
+        json_path.write_text(json.dumps({"machine": describe(), "dense": {"test": dense_acc, **{k: v for k, v in info.items()
+                                         if k != "history"}}, "base_recipe": BASE, "rows": list(done.values())}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
