@@ -17,6 +17,7 @@ rule (the trial cannot recover), the halving a ranking rule (other trials did be
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 from .storage import optuna_module
@@ -50,7 +51,9 @@ class Rungs:
                                          pruner=pruner(fidelity), load_if_exists=True)
 
     def start(self, number: int) -> "Rung":
-        t = self.study.ask()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # Optuna warns that heartbeats are meant for Study.optimize; not used here
+            t = self.study.ask()
         t.set_user_attr("sweep_trial", number)
         return Rung(self.study, t)
 
