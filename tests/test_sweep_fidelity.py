@@ -110,6 +110,20 @@ def test_halving_prunes_a_trial_whose_excess_drop_ranks_below_an_earlier_ones(tm
     states = [t.state.name for t in optuna.load_study(study_name="x.fidelity", storage=storage).get_trials()]
     assert states[:2] == ["COMPLETE", "PRUNED"]
 
+    # Hyperband: nothing is pruned before a trial completes (its max resource is read off completed trials);
+    # then trials far worse than the first are pruned in the brackets that halve at epoch 1.
+    hb = Rungs(storage, "h", "hyperband")
+    lead = hb.start(0)
+    assert [lead.report(1.0, e, last=False) for e in (1, 2)] == [False, False]
+    lead.report(0.5, 3, last=True)
+    lead.close("complete")
+    pruned = []
+    for i in range(1, 7):
+        r = hb.start(i)
+        pruned.append(r.report(5.0 + i, 1, last=False))
+        r.close("pruned" if pruned[-1] else "complete")
+    assert any(pruned) and not all(pruned)  # brackets differ in where they first halve
+
 
 def test_a_halving_sweep_prunes_the_clearly_worse_trial_and_counts_its_compute(tmp_path, monkeypatch):
     import optuna

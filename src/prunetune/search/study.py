@@ -18,7 +18,10 @@ Trials are cheap where they can be: the dense model is trained once and cached b
 validation metric is so far on the wrong side of the threshold that the epochs left cannot plausibly
 recover it (`search.early_stop_slack` metric units per epoch left; a trial on its last epoch always
 completes). Optuna's own pruners are single-objective only, so the stop raises `optuna.TrialPruned`
-from our epoch hook.
+from our epoch hook; `search.fidelity` halving / hyperband ranks trials per epoch in a single-objective
+companion study (fidelity.py). The compute spent is stated in dense training epochs (compute.py) and
+`search.budget_dense_epochs` stops launching trials; `search.warm_start` enqueues the first trials
+from a sensitivity scan (warm.py).
 
 Storage: a SQLite file `OUT/study.db` by default; any SQLAlchemy URL (PostgreSQL) lets many
 workers on many machines join one study (`--storage URL --study NAME`, the same command started N
