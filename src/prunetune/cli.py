@@ -20,7 +20,7 @@ from .predict import predict as run_predict
 from .predict import write_predictions
 from .recipe import Recipe, load_recipe
 from .refine import refine, resume_refine
-from .reporting.format import speedups
+from .reporting.format import compute_line, speedups
 from .search.study import sweep as run_sweep
 from .tasks import Task
 
@@ -130,6 +130,8 @@ def sweep(
             print(f"balance point: trial {doc['balance_trial']}: validation {task.format(b[key])} (not scored on test yet)")
         else:
             print(f"no trial within {doc['tolerance']} {task.units} of the dense model yet; see {folder / 'sweep.md'}")
+        if doc.get("compute"):
+            print(compute_line(doc["compute"]))
 
     _guard(go)
 

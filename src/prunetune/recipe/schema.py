@@ -263,6 +263,16 @@ class SearchSpec(_Section):
     retries: int = Field(2, ge=0, description="times a failed (killed) trial is retried")
     robustness_floor: RobustnessFloor | None = Field(
         None, description="constraint: trials whose robust validation accuracy is below it are infeasible")
+    fidelity: Literal["full", "halving", "hyperband"] = Field(
+        "full", description="full: every trial runs all its fine-tuning epochs; halving / hyperband: Optuna's successive "
+        "halving or Hyperband over fine-tuning epochs stops trials whose drop beyond the tolerance ranks poorly at an "
+        "epoch (full by default: halving ranks early epochs, and pruned models often recover late)")
+    budget_dense_epochs: float | None = Field(
+        None, gt=0, description="stop launching trials once the sweep has spent this much compute, in dense training "
+        "epochs (fine-tuning seconds over the dense model's seconds per training epoch)")
+    warm_start: str | None = Field(
+        None, description="sensitivity.json of prunetune sensitivity: the first trials are enqueued at the prune.sparsity "
+        "its additive prediction puts within the tolerance, and a step either side")
 
 
 class Recipe(_Section):

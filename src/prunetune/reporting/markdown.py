@@ -5,7 +5,7 @@ from __future__ import annotations
 from ..errors import PrunetuneError
 from ..robustness import floor_accuracy, floor_label
 from . import classes
-from .format import STAGES, fmt_bytes, short, speedups
+from .format import STAGES, compute_line, fmt_bytes, short, speedups
 from .model import RefineReport, RunReport, SweepReport
 from .robustness import markdown_lines as robustness_lines
 from .samples import markdown_lines as sample_lines
@@ -132,6 +132,7 @@ def sweep_markdown(doc: SweepReport) -> str:
              f"Dense validation {metric} {task.format(doc.dense[key])}; tolerance {doc.tolerance} "
              f"{task.units} (threshold {task.format(doc.threshold)}). "
              f"Trials: {', '.join(f'{n} {s}' for s, n in doc.counts.items())}.", ""]
+    lines += _search_notes(doc)
     if doc.robustness_floor:
         try:
             dense = f" (dense {floor_accuracy(doc.dense['stage'], doc.robustness_floor):.2f})"
@@ -154,13 +155,29 @@ def sweep_markdown(doc: SweepReport) -> str:
     else:
         lines += ["No trial is within the tolerance" + (" and above the robustness floor" if doc.robustness_floor else "")
                   + " yet.", ""]
-    lines += [f"| trial | state | params | val {task.label} | cost | speedup | Pareto | note |",
-              "|---:|---|---|---:|---:|---:|---|---|"]
+    lines += [f"| trial | state | params | val {task.label} | cost | speedup | epochs | dense epochs | Pareto | note |",
+              "|---:|---|---|---:|---:|---:|---:|---:|---|---|"]
     for r in doc.rows:
         p = ", ".join(f"{k.split('.')[-1]}={short(v)}" for k, v in r["params"].items())
         val = task.format(r.get(key))
         cost = "" if r["cost"] is None else short(r["cost"])
         sp = "" if not r.get("speedup") else f"{r['speedup']:.2f}×"
         mark = "balance" if r["balance"] else ("yes" if r["pareto"] else "")
-        lines.append(f"| {r['trial']} | {r['state']} | {p} | {val} | {cost} | {sp} | {mark} | {r.get('note', '')} |")
+        ep = "" if r.get("epochs_run") is None else str(r["epochs_run"])
+        de = "" if r.get("dense_epochs") is None else f"{r['dense_epochs']:.3g}"
+        lines.append(f"| {r['trial']} | {r['state']} | {p} | {val} | {cost} | {sp} | {ep} | {de} | {mark} | {r.get('note', '')} |")
     return "\n".join(lines) + "\n"
+
+
+def _search_notes(doc: SweepReport) -> list[str]:
+    """The compute spent, the fidelity rule and the warm start (sweeps from before issue 14 have none)."""
+    out = []
+    if doc.compute:
+        out += [compute_line(doc.compute), ""]
+    if doc.fidelity and doc.fidelity.get("setting") != "full":
+        out += [f"Fidelity: {doc.fidelity['rule']}.", ""]
+    if doc.warm_start:
+        pts = ", ".join(str(p["prune.sparsity"]) for p in doc.warm_start["points"])
+        out += [f"Warm start: the first trials were enqueued at prune.sparsity {pts}, from `{doc.warm_start['file']}` "
+                "(layer drops assumed additive).", ""]
+    return out

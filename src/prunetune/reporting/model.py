@@ -94,6 +94,9 @@ class SweepReport(_Report):
     balance_trial: int | None = None
     balance: dict[str, Any] | None = None
     robustness_floor: dict[str, Any] | None = None
+    compute: dict[str, Any] | None = None  # dense-epoch equivalents spent (search/compute.py); older sweeps lack it
+    fidelity: dict[str, Any] | None = None  # search.fidelity: setting and rule
+    warm_start: dict[str, Any] | None = None  # search.warm_start: the scan and the enqueued points
 
     @property
     def key(self) -> str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .format import fmt_bytes
+from .format import compute_line, fmt_bytes
 from .html import cell, esc, img, page, table
 from .model import SweepReport
 
@@ -18,6 +18,14 @@ def render_sweep(doc: SweepReport, folder: Path | None) -> str:
             f"Dense validation {esc(metric)} <b>{task.format(doc.dense[key])}</b>, tolerance {doc.tolerance} "
             f"{esc(task.units)} (threshold {task.format(doc.threshold)}). "
             f"Trials: {esc(', '.join(f'{n} {s}' for s, n in doc.counts.items()))}.</p>"]
+    if doc.compute:
+        body.append(f"<p>{esc(compute_line(doc.compute))}</p>")
+    if doc.fidelity and doc.fidelity.get("setting") != "full":
+        body.append(f"<p>Fidelity: {esc(doc.fidelity['rule'])}.</p>")
+    if doc.warm_start:
+        pts = ", ".join(str(p["prune.sparsity"]) for p in doc.warm_start["points"])
+        body.append(f"<p>Warm start: first trials at prune.sparsity {esc(pts)} from {esc(doc.warm_start['file'])} "
+                    "(layer drops assumed additive).</p>")
     b = doc.balance
     if b:
         t = b.get("test") or {}
@@ -35,8 +43,9 @@ def render_sweep(doc: SweepReport, folder: Path | None) -> str:
     if png is not None and png.is_file():
         body += ["<h2>Pareto front</h2>",
                  img(png.read_bytes(), f"sweep: validation {metric} against cost, Pareto front and balance point")]
-    head = ["trial", "state", "params", f"val {task.label}", "cost", "speedup", "Pareto", "note"]
+    head = ["trial", "state", "params", f"val {task.label}", "cost", "speedup", "epochs", "dense epochs", "Pareto", "note"]
     trs = [[r["trial"], r["state"], ", ".join(f"{k}={v}" for k, v in r["params"].items()), r.get(key), r["cost"],
-            r.get("speedup"), "balance" if r["balance"] else ("yes" if r["pareto"] else ""), r.get("note", "")] for r in doc.rows]
-    body += ["<h2>Trials</h2>", table(head, [[cell(v) for v in r] for r in trs], numeric={0, 3, 4, 5})]
+            r.get("speedup"), r.get("epochs_run"), r.get("dense_epochs"),
+            "balance" if r["balance"] else ("yes" if r["pareto"] else ""), r.get("note", "")] for r in doc.rows]
+    body += ["<h2>Trials</h2>", table(head, [[cell(v) for v in r] for r in trs], numeric={0, 3, 4, 5, 6, 7})]
     return page(f"prunetune sweep {doc.study}", body)

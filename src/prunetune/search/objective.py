@@ -22,6 +22,7 @@ from ..registry import SCHEDULES
 from ..reporting.format import short
 from ..robustness import floor_accuracy
 from ..tasks import Task
+from .fidelity import excess_drop
 from .space import validate, with_params
 from .storage import optuna_module
 
@@ -102,12 +103,20 @@ def run_trial(s: Sweep, trial, dense_val: float) -> tuple[float, float]:
     trial.set_user_attr("recipe", data)
     m, key = s.metric, f"val_{s.metric}"
     threshold = s.task.threshold(dense_val, s.spec.tolerance)
-    total, seen, curve = _total_epochs(recipe), [0], []
+    total, seen, curve, times = _total_epochs(recipe), [0], [], []
+    rung = s.rungs.start(trial.number) if s.rungs is not None else None  # search.fidelity: fidelity.py
 
     def check(row: dict[str, Any]) -> None:
         seen[0] += 1
         curve.append(row[key])
-        if s.task.hopeless(row[key], dense_val, s.spec.tolerance, s.spec.early_stop_slack, max(0, total - seen[0])):
+        times.append(float(row.get("epoch_s") or 0.0))
+        trial.set_user_attr("epoch_s", times)  # the compute spent (compute.py), kept however the trial ends
+        stop = s.task.hopeless(row[key], dense_val, s.spec.tolerance, s.spec.early_stop_slack, max(0, total - seen[0]))
+        if not stop and rung is not None and rung.report(excess_drop(s.task.drop(row[key], dense_val), s.spec.tolerance),
+                                                         seen[0], last=seen[0] >= total):
+            stop = True
+            trial.set_user_attr("pruned_by", s.spec.fidelity)
+        if stop:
             trial.set_user_attr("val_curve", curve)
             trial.set_user_attr("stopped_at_epoch", seen[0])
             raise optuna.TrialPruned(f"validation {m} {s.task.format(row[key])} after epoch {seen[0]}")
@@ -122,9 +131,18 @@ def run_trial(s: Sweep, trial, dense_val: float) -> tuple[float, float]:
         rep = pipeline.run(recipe, folder, log=lambda m: None, score_on="val", save=s.spec.objective == "latency",
                            on_finetune_epoch=check, checkpoint=False)
     except optuna.TrialPruned:
-        s.log(f"trial {trial.number}: stopped early (validation {m} {s.task.format(curve[-1])}, "
+        if rung is not None:
+            rung.close("pruned")
+        by = f" by {s.spec.fidelity}" if trial.user_attrs.get("pruned_by") else ""
+        s.log(f"trial {trial.number}: stopped early{by} (validation {m} {s.task.format(curve[-1])}, "
               f"threshold {s.task.format(threshold)})")
         raise
+    except BaseException:
+        if rung is not None:
+            rung.close("fail")
+        raise
+    if rung is not None:
+        rung.close("complete")
     f, d = rep["stages"]["finetuned"], rep["stages"]["dense"]
     cost = float(OBJECTIVES[s.spec.objective][1](f, d))
     if s.spec.objective == "latency" and (folder / "model").exists() and rep["dense"].get("cache"):

@@ -18,7 +18,10 @@ Trials are cheap where they can be: the dense model is trained once and cached b
 validation metric is so far on the wrong side of the threshold that the epochs left cannot plausibly
 recover it (`search.early_stop_slack` metric units per epoch left; a trial on its last epoch always
 completes). Optuna's own pruners are single-objective only, so the stop raises `optuna.TrialPruned`
-from our epoch hook.
+from our epoch hook; `search.fidelity` halving / hyperband ranks trials per epoch in a single-objective
+companion study (fidelity.py). The compute spent is stated in dense training epochs (compute.py) and
+`search.budget_dense_epochs` stops launching trials; `search.warm_start` enqueues the first trials
+from a sensitivity scan (warm.py).
 
 Storage: a SQLite file `OUT/study.db` by default; any SQLAlchemy URL (PostgreSQL) lets many
 workers on many machines join one study (`--storage URL --study NAME`, the same command started N
@@ -58,10 +61,15 @@ from ..finetune.options import DROP_FOREIGN
 from ..recipe import Recipe
 from ..reporting.write import write_sweep
 from ..tasks import Task
+from .compute import study_spent, trial_record
+from .compute import summary as compute_summary
+from .fidelity import Rungs
+from .fidelity import describe as fidelity_rule
 from .objective import OBJECTIVES, constraints, dense_cost, run_trial, study_task
 from .reference import dense_reference
 from .space import Dim, parse_space, validate
 from .storage import finished, open_storage, optuna_module, redact
+from .warm import load_scan, warm_points
 
 
 def sampler(spec, dims: list[Dim], seed: int | None):
@@ -113,6 +121,12 @@ class Sweep:
         self.local = storage is None
         self.storage_url = storage or f"sqlite:///{(self.out / 'study.db').resolve()}"
         self.study_name = study_name or recipe.name
+        self.rungs: Rungs | None = None  # search.fidelity halving / hyperband: opened with the study
+        self.warm: list[dict[str, Any]] = []
+        if self.spec.warm_start is not None:
+            if self.spec.sampler == "grid":
+                raise PrunetuneError("search.warm_start: the grid sampler fixes every point; use sampler tpe, nsga2 or random")
+            self.warm = warm_points(load_scan(self.spec.warm_start), self.dims, self.base, self.metric, self.spec.tolerance)
 
     # -- study ----------------------------------------------------------------------------
     def _signature(self) -> dict[str, Any]:
@@ -152,6 +166,14 @@ class Sweep:
         if "dense" not in study.user_attrs:
             self.log("sweep: measuring the dense model on the validation split")
             study.set_user_attr("dense", dense_reference(self.recipe, self.log))
+        if self.spec.fidelity != "full":
+            self.rungs = Rungs(storage, self.study_name, self.spec.fidelity)
+        if self.warm and "warm_start" not in study.user_attrs:  # once per study, whichever worker comes first
+            for params in self.warm:
+                study.enqueue_trial(params, skip_if_exists=True)
+            study.set_user_attr("warm_start", {"file": str(self.spec.warm_start), "points": self.warm})
+            self.log(f"sweep: warm start from {self.spec.warm_start}: prune.sparsity "
+                     + ", ".join(str(p["prune.sparsity"]) for p in self.warm))
         return study
 
     def optimize(self, trials: int | None) -> Any:
@@ -165,9 +187,15 @@ class Sweep:
         done = finished(study)
         self.log(f"sweep: study {self.study_name!r} at {redact(self.storage_url)}: {done} of {target} trials finished; "
                  f"dense validation {self.metric} {self.task.format(dense_val)}, tolerance {self.spec.tolerance}")
+        budget = self.spec.budget_dense_epochs
+        stops = [MaxTrialsCallback(target, states=(TrialState.COMPLETE, TrialState.PRUNED))]
+        if budget is not None:  # no new trial once the compute budget is spent (all workers' trials counted)
+            stops.append(lambda st, _t: st.stop() if study_spent(st) >= budget else None)
+            if study_spent(study) >= budget:
+                self.log(f"sweep: the compute budget ({budget:g} dense epochs) is spent; no trial launched")
+                done = target
         if done < target:
-            study.optimize(lambda t: run_trial(self, t, dense_val), n_trials=target,
-                           callbacks=[MaxTrialsCallback(target, states=(TrialState.COMPLETE, TrialState.PRUNED))],
+            study.optimize(lambda t: run_trial(self, t, dense_val), n_trials=target, callbacks=stops,
                            catch=(), gc_after_trial=True)
         return study
 
@@ -185,9 +213,11 @@ def summarise(study, spec) -> dict[str, Any]:
         r = t.user_attrs.get("result") or {}
         row = {"trial": t.number, "state": t.state.name.lower(), "params": t.params,
                key: r.get(key), "cost": r.get("cost"), "speedup": r.get("speedup"),
-               "nonzero_params": r.get("nonzero_params"), "gzip_bytes": r.get("gzip_bytes"), "wall_s": r.get("wall_s")}
+               "nonzero_params": r.get("nonzero_params"), "gzip_bytes": r.get("gzip_bytes"), "macs": r.get("macs"),
+               **trial_record(t)}
         if t.state == TrialState.PRUNED:
-            row["note"] = t.user_attrs.get("invalid") or f"stopped after epoch {t.user_attrs.get('stopped_at_epoch')}"
+            by = f" ({t.user_attrs['pruned_by']})" if t.user_attrs.get("pruned_by") else ""
+            row["note"] = t.user_attrs.get("invalid") or f"stopped after epoch {t.user_attrs.get('stopped_at_epoch')}{by}"
         if t.state == TrialState.FAIL:
             row["note"] = "failed (worker died or error)"
         if spec.robustness_floor is not None:
@@ -217,6 +247,8 @@ def summarise(study, spec) -> dict[str, Any]:
         "robustness_floor": spec.robustness_floor.model_dump(mode="json") if spec.robustness_floor else None,
         "front": [r["trial"] for r in front], "balance_trial": balance["trial"] if balance else None,
         "counts": {s: states.count(s) for s in sorted(set(states))},
+        "compute": compute_summary(rows, dense, spec.budget_dense_epochs), "fidelity": fidelity_rule(spec.fidelity),
+        "warm_start": study.user_attrs.get("warm_start"),
     }
 
 

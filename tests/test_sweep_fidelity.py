@@ -1,0 +1,213 @@
+"""A search that finds the balance cheaply (issue 14, part 3): multi-fidelity trials (search.fidelity),
+the compute spent in dense-training-epoch equivalents with its budget (search.budget_dense_epochs), and
+the warm start from a sensitivity scan (search.warm_start). Tiny models, synthetic data."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import cli_env
+from prunetune.errors import PrunetuneError
+from prunetune.recipe import Recipe
+from prunetune.search.study import sweep
+from prunetune.search.warm import best_amount, load_scan, predicted_drop, warm_amounts
+
+BASE = {
+    "name": "mf",
+    "model": {"name": "tiny_cnn"},
+    "data": {"source": "synthetic", "limit": 240},
+    "dense": {"epochs": 4},
+    "prune": {"method": "structured"},
+    "finetune": {"epochs": 2},
+    "evaluate": {"latency": False, "memory": False},
+}
+SEARCH = {"tolerance": 3.0, "sampler": "random", "trials": 2, "objective": "nonzero", "space": {"prune.sparsity": [0.3, 0.9]}}
+
+
+def _recipe(search: dict, **extra) -> Recipe:
+    return Recipe.model_validate({**BASE, **extra, "search": {**SEARCH, **search}})
+
+
+def _scan(**over) -> dict:
+    # Dense 90; predicted (summed) drops 1, 2, 6 and 30 points at amounts 0.25, 0.5, 0.75, 0.9.
+    scan = {"kind": "sensitivity", "metric": "accuracy", "higher_is_better": True, "dense": 90.0, "method": "structured",
+            "importance": "l2", "amounts": [0.25, 0.5, 0.75, 0.9],
+            "layers": [{"layer": "features.0", "params": 72, "scores": {"0.25": 89.5, "0.5": 89.0, "0.75": 86.0, "0.9": 70.0}},
+                       {"layer": "features.4", "params": 1152, "scores": {"0.25": 89.5, "0.5": 89.0, "0.75": 88.0, "0.9": 80.0}}]}
+    return {**scan, **over}
+
+
+# -- warm start: a pure function of the scan --
+
+
+def test_the_warm_start_predicts_the_largest_amount_within_tolerance_on_a_synthetic_scan():
+    scan = _scan()
+    assert predicted_drop(scan, 0.5) == pytest.approx(2.0)
+    assert predicted_drop(scan, 0.125) == pytest.approx(0.5)  # linear from no drop at amount 0
+    assert predicted_drop(scan, 0.625) == pytest.approx(4.0)  # halfway between 2 and 6
+    # Tolerance 3 is crossed inside [0.5, 0.75]: 0.5 + (3 - 2) / (6 - 2) * 0.25 = 0.5625; a tenth of [0.3, 0.9] either side.
+    assert warm_amounts(scan, 0.3, 0.9, 3.0) == [0.5625, 0.5025, 0.6225]
+    assert best_amount(scan, 0.3, 0.9, 6.0) == pytest.approx(0.75)  # exactly at a knot
+    # Never extrapolated past the largest scanned amount; clipped to the range and deduplicated.
+    assert best_amount(scan, 0.3, 0.95, 100.0) == pytest.approx(0.9)
+    assert warm_amounts(scan, 0.8, 0.9, 1.0) == [0.8, 0.81]  # nothing predicted within tolerance: the low end
+    # Lower is better (perplexity): scores above dense are the drop.
+    low = _scan(higher_is_better=False, dense=10.0, layers=[
+        {"layer": "a", "params": 1, "scores": {"0.25": 10.5, "0.5": 11.0, "0.75": 14.0, "0.9": 30.0}}])
+    assert predicted_drop(low, 0.75) == pytest.approx(4.0) and best_amount(low, 0.1, 0.9, 2.5) == pytest.approx(0.625)  # 0.5 + 1.5 / 3 * 0.25
+
+
+def test_a_warm_start_enqueues_the_first_trials(tmp_path):
+    (tmp_path / "sensitivity.json").write_text(json.dumps(_scan()))
+    search = {"warm_start": str(tmp_path / "sensitivity.json"), "trials": 3}
+    doc = sweep(_recipe(search, finetune={"epochs": 1}), tmp_path / "s", log=lambda m: None)
+    want = warm_amounts(_scan(), 0.3, 0.9, 3.0)
+    assert [r["params"]["prune.sparsity"] for r in sorted(doc["rows"], key=lambda r: r["trial"])] == want
+    assert doc["warm_start"]["points"] == [{"prune.sparsity": a} for a in want]
+    assert "Warm start: the first trials were enqueued at prune.sparsity 0.5625, 0.5025, 0.6225" in (tmp_path / "s" / "sweep.md").read_text()
+
+
+def test_a_searched_method_is_fixed_to_the_scans_and_a_foreign_one_is_refused(tmp_path):
+    (tmp_path / "sensitivity.json").write_text(json.dumps(_scan(method="unstructured")))
+    both = {"warm_start": str(tmp_path / "sensitivity.json"),
+            "space": {"prune.sparsity": [0.3, 0.9], "prune.method": {"choices": ["structured", "unstructured"]}}}
+    from prunetune.search.study import Sweep
+
+    s = Sweep(_recipe(both), tmp_path / "s", None, None, lambda m: None)
+    assert [p["prune.method"] for p in s.warm] == ["unstructured"] * 3
+    with pytest.raises(PrunetuneError, match=r"search.warm_start: the scan pruned with 'unstructured' but prune.method is 'structured'"):
+        Sweep(_recipe({"warm_start": str(tmp_path / "sensitivity.json")}), tmp_path / "s", None, None, lambda m: None)
+
+
+# -- multi-fidelity: Optuna's pruner on the companion study --
+
+
+def test_halving_prunes_a_trial_whose_excess_drop_ranks_below_an_earlier_ones(tmp_path):
+    import optuna
+
+    from prunetune.search.fidelity import Rungs, excess_drop
+
+    storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'r.db'}")
+    rungs = Rungs(storage, "x", "halving")
+    first = rungs.start(0)
+    assert first.report(excess_drop(6.0, 3.0), 1, last=False) is False  # alone at rung 0: promoted
+    first.report(excess_drop(5.0, 3.0), 2, last=True)
+    first.close("complete")
+    worse = rungs.start(1)
+    assert worse.report(excess_drop(9.0, 3.0), 1, last=False) is True  # 6 beyond tolerance > 3: halved away
+    worse.close("pruned")
+    within = rungs.start(2)
+    assert within.report(excess_drop(1.0, 3.0), 1, last=False) is False  # within the tolerance: 0, always promoted
+    assert excess_drop(1.0, 3.0) == 0.0
+    last = rungs.start(3)
+    assert last.report(excess_drop(50.0, 3.0), 1, last=True) is False  # a last epoch is never pruned on
+    states = [t.state.name for t in optuna.load_study(study_name="x.fidelity", storage=storage).get_trials()]
+    assert states[:2] == ["COMPLETE", "PRUNED"]
+
+    # Hyperband: nothing is pruned before a trial completes (its max resource is read off completed trials);
+    # then trials far worse than the first are pruned in the brackets that halve at epoch 1.
+    hb = Rungs(storage, "h", "hyperband")
+    lead = hb.start(0)
+    assert [lead.report(1.0, e, last=False) for e in (1, 2)] == [False, False]
+    lead.report(0.5, 3, last=True)
+    lead.close("complete")
+    pruned = []
+    for i in range(1, 7):
+        r = hb.start(i)
+        pruned.append(r.report(5.0 + i, 1, last=False))
+        r.close("pruned" if pruned[-1] else "complete")
+    assert any(pruned) and not all(pruned)  # brackets differ in where they first halve
+
+
+def test_a_halving_sweep_prunes_the_clearly_worse_trial_and_counts_its_compute(tmp_path, monkeypatch):
+    import optuna
+
+    monkeypatch.setenv("PRUNETUNE_CACHE", str(tmp_path / "cache"))  # a fresh cache: the sweep trains the dense model
+
+    # Zero tolerance (both trials rank on their drop), no slack stop; the poor trial (90% of filters) runs second.
+    search = {"fidelity": "halving", "tolerance": 0.0, "early_stop_slack": 100.0}
+    recipe = _recipe(search, finetune={"epochs": 3, "lr": 1e-4})
+    (tmp_path / "s").mkdir()
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path / 's' / 'study.db'}", study_name="mf",
+                                directions=["maximize", "minimize"])
+    study.enqueue_trial({"prune.sparsity": 0.3})
+    study.enqueue_trial({"prune.sparsity": 0.9})
+    doc = sweep(recipe, tmp_path / "s", log=lambda m: None)
+    rows = sorted(doc["rows"], key=lambda r: r["trial"])
+    assert [r["state"] for r in rows] == ["complete", "pruned"]
+    curves = [(t.user_attrs.get("result") or t.user_attrs)["val_curve"] for t in study.get_trials()]
+    assert curves[1][0] < curves[0][0] and len(curves[1]) == 1  # halved away for ranking below trial 0 at epoch 1
+    assert [r["epochs_run"] for r in rows] == [3, 1] and rows[1]["note"] == "stopped after epoch 1 (halving)"
+    # The compute: each trial's fine-tuning seconds over the dense model's mean seconds per training epoch.
+    manifest = json.loads((Path(doc["dense"]["cache"]) / "manifest.json").read_text())
+    timed = [h["epoch_s"] for h in manifest["dense"]["history"]]
+    c = doc["compute"]
+    assert c["basis"] == "measured" and c["dense_epoch_s"] == pytest.approx(sum(timed) / len(timed))
+    saved = json.loads((tmp_path / "s" / "sweep.json").read_text())
+    expect = sum(r["finetune_s"] for r in saved["rows"]) / c["dense_epoch_s"] + c["dense_training_epochs"]
+    assert c["dense_training_epochs"] == 4 and doc["dense"]["dense_source"] == "train"  # trained by this sweep
+    assert saved["compute"]["dense_epochs"] == pytest.approx(expect, abs=1e-3)
+    assert all(r["finetune_s"] > 0 for r in saved["rows"]) and c["finetune_epochs"] == 4 and c["trials"] == 2
+    assert sum(r["dense_epochs"] for r in saved["rows"]) == pytest.approx(expect - 4, abs=1e-3)
+    md = (tmp_path / "s" / "sweep.md").read_text()
+    assert "Compute: " in md and "Fidelity: successive halving" in md and "| 1 | pruned |" in md
+    assert "dense-training-epoch equivalents" in (tmp_path / "s" / "report.html").read_text()
+
+
+def test_the_budget_stops_launching_trials(tmp_path):
+    first = sweep(_recipe({"trials": 1}, finetune={"epochs": 1}), tmp_path / "s", log=lambda m: None)
+    spent = first["compute"]["dense_epochs"]
+    budget = spent + 0.01  # the next trial spends it
+    logs: list[str] = []
+    doc = sweep(_recipe({"trials": 4, "budget_dense_epochs": budget}, finetune={"epochs": 1}), tmp_path / "s", log=logs.append)
+    assert len(doc["rows"]) == 2 and doc["compute"]["budget_spent"] and doc["compute"]["dense_epochs"] >= budget
+    assert "spent, no further trials were launched" in (tmp_path / "s" / "sweep.md").read_text()
+    again = sweep(_recipe({"trials": 4, "budget_dense_epochs": budget}, finetune={"epochs": 1}), tmp_path / "s", log=logs.append)
+    assert len(again["rows"]) == 2 and any("budget" in m and "no trial launched" in m for m in logs)
+
+
+# -- bad input: one line naming the field, exit 2 --
+
+
+@pytest.mark.parametrize("scan,search,needle", [
+    (None, {}, "search.warm_start: "),                                  # the file does not exist
+    ("not json", {}, "is not valid JSON"),
+    ({"kind": "run"}, {}, "is not a sensitivity scan"),
+    ({**_scan(), "layers": [{"layer": "a", "scores": {"0.25": 1.0}}]}, {}, "lacks dense, amounts"),
+    (_scan(method="unstructured"), {}, "the scan pruned with 'unstructured' but prune.method is 'structured'"),
+    (_scan(), {"space": {"finetune.lr": [1e-4, 1e-3]}}, "needs prune.sparsity searched as a [low, high] range"),
+    (_scan(metric="rmse"), {}, "the scan measured 'rmse'"),
+    (_scan(), {"sampler": "grid"}, "the grid sampler fixes every point"),
+    (None, {"fidelity": "sometimes", "warm_start": None}, "search.fidelity"),
+    (None, {"budget_dense_epochs": 0, "warm_start": None}, "search.budget_dense_epochs"),
+])
+def test_bad_search_inputs_exit_2_with_one_line(tmp_path, scan, search, needle):
+    path = tmp_path / "sensitivity.json"
+    if scan is not None:
+        path.write_text(scan if isinstance(scan, str) else json.dumps(scan))
+    recipe = {"name": "bad", "prune": {"method": "structured"},
+              "search": {**SEARCH, "warm_start": str(path), **search}}
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump(recipe))
+    p = subprocess.run([sys.executable, "-m", "prunetune.cli", "sweep", str(tmp_path / "r.yaml"), "--out", str(tmp_path / "o")],
+                       capture_output=True, text=True, env=cli_env(tmp_path), timeout=300)
+    lines = [x for x in p.stderr.splitlines() if x.strip()]
+    assert p.returncode == 2, p.stderr[-1000:]
+    assert len(lines) == 1 and lines[0].startswith("error:") and needle in lines[0], p.stderr
+    if search.get("warm_start", True) is not None:
+        assert "search.warm_start" in lines[0]
+    assert not (tmp_path / "o" / "study.db").exists()
+
+
+def test_load_scan_accepts_the_documented_format(tmp_path):
+    doc = {"kind": "sensitivity", "metric": "accuracy", "higher_is_better": True, "dense": 91.2, "method": "structured",
+           "importance": "l2", "amounts": [0.25, 0.5, 0.75, 0.9],
+           "layers": [{"layer": "features.0", "params": 320, "scores": {"0.25": 90.1, "0.5": 88.0, "0.75": 80.2, "0.9": 50.3}}]}
+    (tmp_path / "s.json").write_text(json.dumps(doc))
+    scan = load_scan(tmp_path / "s.json")
+    assert predicted_drop(scan, 0.5) == pytest.approx(91.2 - 88.0)
