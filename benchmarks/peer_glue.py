@@ -33,11 +33,12 @@ sys.path.insert(0, str(Path(__file__).parent))
 from fashion_mnist import BASE, merge  # noqa: E402
 from machine import describe  # noqa: E402
 
+from prunetune.artifacts import load_model  # noqa: E402
 from prunetune.measure import macs, serialized_sizes  # noqa: E402
+from prunetune.pruning.masks import realise  # noqa: E402
 from prunetune.pipeline import run  # noqa: E402
 from prunetune.recipe import Recipe  # noqa: E402
 from prunetune.session import open_session  # noqa: E402
-from prunetune.timing import compare_latency  # noqa: E402
 
 HERE = Path(__file__).parent
 RESULTS = HERE / "results"
@@ -54,10 +55,8 @@ ABLATION_CH = {
     "plain": {},
     "bn": {"prune": {"recalibrate_bn": 32}},
     "global": {"prune": {"scope": "global"}},
-    "taylor": {"prune": {"importance": "taylor"}},
     "onecycle": {"finetune": {"lr_schedule": "onecycle"}},
     "distill": {"finetune": {"distill": {"alpha": 0.7, "temperature": 4.0}}},
-    "iterative": {"prune": {"schedule": {"kind": "iterative", "steps": 3, "epochs_per_step": 1}}},
     "lr2e3": {"finetune": {"lr": 2e-3, "warmup_epochs": 0.2}},
 }
 PLAIN_UN = {"prune": {"method": "unstructured", "importance": "l1", "scope": "global", "recalibrate_bn": 0},
@@ -65,10 +64,8 @@ PLAIN_UN = {"prune": {"method": "unstructured", "importance": "l1", "scope": "gl
 ABLATION_UN = {
     "plain": {},
     "lamp": {"prune": {"importance": "lamp"}},
-    "bn": {"prune": {"recalibrate_bn": 32}},
     "onecycle": {"finetune": {"lr_schedule": "onecycle"}},
     "distill": {"finetune": {"distill": {"alpha": 0.7, "temperature": 4.0}}},
-    "gradual": {"prune": {"schedule": {"kind": "gradual"}}},
 }
 
 
@@ -145,7 +142,7 @@ def glue_row(dense: nn.Module, bundle, kind: str, amount: float) -> tuple[dict, 
     info = glue_finetune(model, bundle, EPOCHS, ft["lr"], ft["weight_decay"], BASE["dense"].get("batch_size", 128), seed=1)
     if kind == "unstructured":
         for m in model.modules():
-            if tprune.is_pruned(m):
+            if hasattr(m, "weight_mask"):
                 tprune.remove(m, "weight")
     return {"before_ft": round(before, 2), "after_ft": round(accuracy(model, bundle.test), 2), **info}, model
 
@@ -167,9 +164,6 @@ def prunetune_row(name: str, kind: str, amount: float, overrides: dict, runs: Pa
 
 
 def load_shipped(folder: Path) -> nn.Module:
-    from prunetune.artifacts import load_model
-    from prunetune.pruning.masks import realise
-
     return realise(load_model(folder)[0]).eval()
 
 
@@ -185,6 +179,60 @@ def measured(row: dict, dense: nn.Module, model: nn.Module, bundle, latency: boo
         row["speedup_b1"] = compare_latency(dense, model, forward, one, threads=torch.get_num_threads(), min_run_time=2.0)
         row["speedup_b64"] = compare_latency(dense, model, forward, big, threads=torch.get_num_threads(), min_run_time=2.0)
     return row
+
+
+TARGETS = {  # row -> (max drop in points, min measured speedup at batch 64, min gzip ratio)
+    "channels-50": (0.3, 2.5, None), "channels-75": (0.8, 5.0, None), "unstructured-98": (0.5, None, 20.0),
+}
+
+
+def fmt_speed(rec: dict | None) -> str:
+    if not rec:
+        return "-"
+    if rec.get("verdict") == "no measurable change":
+        return "no measurable change" + (" (busy)" if rec.get("noisy") else "")
+    return f"{rec['ratio']:.2f}× ({rec['low']:.2f}–{rec['high']:.2f})" + (" (busy)" if rec.get("noisy") else "")
+
+
+def table(doc: dict) -> str:
+    m, rows = doc["machine"], {r["name"]: r for r in doc["rows"]}
+    lines = ["# prunetune against the glue, on the same dense model", "",
+             f"Machine: {m['cpu']}, {m['cores']} cores, {m['torch_threads']} torch threads, torch {m['torch']}. "
+             f"Dense small CNN (Fashion-MNIST benchmark recipe, cached): **{doc['dense']['test']:.2f} % test**. "
+             f"Every row: {doc['base_recipe']['finetune']['epochs']} fine-tuning epochs, best validation epoch kept; "
+             "the glue is Torch-Pruning L2 one-shot (classifier ignored) or torch.nn.utils.prune global L1, then "
+             "AdamW + OneCycleLR. Speedups: dense and pruned timed alternately in one process, ratio of medians with "
+             "a 95 % bootstrap interval; \"no measurable change\" when it contains 1.0.", "",
+             "| row | glue: val / test (drop) | prunetune default: val / test (drop) | prunetune − glue (test pt) | "
+             "MACs ÷ | speedup b1 | speedup b64 | gzip ÷ | target |",
+             "|---|---|---|---:|---:|---|---|---:|---|"]
+    for key in ("channels-50", "channels-75", "unstructured-95", "unstructured-98"):
+        g, p = rows.get(f"{key}-glue"), rows.get(f"{key}-prunetune")
+        if not (g and p):
+            continue
+        t = TARGETS.get(key)
+        verdict = ""
+        if t:
+            sp = (p.get("speedup_b64") or {})
+            ok = p["drop"] <= t[0] and (t[1] is None or (sp.get("verdict") == "faster" and sp["ratio"] >= t[1])) \
+                and (t[2] is None or p["gzip_ratio"] >= t[2])
+            verdict = ("met" if ok else "**missed**") + f" (≤{t[0]} pt" + (f", ≥{t[1]}×" if t[1] else "") + \
+                (f", gzip ≥{t[2]}×" if t[2] else "") + ")"
+        lines.append(f"| {key} | {g['best_val']:.2f} / {g['after_ft']:.2f} ({g['drop']:+.2f}) | {p['best_val']:.2f} / "
+                     f"{p['after_ft']:.2f} ({p['drop']:+.2f}) | {p['after_ft'] - g['after_ft']:+.2f} | {p['macs_ratio']:.2f} | "
+                     f"{fmt_speed(p.get('speedup_b1'))} | {fmt_speed(p.get('speedup_b64'))} | {p['gzip_ratio']:.1f} | {verdict} |")
+    lines += ["", "## Ablation: one recovery ingredient at a time (defaults are chosen on validation)", "",
+              "| row | before FT (test) | best val | test | Δ val vs plain | Δ test vs plain | FT s |", "|---|---:|---:|---:|---:|---:|---:|"]
+    for r in doc["rows"]:
+        if "-ablation-" not in r["name"]:
+            continue
+        plain = rows.get(r["name"].rsplit("-ablation-", 1)[0] + "-ablation-plain")
+        dv = f"{r['best_val'] - plain['best_val']:+.2f}" if plain else ""
+        dt = f"{r['after_ft'] - plain['after_ft']:+.2f}" if plain else ""
+        lines.append(f"| {r['name']} | {r['before_ft']:.2f} | {r['best_val']:.2f} | {r['after_ft']:.2f} | {dv} | {dt} | {r['wall_s']:.0f} |")
+    lines += ["", "One standard error of a test accuracy near 93 % on 10,000 images is about 0.25 pt; of a validation "
+              "accuracy on 5,000 images about 0.35 pt: single-seed differences smaller than that are not wins."]
+    return "\n".join(lines) + "\n"
 
 
 def main() -> None:
@@ -204,9 +252,10 @@ def main() -> None:
     dense, info = session.obtain_dense(recipe)
     dense.eval()
     dense_acc = accuracy(dense, bundle.test)
-    json_path = RESULTS / ("peer_glue_quick.json" if args.quick else "peer_glue.json")
-    done = {r["name"]: r for r in json.loads(json_path.read_text())["rows"]} if json_path.exists() else {}
     runs = Path(args.runs)
+    runs.mkdir(parents=True, exist_ok=True)
+    json_path = runs / "peer_glue_quick.json" if args.quick else RESULTS / "peer_glue.json"  # a smoke test is not a result
+    done = {r["name"]: r for r in json.loads(json_path.read_text())["rows"]} if json_path.exists() else {}
     for name, kind, amount, overrides in rows_wanted():
         if args.only and not any(name.startswith(o) for o in args.only):
             continue
@@ -222,8 +271,10 @@ def main() -> None:
         done[name] = row
         print(f"{name}: val {row['best_val']} test {row['before_ft']} -> {row['after_ft']} (drop {row['drop']}) "
               f"{row['row_s']:.0f}s", flush=True)
-        json_path.write_text(json.dumps({"machine": describe(), "dense": {"test": dense_acc, **{k: v for k, v in info.items()
-                                         if k != "history"}}, "base_recipe": BASE, "rows": list(done.values())}, indent=2))
+        doc = {"machine": describe(), "dense": {"test": dense_acc, **{k: v for k, v in info.items() if k != "history"}},
+               "base_recipe": BASE, "rows": list(done.values())}
+        json_path.write_text(json.dumps(doc, indent=2))
+        json_path.with_suffix(".md").write_text(table(doc))
 
 
 if __name__ == "__main__":
