@@ -241,3 +241,16 @@ def test_existing_outputs_are_refused_untouched(tmp_path, capsys):
 def test_recipe_reference_lists_the_new_field_and_command():
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     assert "| `prune.layer_sparsity` |" in readme and "prunetune sensitivity" in readme
+
+
+@pytest.mark.parametrize("method", ["structured", "unstructured"])
+def test_only_the_listed_layers_are_pruned_at_sparsity_0(method):
+    spec = PruneSpec(method=method, sparsity=0.0, layer_sparsity={"3": 0.5})
+    c = PruningController(spec, Task.named("classification"), make_bundle(n=30), torch.device("cpu"), ["1", "3"], 1, 0)
+    model = _mlp()
+    pruner = c.make_pruner(model, c.sparsities)
+    c.prune_step(pruner, model, c.final_sparsity)
+    if method == "structured":
+        assert (model[1].out_features, model[3].out_features) == (16, 8)
+    else:
+        assert (int((model[1].weight == 0).sum()), int((model[3].weight == 0).sum())) == (0, 128)
