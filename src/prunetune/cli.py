@@ -22,6 +22,8 @@ from .recipe import Recipe, load_recipe
 from .refine import refine, resume_refine
 from .reporting.format import compute_line, speedups
 from .search.study import sweep as run_sweep
+from .sensitivity import DEFAULT_AMOUNTS, parse_amounts, table
+from .sensitivity import sensitivity as run_sensitivity
 from .tasks import Task
 
 TRACK_HELP = "log params, per-epoch metrics and the report to an experiment tracker: tensorboard or mlflow"
@@ -94,6 +96,29 @@ def run(
         m = task.metric
         print(f"{task.headline}dense {task.show(s['dense'][m])} -> pruned {task.show(s['pruned'][m])} -> fine-tuned "
               f"{task.show(s['finetuned'][m])}; MACs ÷{sp['macs_ratio']:.2f}{lat}")
+
+    _guard(go)
+
+
+@app.command("sensitivity")
+def sensitivity_(
+    recipe: Optional[Path] = typer.Argument(None, help="YAML recipe; the built-in default when omitted"),
+    set_: List[str] = typer.Option([], "--set", help="override a field: section.key=value (repeatable)"),
+    out: Optional[Path] = typer.Option(None, "--out", help="output folder (default runs/NAME-sensitivity-TIMESTAMP); must not exist"),
+    amounts: str = typer.Option(DEFAULT_AMOUNTS, "--amounts", help="fractions each layer is pruned to, alone, comma-separated; each in [0, 1)"),
+    write_recipe: Optional[Path] = typer.Option(None, "--write-recipe", metavar="FILE",
+                                                help="also write the recipe with per-layer amounts (prune.layer_sparsity) "
+                                                "allocated from the scan; must not exist"),
+    target: Optional[float] = typer.Option(None, "--target", help="with --write-recipe: the overall (parameter-weighted) "
+                                           "amount to allocate (default prune.sparsity)"),
+) -> None:
+    """Prune each target layer alone at a few amounts, score validation with no fine-tuning; write the scan."""
+
+    def go():
+        grid = parse_amounts(amounts)  # refused before the recipe is read
+        r = load_recipe(recipe, set_)
+        doc = run_sensitivity(r, out, grid, write_recipe=write_recipe, target=target, log=_log)
+        print(table(doc))
 
     _guard(go)
 

@@ -19,6 +19,7 @@ from .activations import input_norms
 from .batchnorm import recalibrate_bn
 from .pruners import Pruner, target_modules
 from .schedules import Phase, all_sparsities
+from .targets import layer_amounts
 
 
 class PruningController:
@@ -29,6 +30,7 @@ class PruningController:
         self.phases: list[Phase] = SCHEDULES.get(spec.schedule.kind, "prune.schedule.kind")(spec, finetune_epochs)
         self.sparsities = all_sparsities(self.phases)
         self.pruner_cls = PRUNERS.get(spec.method, "prune.method")
+        self.layer_amounts = layer_amounts(targets, spec.layer_sparsity)  # a pattern matching nothing fails here
         self.grad_cache: Path | None = None  # where the dense model's calibration gradients are cached
         self.grads_from_cache: str | None = None
         # Where `finetune` is (its phase and the history so far) and where the next one continues from.

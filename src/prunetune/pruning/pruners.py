@@ -21,6 +21,7 @@ from .importance import Importance
 from .layers import layer_type_of, prunable_layers
 from .masks import attach_mask, get_mask
 from .sequence import structured_options
+from .targets import layer_amounts
 
 
 class Pruner:
@@ -29,6 +30,7 @@ class Pruner:
     # What prune.importance / prune.scope default to with this method (benchmarks/results/peer_glue.md).
     default_importance = "l2"
     default_scope = "layer"
+    per_layer_amounts = False  # supports prune.layer_sparsity
 
     def __init__(self, spec, importance: Importance, targets: list[str]) -> None:
         self.spec = spec
@@ -36,6 +38,18 @@ class Pruner:
         self.targets = targets
         self.notes: list[str] = []
         self.steps_done = 0  # pruning steps taken (counted by the controller)
+        # prune.layer_sparsity resolved: target layer -> its own final amount (the others follow the schedule).
+        self.amounts = layer_amounts(targets, getattr(spec, "layer_sparsity", None) or {})
+        self.final = 0.0  # the schedule's last sparsity (set by `setup`)
+
+    def layer_amount(self, name: str, sparsity: float) -> float:
+        """What layer `name` is pruned to when the schedule asks for `sparsity`: its own amount scaled
+        as the schedule scales the global one (sparsity / final; its whole amount when the global
+        sparsity is 0), or `sparsity` itself for a layer without one."""
+        a = self.amounts.get(name)
+        if a is None:
+            return sparsity
+        return a * sparsity / self.final if self.final else a
 
     def state_dict(self) -> dict[str, Any]:
         """What the pruner keeps between steps, JSON-able (masks live in the model's state)."""
@@ -71,6 +85,7 @@ def _tensors(model: nn.Module, names: list[str]) -> list[tuple[str, nn.Module, s
 
 class _MaskPruner(Pruner):
     def setup(self, model, example_inputs, sparsities):
+        self.final = sparsities[-1]
         for _, mod, t in _tensors(model, self.targets):
             attach_mask(mod, t)
 
@@ -84,7 +99,9 @@ class _MaskPruner(Pruner):
 
 @PRUNERS.register("unstructured")
 class Unstructured(_MaskPruner):
-    """Weight masks, ranked per layer or globally (`prune.scope`)."""
+    """Weight masks, ranked per layer or globally (`prune.scope`); per-layer amounts (`prune.layer_sparsity`)."""
+
+    per_layer_amounts = True
 
     # LAMP ranks all layers together with layer-adaptive scores (each layer's largest weight scores 1,
     # so no small layer is emptied): at 95 / 98 % it lost 0.22 / 0.83 pt where global L1 lost 0.57 /
@@ -105,8 +122,8 @@ class Unstructured(_MaskPruner):
             chunks = drop.split([s.numel() for s in scores])
         else:
             chunks = []
-            for s in scores:
-                k = int(round(sparsity * s.numel()))
+            for (name, _, _), s in zip(mods, scores):
+                k = int(round(self.layer_amount(name, sparsity) * s.numel()))
                 d = torch.zeros(s.numel(), dtype=torch.bool)
                 d[torch.argsort(s.flatten(), stable=True)[:k]] = True
                 chunks.append(d)
@@ -163,13 +180,18 @@ class Structured(Pruner):
     """Remove whole conv filters / linear neurons through Torch-Pruning's dependency graph."""
 
     masked = False
+    per_layer_amounts = True
 
     def setup(self, model, example_inputs, sparsities):
         import torch_pruning as tp
 
         self._decoder = None
         self._tp = None
+        self.final = sparsities[-1]
         if is_causal_lm(model) or decoder_blocks(model):  # decoders (GPT-2, Llama, NeoX): heads and MLP neurons
+            if self.amounts:
+                raise PrunetuneError("prune.layer_sparsity: not supported for decoder language models (heads and MLP "
+                                     "neurons are pruned block by block); drop it and use prune.sparsity")
             self._decoder = DecoderPruner(self.spec, self.importance, self.targets, self.notes)
             self._decoder.setup(model, list(sparsities))
             return
@@ -200,8 +222,10 @@ class Structured(Pruner):
             example_inputs,
             pruning_ratio=final,
             iterative_steps=len(steps),
-            # The schedule's sparsities, scaled for heads (whose final ratio may differ).
-            iterative_pruning_ratio_scheduler=lambda ratio, n: [0.0] + [ratio * s / final if final else 0.0 for s in steps],
+            # The schedule's sparsities, scaled for heads and per-layer amounts (whose final ratios may differ);
+            # under a global sparsity of 0 (only layer_sparsity prunes) each ratio is applied whole at each step.
+            iterative_pruning_ratio_scheduler=lambda ratio, n: [0.0] + [ratio * s / final if final else ratio for s in steps],
+            pruning_ratio_dict={mod: a for (n, mod), a in zip(target_modules(model, list(self.amounts)), self.amounts.values())},
             ignored_layers=ignored,
             global_pruning=self.spec.scope == "global",
             max_pruning_ratio=0.95,

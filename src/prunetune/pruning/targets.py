@@ -42,3 +42,28 @@ def select_targets(model: nn.Module, include: list[str], exclude: list[str], kee
             f"prune.include/exclude: the patterns select no layer to prune (the classifier is kept); available: {available}"
         )
     return chosen
+
+
+def layer_amounts(targets: list[str], layer_sparsity: dict[str, float]) -> dict[str, float]:
+    """The amount `prune.layer_sparsity` sets for each target layer it matches: an exact name wins,
+    else the first matching pattern (recipe order); layers it does not match are left out (they use
+    `prune.sparsity`). A pattern that matches no target layer is an error listing a few of them.
+
+    Example:
+        >>> layer_amounts(["features.0", "features.4", "head.0"], {"features.*": 0.25, "features.4": 0.75})
+        {'features.0': 0.25, 'features.4': 0.75}
+    """
+    for p in layer_sparsity:
+        if p not in targets and not any(fnmatchcase(n, p) for n in targets):
+            few = ", ".join(targets[:8]) + (", ..." if len(targets) > 8 else "")
+            raise PrunetuneError(f"prune.layer_sparsity: pattern {p!r} matches no layer selected for pruning; "
+                                 f"target layers: {few}")
+    out: dict[str, float] = {}
+    for n in targets:
+        if n in layer_sparsity:
+            out[n] = float(layer_sparsity[n])
+            continue
+        hit = next((p for p in layer_sparsity if fnmatchcase(n, p)), None)
+        if hit is not None:
+            out[n] = float(layer_sparsity[hit])
+    return out

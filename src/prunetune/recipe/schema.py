@@ -123,6 +123,9 @@ class PruneSpec(_Section):
     sparsity: float = Field(0.5, ge=0, lt=1, description="fraction removed: channels (structured) or weights")
     scope: Literal["global", "layer"] | None = Field(
         None, description="rank globally or per layer (default: the method's; unstructured: global)")
+    layer_sparsity: dict[str, float] = Field(
+        default_factory=dict, description="layer name or fnmatch pattern -> fraction removed in that layer (an exact "
+        "name wins, else the first matching pattern); other target layers use sparsity")
     n: int = Field(2, ge=1, description="N of N:M (keep N of every M weights)")
     m: int = Field(4, ge=2, description="M of N:M")
     include: list[str] = Field(default_factory=lambda: ["*"], description="layer name patterns to prune")
@@ -139,14 +142,23 @@ class PruneSpec(_Section):
         "finetune_first", description="finetune_first: prune the trained dense model; prune_first: prune the "
         "untrained starting model (dense.epochs is taken as 0), then fine-tune")
 
+    @field_validator("layer_sparsity")
+    @classmethod
+    def _amounts(cls, v: dict[str, float]) -> dict[str, float]:
+        for pattern, amount in v.items():
+            if not (0 <= amount < 1):
+                raise ValueError(f"{pattern!r}: {amount} is outside [0, 1); give the fraction removed in that layer, "
+                                 "e.g. 0.5")
+        return v
+
     @model_validator(mode="after")
     def _method_defaults(self) -> "PruneSpec":
         """importance and scope default to the chosen method's (Pruner.default_importance / default_scope)."""
         pruner = R.PRUNERS.get(self.method) if self.method in R.PRUNERS else None
         if self.importance is None:
             self.importance = getattr(pruner, "default_importance", "l2")
-        if self.scope is None:
-            self.scope = getattr(pruner, "default_scope", "layer")
+        if self.scope is None:  # per-layer amounts are a per-layer ranking
+            self.scope = "layer" if self.layer_sparsity else getattr(pruner, "default_scope", "layer")
         return self
 
     @model_validator(mode="after")
@@ -334,6 +346,13 @@ class Recipe(_Section):
             if not any(math.isclose(x, floor.strength, rel_tol=1e-9, abs_tol=1e-12) for x in listed):
                 raise ValueError(f"search.robustness_floor: evaluate.robustness.{floor.attack} must include {floor.strength} "
                                  f"(the floor is checked on that measurement); add it")
+        if self.prune.layer_sparsity and self.prune.scope == "global":
+            raise ValueError("prune.layer_sparsity sets each layer's amount, but prune.scope global ranks across layers "
+                             "and decides them itself; use prune.scope layer (or drop layer_sparsity)")
+        if self.prune.layer_sparsity and not getattr(pruner, "per_layer_amounts", False):
+            able = [n for n in R.PRUNERS.names() if getattr(R.PRUNERS.get(n), "per_layer_amounts", False)]
+            raise ValueError(f"prune.layer_sparsity is not supported by prune.method {self.prune.method!r}; use one of: "
+                             f"{', '.join(able)} (or drop layer_sparsity)")
         if self.prune.schedule.kind not in pruner.schedules:
             raise ValueError(
                 f"prune.schedule.kind {self.prune.schedule.kind!r} is not supported by prune.method "

@@ -124,3 +124,25 @@ def pareto_plot(doc: SweepReport, path: Path, dense_cost: float | None) -> None:
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
+
+
+def sensitivity_figure(doc: dict) -> bytes:
+    """sensitivity.png of `prunetune sensitivity`: one line per layer (amount pruned alone against the
+    validation metric, from the dense model at amount 0), the dense model as a dashed line."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
+    xs = [0.0] + [float(a) for a in doc["amounts"]]
+    for row in doc["layers"]:
+        ys = [doc["dense"]] + [row["scores"][str(float(a))] for a in doc["amounts"]]
+        ax.plot(xs, ys, "-o", ms=4, label=f"{row['layer']} ({row['params']:,})")
+    ax.axhline(doc["dense"], ls="--", color="black", lw=1, label="dense")
+    ax.set(xlabel="amount pruned in that layer alone", xlim=(0, 1),
+           ylabel=f"validation {doc['metric']} ({'higher' if doc['higher_is_better'] else 'lower'} is better)",
+           title=f"sensitivity: {doc['method']} ({doc['importance']}), no fine-tuning")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncol=2 if len(doc["layers"]) > 8 else 1)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return buf.getvalue()
