@@ -20,7 +20,7 @@ from .predict import predict as run_predict
 from .predict import write_predictions
 from .recipe import Recipe, load_recipe
 from .refine import refine, resume_refine
-from .reporting.format import speedups
+from .reporting.format import speedup_notes, speedups, stage_speedup_text
 from .search.study import sweep as run_sweep
 from .tasks import Task
 
@@ -88,14 +88,23 @@ def run(
                 refuse_stale(out)
             report = run_recipe(r, out, log=_log, track=track, track_uri=track_uri)
         s = report["stages"]
-        sp = speedups(s)["finetuned"]
-        lat = f", measured speedup {sp['speedup_batch_1']:.2f}x (b1) / {sp['speedup_batch_N']:.2f}x (b{r.evaluate.latency_batch})" if "speedup_batch_1" in sp else ""
+        sp = (report.get("speedup") or speedups(s))["finetuned"]
+        lat = speed_summary(sp, r.evaluate.latency_batch)
         task = Task.of_report(report)
         m = task.metric
         print(f"{task.headline}dense {task.show(s['dense'][m])} -> pruned {task.show(s['pruned'][m])} -> fine-tuned "
               f"{task.show(s['finetuned'][m])}; MACs ÷{sp['macs_ratio']:.2f}{lat}")
 
     _guard(go)
+
+
+def speed_summary(row: dict, batch: int) -> str:
+    """The run summary's speedup part from a report's `speedup` row: intervals, "no measurable change",
+    noise reasons and the masked-weights note; "" when latency was not measured."""
+    if "speedup_batch_1" not in row:
+        return ""
+    return (f", measured speedup {stage_speedup_text(row, 'batch_1')} (b1) / {stage_speedup_text(row, 'batch_N')} (b{batch})"
+            + "".join(f"; {n}" for n in speedup_notes(row)))
 
 
 @app.command()
@@ -122,8 +131,8 @@ def sweep(
         b = doc.get("balance")
         if b and b.get("test"):
             t = b["test"]
-            speed = (f", measured speedup {t['speedup_batch_N']:.2f}x" if t.get("speedup_batch_N") is not None
-                     else " (latency not measured)")
+            speed = (f", measured speedup {stage_speedup_text(t, 'batch_N')}" + "".join(f"; {n}" for n in speedup_notes(t))
+                     if t.get("speedup_batch_N") is not None else " (latency not measured)")
             print(f"balance point: trial {doc['balance_trial']}: validation {task.format(b[key])}, test "
                   f"{task.format(t[metric])} (dense {task.format(t['dense_' + metric])}){speed}; {b.get('folder')}")
         elif b:
