@@ -165,6 +165,7 @@ def export(
     opset: Optional[int] = typer.Option(None, "--opset", help="ONNX opset (default: the exporter's)"),
     threads: Optional[int] = typer.Option(None, "--threads", help="onnxruntime threads for the latency check (default: its own)"),
     min_run_time: float = typer.Option(1.0, "--min-run-time", help="seconds of timed calls per latency batch size"),
+    rounds: int = typer.Option(5, "--rounds", help="rounds of alternating dense / export timing for the speedup interval"),
     trust_code: bool = typer.Option(False, "--trust-code", help="allow the model's own code (import-path models)"),
     compare_dense: bool = typer.Option(True, "--compare-dense/--no-compare-dense",
                                        help="also export and time the run's cached dense model; report both"),
@@ -175,7 +176,8 @@ def export(
         if format_ not in R.EXPORTERS:
             raise PrunetuneError(f"--format {format_}: unknown export format; choose one of: {', '.join(R.EXPORTERS.names())}")
         print(json.dumps(R.EXPORTERS.get(format_)(model_dir, out, opset=opset, threads=threads,
-                                     min_run_time=min_run_time, trust_code=trust_code, compare_dense=compare_dense), indent=2))
+                                     min_run_time=min_run_time, trust_code=trust_code, compare_dense=compare_dense,
+                                     rounds=rounds), indent=2))
 
     _guard(go)
 
