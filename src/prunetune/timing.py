@@ -1,8 +1,9 @@
 """Latency you can trust: a candidate timed against the dense model alternately, with an interval.
 
-`compare_callables` warms both up, then times dense, candidate, dense, candidate, ... for `rounds`
-rounds, each a short `torch.utils.benchmark` `blocked_autorange` of `min_run_time / rounds` seconds
-per model, so drift of a busy machine (another process starting, frequency scaling) hits both alike.
+`compare_callables` warms both up, fixes each one's calls per block (`torch.utils.benchmark.Timer`,
+about `min_run_time / rounds / BLOCKS` seconds a block), then times them alternately for `rounds`
+rounds of `BLOCKS` blocks each, in ABBA order (dense, candidate; candidate, dense; ...), so drift of a
+busy machine (another process starting, frequency scaling) hits both alike and neither always goes first.
 The speedup is the ratio of the medians of all block times (dense / candidate); its 95 % interval is
 a seeded bootstrap (`RESAMPLES` resamples: rounds drawn with replacement, then each drawn round's block
 times; medians re-taken; see `bootstrap_ratio`). The verdict:
@@ -37,16 +38,25 @@ from .pruning.masks import realise
 from .tasks import to_device
 
 RESAMPLES = 2000
+BLOCKS = 10  # timed blocks per model per round
 SPREAD_LIMIT = 1.5
 ROUNDS_LIMIT = 1.3
 MIN_EFFECT = 1.03
 MASKED_NOTE = "masked weights run on dense kernels: no speedup expected"
 
 
-def time_blocks(fn: Callable[[], Any], threads: int, min_run_time: float) -> np.ndarray:
-    """Per-call times (ms) of `fn()`, one per timed block of `blocked_autorange(min_run_time)`."""
-    timer = benchmark.Timer(stmt="fn()", globals={"fn": fn}, num_threads=threads)
-    return np.asarray(timer.blocked_autorange(min_run_time=min_run_time).times, dtype=float) * 1000.0
+class _Blocks:
+    """One callable's timer (`torch.utils.benchmark.Timer`) with a block size fixed once, so every round
+    is the same `BLOCKS` blocks of the same number of calls."""
+
+    def __init__(self, fn: Callable[[], Any], threads: int, block_s: float) -> None:
+        self.timer = benchmark.Timer(stmt="fn()", globals={"fn": fn}, num_threads=threads)
+        one = min(self.timer.timeit(1).mean for _ in range(3))  # seconds per call, after the warm-up
+        self.number = max(1, int(block_s / max(one, 1e-9)))
+
+    def round(self) -> np.ndarray:
+        """Per-call times (ms), one per block."""
+        return np.array([self.timer.timeit(self.number).mean for _ in range(BLOCKS)]) * 1000.0
 
 
 def bootstrap_ratio(dense_ms: Any, cand_ms: Any, resamples: int = RESAMPLES,
@@ -56,23 +66,32 @@ def bootstrap_ratio(dense_ms: Any, cand_ms: Any, resamples: int = RESAMPLES,
     `dense_ms` / `cand_ms`: each model's times, one array, or a list of per-round arrays (round i of
     the dense model timed next to round i of the candidate). Each resample (seeded
     `numpy.random.Generator`) draws rounds with replacement, the same rounds for both models (the pairs
-    share the machine's state of the moment), then each drawn round's times with replacement; so when
-    rounds disagree (the machine's load came and went) the interval widens instead of pretending the
-    pooled times were independent."""
+    share the machine's state of the moment), then times within each drawn round with replacement; so
+    when rounds disagree (the machine's load came and went) the interval widens instead of pretending
+    the pooled times were independent. Rounds of unequal length are drawn as often as the longest."""
     rd, rc = _rounds(dense_ms), _rounds(cand_ms)
     if len(rd) != len(rc):
         raise ValueError("bootstrap_ratio: both models need the same number of rounds")
     rng = np.random.default_rng(seed)
     n = len(rd)
     ratios = np.empty(resamples)
-    for i in range(resamples):
-        ks = rng.integers(0, n, n) if n > 1 else (0,)
-        d = np.concatenate([rd[k][rng.integers(0, rd[k].size, rd[k].size)] for k in ks])
-        c = np.concatenate([rc[k][rng.integers(0, rc[k].size, rc[k].size)] for k in ks])
-        ratios[i] = np.median(d) / np.median(c)
+    step = max(1, 200_000 // (n * max(max(r.size for r in rd), max(r.size for r in rc))))  # bounded memory
+    for lo in range(0, resamples, step):
+        b = min(step, resamples - lo)
+        ks = rng.integers(0, n, (b, n)) if n > 1 else np.zeros((b, 1), dtype=int)
+        ratios[lo:lo + b] = _medians(rd, ks, rng) / _medians(rc, ks, rng)
     low, high = np.percentile(ratios, [2.5, 97.5])
     ratio = float(np.median(np.concatenate(rd)) / np.median(np.concatenate(rc)))
     return ratio, float(min(low, ratio)), float(max(high, ratio))
+
+
+def _medians(rounds: list[np.ndarray], ks: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Median of each resample: rounds `ks` (resamples x rounds), times drawn within each."""
+    m = max(r.size for r in rounds)
+    table = np.stack([np.pad(r, (0, m - r.size)) for r in rounds])  # padding never drawn: index < size
+    sizes = np.array([r.size for r in rounds])[ks]  # (b, n)
+    idx = (rng.random((*ks.shape, m)) * sizes[..., None]).astype(int)
+    return np.median(table[ks[..., None], idx].reshape(ks.shape[0], -1), axis=1)
 
 
 def _rounds(times: Any) -> list[np.ndarray]:
@@ -127,12 +146,16 @@ def compare_callables(dense_fn: Callable[[], Any], cand_fn: Callable[[], Any], *
     for _ in range(warmup):  # first calls allocate and pick kernels
         dense_fn()
         cand_fn()
-    per_round = max(min_run_time / rounds, 0.01)
+    block_s = max(min_run_time / rounds, 0.01) / BLOCKS
+    timers = _Blocks(dense_fn, threads, block_s), _Blocks(cand_fn, threads, block_s)
     load_before = _load()
     rd, rc = [], []
-    for _ in range(rounds):
-        rd.append(time_blocks(dense_fn, threads, per_round))
-        rc.append(time_blocks(cand_fn, threads, per_round))
+    for i in range(rounds):  # ABBA: the order flips every round, so neither model always goes first
+        first, second = (0, 1) if i % 2 == 0 else (1, 0)
+        got = {first: timers[first].round()}
+        got[second] = timers[second].round()
+        rd.append(got[0])
+        rc.append(got[1])
     loads = [x for x in (load_before, _load()) if x is not None]
     d, c = np.concatenate(rd), np.concatenate(rc)
     ratio, low, high = bootstrap_ratio(rd, rc, seed=seed)
