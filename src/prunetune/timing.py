@@ -38,7 +38,7 @@ from .pruning.masks import realise
 from .tasks import to_device
 
 RESAMPLES = 2000
-BLOCKS = 10  # timed blocks per model per round
+BLOCKS = 10  # timed blocks per model per round (fewer, at least 2, for slow models: see _Blocks)
 SPREAD_LIMIT = 1.5
 ROUNDS_LIMIT = 1.3
 MIN_EFFECT = 1.03
@@ -47,16 +47,20 @@ MASKED_NOTE = "masked weights run on dense kernels: no speedup expected"
 
 class _Blocks:
     """One callable's timer (`torch.utils.benchmark.Timer`) with a block size fixed once, so every round
-    is the same `BLOCKS` blocks of the same number of calls."""
+    is the same blocks of the same number of calls: `BLOCKS` blocks, or fewer (at least 2, one call
+    each) for a model so slow that a round of `BLOCKS` single calls would far exceed its share."""
 
-    def __init__(self, fn: Callable[[], Any], threads: int, block_s: float) -> None:
+    def __init__(self, fn: Callable[[], Any], threads: int, block_s: float, warmup: int = 3) -> None:
         self.timer = benchmark.Timer(stmt="fn()", globals={"fn": fn}, num_threads=threads)
-        one = min(self.timer.timeit(1).mean for _ in range(3))  # seconds per call, after the warm-up
+        # Warm-up (first calls allocate and pick kernels), timed: seconds per call from the later ones.
+        first = [self.timer.timeit(1).mean for _ in range(max(2, warmup))]
+        one = min(first[1:])
         self.number = max(1, int(block_s / max(one, 1e-9)))
+        self.blocks = int(min(BLOCKS, max(2, round(block_s * BLOCKS / max(one, 1e-9)))))
 
     def round(self) -> np.ndarray:
         """Per-call times (ms), one per block."""
-        return np.array([self.timer.timeit(self.number).mean for _ in range(BLOCKS)]) * 1000.0
+        return np.array([self.timer.timeit(self.number).mean for _ in range(self.blocks)]) * 1000.0
 
 
 def bootstrap_ratio(dense_ms: Any, cand_ms: Any, resamples: int = RESAMPLES,
@@ -143,11 +147,8 @@ def compare_callables(dense_fn: Callable[[], Any], cand_fn: Callable[[], Any], *
     """Time `dense_fn()` and `cand_fn()` alternately (see the module docstring); the speedup record."""
     if rounds < 1:
         raise ValueError("compare_callables: rounds must be 1 or more")
-    for _ in range(warmup):  # first calls allocate and pick kernels
-        dense_fn()
-        cand_fn()
     block_s = max(min_run_time / rounds, 0.01) / BLOCKS
-    timers = _Blocks(dense_fn, threads, block_s), _Blocks(cand_fn, threads, block_s)
+    timers = _Blocks(dense_fn, threads, block_s, warmup), _Blocks(cand_fn, threads, block_s, warmup)
     load_before = _load()
     rd, rc = [], []
     for i in range(rounds):  # ABBA: the order flips every round, so neither model always goes first

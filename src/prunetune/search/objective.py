@@ -143,10 +143,12 @@ def run_trial(s: Sweep, trial, dense_val: float) -> tuple[float, float]:
         timed = {**timed, "cost_low": 1.0 / timed["high"], "cost_high": 1.0 / max(timed["low"], 1e-6)}
     if s.spec.objective == "latency" and timed.get("cost_low") is not None:
         cost = 1.0 / timed["ratio"]
-    interval = ({"cost_low": round(timed["cost_low"], 4), "cost_high": round(timed["cost_high"], 4),
-                 "speedup_low": timed["low"], "speedup_high": timed["high"], "verdict": timed["verdict"],
-                 "noisy": timed["noisy"], "reasons": timed["reasons"]}
-                if s.spec.objective == "latency" and timed.get("cost_low") is not None else {})
+    # The speedup's interval whatever the objective (the speedup column never shows noise as a number);
+    # the cost's interval when the cost is latency.
+    interval = ({"speedup_low": timed["low"], "speedup_high": timed["high"], "verdict": timed["verdict"],
+                 "noisy": timed["noisy"], "reasons": timed["reasons"]} if timed.get("low") is not None else {})
+    if s.spec.objective == "latency" and timed.get("cost_low") is not None:
+        interval.update({"cost_low": round(timed["cost_low"], 4), "cost_high": round(timed["cost_high"], 4)})
     result = {
         key: f[m], "cost": cost, "params": f["params"], "nonzero_params": f["nonzero_params"],
         "sparsity": f["sparsity"], "macs": f["macs"], "gzip_bytes": f["gzip_bytes"],
