@@ -23,6 +23,7 @@ from prunetune.reporting.write import write_reports
 from prunetune.search.study import choose_balance
 from prunetune.timing import (MASKED_NOTE, ROUNDS_LIMIT, SPREAD_LIMIT, bootstrap_ratio, compare_models, noise_reasons,
                               verdict)
+from prunetune.tracking import report_metrics
 
 
 def _fwd(m, x):
@@ -161,6 +162,10 @@ def test_run_report_carries_alternating_records_and_the_masked_note(masked_run):
     shown = f"{stage_speedup_text(f, 'batch_1')} / {stage_speedup_text(f, 'batch_N')}"
     assert shown in md and shown in page and MASKED_NOTE in md and MASKED_NOTE in page
     assert MASKED_NOTE in speed_summary(f, 8)
+    m = report_metrics(report)  # trackers get the interval beside the old ratio
+    assert m["speedup/finetuned/batch_1"] == f["measured"]["batch_1"]["ratio"]
+    assert m["speedup/finetuned/batch_N_low"] == f["measured"]["batch_N"]["low"]
+    assert m["speedup/finetuned/batch_N_noisy"] == float(f["measured"]["batch_N"]["noisy"])
 
 
 def _with(report, **rec):
