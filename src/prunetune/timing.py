@@ -1,7 +1,7 @@
 """Latency you can trust: a candidate timed against the dense model alternately, with an interval.
 
-`compare_callables` warms both up, fixes each one's calls per block (`torch.utils.benchmark.Timer`,
-about `min_run_time / rounds / BLOCKS` seconds a block), then times them alternately for `rounds`
+`compare_callables` warms both up, fixes each one's calls per block (`timeit` on `torch.utils.benchmark`'s
+clock, about `min_run_time / rounds / BLOCKS` seconds a block), then times them alternately for `rounds`
 rounds of `BLOCKS` blocks each, in ABBA order (dense, candidate; candidate, dense; ...), so drift of a
 busy machine (another process starting, frequency scaling) hits both alike and neither always goes first.
 The speedup is the ratio of the medians of all block times (dense / candidate); its 95 % interval is
@@ -26,12 +26,14 @@ The record (one per batch size) is what report.json stores under `speedup.<stage
 from __future__ import annotations
 
 import os
+import timeit
 from typing import Any, Callable
 
 import numpy as np
 import torch
 from torch import nn
-from torch.utils import benchmark
+from torch.utils.benchmark.utils.common import set_torch_threads
+from torch.utils.benchmark.utils.timer import timer as synced_clock
 
 from .measure import example_batch
 from .pruning.masks import realise
@@ -39,6 +41,7 @@ from .tasks import to_device
 
 RESAMPLES = 2000
 BLOCKS = 10  # timed blocks per model per round (fewer, at least 2, for slow models: see _Blocks)
+ROUND_OVERRUN = 4.0  # a round stops early (after 2 blocks) once it takes this many times its plan
 SPREAD_LIMIT = 1.5
 ROUNDS_LIMIT = 1.3
 MIN_EFFECT = 1.03
@@ -46,21 +49,28 @@ MASKED_NOTE = "masked weights run on dense kernels: no speedup expected"
 
 
 class _Blocks:
-    """One callable's timer (`torch.utils.benchmark.Timer`) with a block size fixed once, so every round
-    is the same blocks of the same number of calls: `BLOCKS` blocks, or fewer (at least 2, one call
+    """One callable's timer (`timeit.Timer` on `torch.utils.benchmark`'s clock, which synchronises an
+    accelerator; `benchmark.Timer.timeit` would add two warm-up calls to every block) with a block size
+    fixed once, so every round is the same blocks of the same number of calls: `BLOCKS` blocks, or fewer (at least 2, one call
     each) for a model so slow that a round of `BLOCKS` single calls would far exceed its share."""
 
-    def __init__(self, fn: Callable[[], Any], threads: int, block_s: float, warmup: int = 3) -> None:
-        self.timer = benchmark.Timer(stmt="fn()", globals={"fn": fn}, num_threads=threads)
+    def __init__(self, fn: Callable[[], Any], block_s: float, warmup: int = 3) -> None:
+        self.timer = timeit.Timer(stmt=fn, timer=synced_clock)
         # Warm-up (first calls allocate and pick kernels), timed: seconds per call from the later ones.
-        first = [self.timer.timeit(1).mean for _ in range(max(2, warmup))]
+        first = [self.timer.timeit(1) for _ in range(max(2, warmup))]
         one = min(first[1:])
         self.number = max(1, int(block_s / max(one, 1e-9)))
         self.blocks = int(min(BLOCKS, max(2, round(block_s * BLOCKS / max(one, 1e-9)))))
+        self.limit_s = ROUND_OVERRUN * max(block_s * BLOCKS, self.blocks * self.number * one)
 
     def round(self) -> np.ndarray:
-        """Per-call times (ms), one per block."""
-        return np.array([self.timer.timeit(self.number).mean for _ in range(self.blocks)]) * 1000.0
+        """Per-call times (ms), one per block; a round that overruns its plan `ROUND_OVERRUN`-fold (the
+        machine got busy) stops after 2 blocks or more, so a busy machine cannot stretch a run unboundedly."""
+        out: list[float] = []
+        start = synced_clock()
+        while len(out) < self.blocks and (len(out) < 2 or synced_clock() - start < self.limit_s):
+            out.append(self.timer.timeit(self.number) / self.number)
+        return np.array(out) * 1000.0
 
 
 def bootstrap_ratio(dense_ms: Any, cand_ms: Any, resamples: int = RESAMPLES,
@@ -148,15 +158,16 @@ def compare_callables(dense_fn: Callable[[], Any], cand_fn: Callable[[], Any], *
     if rounds < 1:
         raise ValueError("compare_callables: rounds must be 1 or more")
     block_s = max(min_run_time / rounds, 0.01) / BLOCKS
-    timers = _Blocks(dense_fn, threads, block_s, warmup), _Blocks(cand_fn, threads, block_s, warmup)
     load_before = _load()
     rd, rc = [], []
-    for i in range(rounds):  # ABBA: the order flips every round, so neither model always goes first
-        first, second = (0, 1) if i % 2 == 0 else (1, 0)
-        got = {first: timers[first].round()}
-        got[second] = timers[second].round()
-        rd.append(got[0])
-        rc.append(got[1])
+    with set_torch_threads(threads):
+        timers = _Blocks(dense_fn, block_s, warmup), _Blocks(cand_fn, block_s, warmup)
+        for i in range(rounds):  # ABBA: the order flips every round, so neither model always goes first
+            first, second = (0, 1) if i % 2 == 0 else (1, 0)
+            got = {first: timers[first].round()}
+            got[second] = timers[second].round()
+            rd.append(got[0])
+            rc.append(got[1])
     loads = [x for x in (load_before, _load()) if x is not None]
     d, c = np.concatenate(rd), np.concatenate(rc)
     ratio, low, high = bootstrap_ratio(rd, rc, seed=seed)
