@@ -298,3 +298,25 @@ def test_cli_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path):
         assert len(lines) == 1 and lines[0].startswith("error:") and needle in lines[0], (needle, p.stderr[-1500:])
         assert "Traceback" not in p.stderr and p.stdout == ""
         assert not out.exists() and not list(outs.iterdir()), args
+
+
+def test_export_times_the_dense_model_alternately_with_an_interval(tmp_path):
+    """A run's export is compared with its cached dense model, both sessions timed alternately: every
+    batch size gets a ratio with a 95 % interval, a verdict and the noise flag; the old keys stay."""
+    dense = _built("small_cnn")
+    pruned = _pruned(dense, "structured", 0.5)
+    dense_dir = _save(tmp_path / "cache" / "dense", dense, "small_cnn")
+    model_dir = _save(tmp_path / "run" / "model", pruned, "small_cnn")
+    (tmp_path / "run" / "report.json").write_text(json.dumps({"dense": {"cache": str(dense_dir)}}))
+    rep = export_onnx(model_dir, threads=1, min_run_time=0.3, rounds=3)
+    assert set(rep["ort_speedup"]) == set(rep["ort_speedup_measured"]) == {"batch_1", "batch_64"}
+    for k, rec in rep["ort_speedup_measured"].items():
+        assert rec["low"] <= rec["ratio"] <= rec["high"] and rep["ort_speedup"][k] == rec["ratio"]
+        assert rec["verdict"] in ("faster", "slower", "no measurable change") and isinstance(rec["noisy"], bool)
+        assert len(rec["dense_ms"]["round_medians"]) == 3 and rep["dense"]["ort_latency_ms"][k] == rec["dense_ms"]["p50"]
+    big = rep["ort_speedup_measured"]["batch_64"]
+    assert big["verdict"] == "faster" and big["low"] > 1.0  # half the channels: clearly faster at batch 64
+    saved = json.loads((tmp_path / "run" / "model.export.json").read_text())
+    assert saved["ort_speedup_measured"]["batch_64"]["ratio"] == big["ratio"]
+    with pytest.raises(PrunetuneError, match="rounds: 1"):
+        export_onnx(model_dir, tmp_path / "x.onnx", rounds=1)

@@ -181,6 +181,10 @@ def test_every_sampler_runs_a_study(tmp_path, sampler):
     for r in doc["rows"]:
         if r["state"] == "complete":
             assert r["cost"] > 0 and r["speedup"] == pytest.approx(1 / r["cost"], rel=1e-2)
+            # The cost's interval from the alternating timing, stored per trial and shown in sweep.md.
+            assert r["cost_low"] <= r["cost"] <= r["cost_high"] and r["speedup_low"] <= r["speedup"] <= r["speedup_high"]
+            assert r["verdict"] in ("faster", "slower", "no measurable change") and isinstance(r["noisy"], bool)
+            assert f"({r['cost_low']:.3f}–{r['cost_high']:.3f})" in (tmp_path / "s" / "sweep.md").read_text()
             assert not (tmp_path / "s" / "trials" / f"trial-{r['trial']:04d}" / "model").exists()
 
 

@@ -20,7 +20,7 @@ from .predict import predict as run_predict
 from .predict import write_predictions
 from .recipe import Recipe, load_recipe
 from .refine import refine, resume_refine
-from .reporting.format import compute_line, speedups
+from .reporting.format import compute_line, speedup_notes, speedups, stage_speedup_text
 from .search.study import sweep as run_sweep
 from .sensitivity import DEFAULT_AMOUNTS, parse_amounts, table
 from .sensitivity import sensitivity as run_sensitivity
@@ -90,8 +90,8 @@ def run(
                 refuse_stale(out)
             report = run_recipe(r, out, log=_log, track=track, track_uri=track_uri)
         s = report["stages"]
-        sp = speedups(s)["finetuned"]
-        lat = f", measured speedup {sp['speedup_batch_1']:.2f}x (b1) / {sp['speedup_batch_N']:.2f}x (b{r.evaluate.latency_batch})" if "speedup_batch_1" in sp else ""
+        sp = (report.get("speedup") or speedups(s))["finetuned"]
+        lat = speed_summary(sp, r.evaluate.latency_batch)
         task = Task.of_report(report)
         m = task.metric
         print(f"{task.headline}dense {task.show(s['dense'][m])} -> pruned {task.show(s['pruned'][m])} -> fine-tuned "
@@ -123,6 +123,15 @@ def sensitivity_(
     _guard(go)
 
 
+def speed_summary(row: dict, batch: int) -> str:
+    """The run summary's speedup part from a report's `speedup` row: intervals, "no measurable change",
+    noise reasons and the masked-weights note; "" when latency was not measured."""
+    if "speedup_batch_1" not in row:
+        return ""
+    return (f", measured speedup {stage_speedup_text(row, 'batch_1')} (b1) / {stage_speedup_text(row, 'batch_N')} (b{batch})"
+            + "".join(f"; {n}" for n in speedup_notes(row)))
+
+
 @app.command()
 def sweep(
     recipe: Path = typer.Argument(..., help="YAML recipe with a search section"),
@@ -147,8 +156,8 @@ def sweep(
         b = doc.get("balance")
         if b and b.get("test"):
             t = b["test"]
-            speed = (f", measured speedup {t['speedup_batch_N']:.2f}x" if t.get("speedup_batch_N") is not None
-                     else " (latency not measured)")
+            speed = (f", measured speedup {stage_speedup_text(t, 'batch_N')}" + "".join(f"; {n}" for n in speedup_notes(t))
+                     if t.get("speedup_batch_N") is not None else " (latency not measured)")
             print(f"balance point: trial {doc['balance_trial']}: validation {task.format(b[key])}, test "
                   f"{task.format(t[metric])} (dense {task.format(t['dense_' + metric])}){speed}; {b.get('folder')}")
         elif b:
@@ -183,6 +192,7 @@ def export(
     opset: Optional[int] = typer.Option(None, "--opset", help="ONNX opset (default: the exporter's)"),
     threads: Optional[int] = typer.Option(None, "--threads", help="onnxruntime threads for the latency check (default: its own)"),
     min_run_time: float = typer.Option(1.0, "--min-run-time", help="seconds of timed calls per latency batch size"),
+    rounds: int = typer.Option(5, "--rounds", help="rounds of alternating dense / export timing for the speedup interval"),
     trust_code: bool = typer.Option(False, "--trust-code", help="allow the model's own code (import-path models)"),
     compare_dense: bool = typer.Option(True, "--compare-dense/--no-compare-dense",
                                        help="also export and time the run's cached dense model; report both"),
@@ -193,7 +203,8 @@ def export(
         if format_ not in R.EXPORTERS:
             raise PrunetuneError(f"--format {format_}: unknown export format; choose one of: {', '.join(R.EXPORTERS.names())}")
         print(json.dumps(R.EXPORTERS.get(format_)(model_dir, out, opset=opset, threads=threads,
-                                     min_run_time=min_run_time, trust_code=trust_code, compare_dense=compare_dense), indent=2))
+                                     min_run_time=min_run_time, trust_code=trust_code, compare_dense=compare_dense,
+                                     rounds=rounds), indent=2))
 
     _guard(go)
 

@@ -29,6 +29,7 @@ from .files import as_final, temp_beside
 from .pruning.masks import realise
 from .registry import EXPORTERS
 from .tasks.causal_lm import refuse_lm_folder
+from .timing import compare_callables
 
 TOLERANCE = 1e-4  # max abs difference allowed between onnxruntime and PyTorch logits
 SEED = 20240607
@@ -107,8 +108,12 @@ def _text_io(plain: torch.nn.Module, manifest, g: torch.Generator) -> _IO:
                f"random token ids, sequence length {seq}, all attended")
 
 
-def _dense_comparison(model_dir: Path, threads: int | None, min_run_time: float, trust_code: bool) -> dict[str, Any] | None:
-    """The dense model of the run `model_dir` belongs to, exported to a temporary file and timed alike."""
+def _dense_comparison(model_dir: Path, threads: int | None, min_run_time: float, trust_code: bool, sess,
+                      feeds: dict[str, dict[str, np.ndarray]], rounds: int) -> dict[str, Any] | None:
+    """The dense model of the run `model_dir` belongs to, exported to a temporary file and timed against
+    this export's session `sess` alternately (`timing.compare_callables`, `rounds` rounds) on each of
+    `feeds` ({"batch_<b>": inputs}): `ort_latency_ms` is the dense model's p50 there and `measured` the
+    speedup records (ratio dense / this, interval, verdict, noise flag)."""
     run_report = model_dir.resolve().parent / "report.json"
     try:
         dense_dir = Path(json.loads(run_report.read_text())["dense"]["cache"])
@@ -118,8 +123,14 @@ def _dense_comparison(model_dir: Path, threads: int | None, min_run_time: float,
         return None
     with tempfile.TemporaryDirectory() as tmp:
         rep = export_onnx(dense_dir, Path(tmp) / "dense.onnx", check_inputs=3, threads=threads,
-                          min_run_time=min_run_time, trust_code=trust_code, compare_dense=False)
-    return {"model": str(dense_dir), "bytes": rep["bytes"], "ort_latency_ms": rep["ort_latency_ms"]}
+                          min_run_time=0.01, trust_code=trust_code, compare_dense=False)  # timed below, alternately
+        dense_sess, _ = _ort_session(Path(tmp) / "dense.onnx", threads)
+        cores = threads or os.cpu_count() or 1  # onnxruntime's default: a thread per core
+        timed = {k: compare_callables(lambda f=feed: dense_sess.run(None, f), lambda f=feed: sess.run(None, f),
+                                      rounds=rounds, min_run_time=min_run_time, threads=cores) for k, feed in feeds.items()}
+        del dense_sess
+    return {"model": str(dense_dir), "bytes": rep["bytes"],
+            "ort_latency_ms": {k: t["dense_ms"]["p50"] for k, t in timed.items()}, "measured": timed}
 
 
 def _ort_latency_ms(sess, feed: dict[str, np.ndarray], min_run_time: float) -> float:
@@ -138,14 +149,16 @@ def _ort_latency_ms(sess, feed: dict[str, np.ndarray], min_run_time: float) -> f
 @EXPORTERS.register("onnx", "ONNX file checked against PyTorch in onnxruntime, and timed there")
 def export_onnx(model_dir: str | Path, out_file: str | Path | None = None, opset: int | None = None,
                 check_inputs: int = 100, threads: int | None = None, min_run_time: float = 1.0,
-                trust_code: bool = False, compare_dense: bool = True) -> dict[str, Any]:
+                trust_code: bool = False, compare_dense: bool = True, rounds: int = 5) -> dict[str, Any]:
     """Export a saved model folder to ONNX; return (and write beside it) the export report.
 
     `out_file` defaults to `model.onnx` beside the model folder (the run folder), so the model folder
     stays exactly as saved. `threads` None leaves onnxruntime's thread settings at its defaults.
     With `compare_dense`, a run's model whose dense model is still cached (report.json beside the
     model folder names it) is compared with the dense model exported the same way: the report gives
-    both files' bytes and onnxruntime latencies, the size ratio and the measured speedup.
+    both files' bytes and onnxruntime latencies, the size ratio and the measured speedup: `ort_speedup`
+    (dense / this, ratio of medians) from the two timed alternately for `rounds` rounds, and
+    `ort_speedup_measured` with each one's 95 % interval, verdict and noise flag (see timing.py).
     """
     model_dir = Path(model_dir)
     refuse_lm_folder(read_manifest(model_dir), model_dir, "export")  # a clear error before anything else
@@ -158,6 +171,8 @@ def export_onnx(model_dir: str | Path, out_file: str | Path | None = None, opset
             raise PrunetuneError(f"--opset {opset}: the exporter supports opsets {lo} to {hi}")
     if check_inputs < 1:
         raise PrunetuneError(f"check_inputs: {check_inputs}; check at least 1 input")
+    if rounds < 2:
+        raise PrunetuneError(f"rounds: {rounds}; time at least 2 alternating rounds (default 5)")
     out = Path(out_file) if out_file is not None else model_dir.resolve().parent / "model.onnx"
     if out.suffix.lower() != ".onnx":
         raise PrunetuneError(f"--out {out}: an ONNX file name must end in .onnx")
@@ -222,9 +237,8 @@ def export_onnx(model_dir: str | Path, out_file: str | Path | None = None, opset
         if not worst <= TOLERANCE:  # also catches NaN
             raise RuntimeFault(f"{model_dir}: onnxruntime and PyTorch differ by {worst:.3g} (> {TOLERANCE}) on "
                                f"{check_inputs} inputs; the exported file was deleted")
-        latency = {f"batch_{b}": _ort_latency_ms(sess, {k: v.numpy() for k, v in io.make(b, timing=True).items()}, min_run_time)
-                   for b in (1, io.batch)}
-        del sess
+        feeds = {f"batch_{b}": {k: v.numpy() for k, v in io.make(b, timing=True).items()} for b in (1, io.batch)}
+        latency = {k: _ort_latency_ms(sess, feed, min_run_time) for k, feed in feeds.items()}
         report = {
             "file": str(out),
             "bytes": tmp.stat().st_size,
@@ -243,11 +257,14 @@ def export_onnx(model_dir: str | Path, out_file: str | Path | None = None, opset
             "torch_version": torch.__version__,
         }
         if compare_dense:
-            dense = _dense_comparison(model_dir, threads, min_run_time, trust_code)
+            dense = _dense_comparison(model_dir, threads, min_run_time, trust_code, sess, feeds, rounds)
             if dense is not None:
+                timed = dense.pop("measured")
                 report["dense"] = dense
                 report["size_ratio"] = round(dense["bytes"] / report["bytes"], 3)
-                report["ort_speedup"] = {k: round(dense["ort_latency_ms"][k] / v, 3) for k, v in latency.items()}
+                report["ort_speedup"] = {k: t["ratio"] for k, t in timed.items()}
+                report["ort_speedup_measured"] = timed
+        del sess
         tmp_report.write_text(json.dumps(report, indent=2) + "\n")
         if out.exists() or report_path.exists():
             raise PrunetuneError(f"{out}: appeared while exporting; choose another --out or remove it")

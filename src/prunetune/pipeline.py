@@ -38,6 +38,7 @@ from .files import cache_root, staged_folder
 from .reporting.format import speedups
 from .reporting.write import write_reports
 from .session import kernel_settings, open_session
+from .timing import stage_speedup
 from .tracking import Tracker
 from .training import Trainer
 
@@ -118,6 +119,10 @@ def run(recipe: Recipe, out: str | Path | None = None, log: Callable[[str], None
         log(format_plan(plan))
         log(f"measure: pruned to {controller.final_sparsity:.3f} before fine-tuning")
         stages["pruned"] = measure_stage(pruned, task, bundle, recipe.evaluate, device, ref)
+        masked, timed = bool(getattr(pruner, "masked", False)), {}
+        if recipe.evaluate.latency:  # the pruned model is trained in place next: time it against dense now
+            log("measure: pruned vs dense, timed alternately")
+            timed["pruned"] = stage_speedup(dense, pruned, task, bundle, recipe.evaluate, device, masked)
         oneshot = len(controller.sparsities) == 1
         if oneshot:
             model = pruned
@@ -161,6 +166,9 @@ def run(recipe: Recipe, out: str | Path | None = None, log: Callable[[str], None
                 f"max logit difference {mg['max_logit_diff']:.2e}")
         log("measure: fine-tuned")
         stages["finetuned"] = measure_stage(model, task, bundle, recipe.evaluate, device, ref)
+        if recipe.evaluate.latency:
+            log("measure: fine-tuned vs dense, timed alternately")
+            timed["finetuned"] = stage_speedup(dense, model, task, bundle, recipe.evaluate, device, masked)
 
         report = {
             "kind": "run",
@@ -170,7 +178,7 @@ def run(recipe: Recipe, out: str | Path | None = None, log: Callable[[str], None
             "metric": task.metric,
             "higher_is_better": task.higher_is_better,
             "stages": stages,
-            "speedup": speedups(stages),
+            "speedup": speedups(stages, timed),
             "plan": plan_rows(dense, model, targets),
             "finetune": {"epochs_run": len(history), "best_epoch": trainer.best_epoch,
                          "wall_s": round(trainer.wall_s, 2), "steps": trainer.steps,

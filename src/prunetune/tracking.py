@@ -3,7 +3,8 @@
 A tracker gets the resolved recipe (flattened to dotted keys) at `start`, one row per training epoch
 (`log_epoch("dense" | "finetune", row)`: train_loss, val_loss, val_accuracy, lr, the step being the
 epoch counted across phases), and the report at `finish`: every stage metric as
-`stages/<stage>/<metric>`, speedups as `speedup/<stage>/<ratio>`, plus the report files.
+`stages/<stage>/<metric>`, speedups as `speedup/<stage>/<ratio>` (with `<batch>_low`, `_high`, `_noisy`
+from the alternating timing), plus the report files.
 
 `start` and `finish` are called with the run's temporary folder, which is renamed into place after
 `finish`: TensorBoard event files are written to `<run>/tensorboard/` and so end up in the final
@@ -96,6 +97,11 @@ def report_metrics(report: dict[str, Any]) -> dict[str, float]:
         for k, v in row.items():
             if (x := _number(v)) is not None:
                 out[f"speedup/{stage}/{k.removeprefix('speedup_')}"] = x
+        for key, rec in (row.get("measured") or {}).items():  # the alternating timing's interval (timing.py)
+            for part in ("low", "high"):
+                if (x := _number(rec.get(part))) is not None:
+                    out[f"speedup/{stage}/{key}_{part}"] = x
+            out[f"speedup/{stage}/{key}_noisy"] = float(bool(rec.get("noisy")))
     for k in ("epochs_run", "best_epoch", "wall_s"):
         if (x := _number((report.get("finetune") or {}).get(k))) is not None:
             out[f"finetune/{k}"] = x

@@ -233,7 +233,9 @@ class EvaluateSpec(_Section):
     latency_batch: int = Field(64, ge=1)
     sequence_length: int | None = Field(None, ge=1, description="text: tokens per sequence for latency and memory (default: real lengths)")
     threads: int | None = Field(None, ge=1, description="CPU threads for latency (default: torch's)")
-    min_run_time: float = Field(1.0, gt=0, description="seconds of timing per latency measurement")
+    min_run_time: float = Field(1.0, gt=0, description="seconds of timing per latency measurement (per model when two are timed alternately)")
+    latency_rounds: int = Field(5, ge=2, le=50, description="speedups: rounds of alternating dense / candidate timing "
+                                "(each min_run_time / rounds seconds per model); more rounds, a fairer interval")
     latency: bool = True
     memory: bool = True
     device: str | None = Field(None, description="cpu or cuda (default: cuda when present)")

@@ -16,15 +16,27 @@ def short(v: Any) -> str:
     return f"{v:.4g}" if isinstance(v, float) else str(v)
 
 
-def speedups(stages: dict[str, Any]) -> dict[str, dict[str, float]]:
-    """Measured latency ratios dense / stage (p50), beside the MAC ratio."""
+NO_CHANGE = "no measurable change"
+
+
+def speedups(stages: dict[str, Any], measured: dict[str, dict[str, Any]] | None = None) -> dict[str, dict[str, Any]]:
+    """Per stage: the MAC ratio and the measured speedups dense / stage at batch 1 and N.
+
+    Without `measured`, `speedup_batch_<b>` is the ratio of the stages' p50 latencies (timed one after
+    the other). With `measured[stage]` (timing.stage_speedup: the stage timed alternately with the
+    dense model) the row also carries those records under `measured` and `speedup_batch_<b>` is their
+    ratio of medians."""
     dense = stages["dense"]
     out = {}
     for name, s in stages.items():
-        row = {"macs_ratio": round(dense["macs"] / max(1, s["macs"]), 3)}
+        row: dict[str, Any] = {"macs_ratio": round(dense["macs"] / max(1, s["macs"]), 3)}
         if "latency_ms" in s and "latency_ms" in dense:
             for key in ("batch_1", "batch_N"):
                 row[f"speedup_{key}"] = round(dense["latency_ms"][key]["p50"] / s["latency_ms"][key]["p50"], 3)
+        if measured and name in measured:
+            row["measured"] = measured[name]
+            for key, rec in measured[name].items():
+                row[f"speedup_{key}"] = rec["ratio"]
         out[name] = row
     return out
 
@@ -41,3 +53,53 @@ def compute_line(c: dict[str, Any]) -> str:
                  + ("spent, no further trials were launched." if c["budget_spent"] else "not yet spent."))
     return text
 
+def speedup_text(rec: dict[str, Any] | float | None) -> str:
+    """A speedup as people read it: "2.71× (2.60–2.83)" (ratio and 95 % interval), "no measurable change"
+    when the interval contains 1.0 or its verdict says so, a bare "1.23×" for a report from before
+    intervals (a float), "-" for none."""
+    if rec is None:
+        return "-"
+    if isinstance(rec, (int, float)):
+        return f"{rec:.2f}×"
+    if rec.get("verdict") == NO_CHANGE or rec["low"] <= 1.0 <= rec["high"]:
+        return NO_CHANGE
+    return f"{rec['ratio']:.2f}× ({rec['low']:.2f}–{rec['high']:.2f})"
+
+
+def stage_speedup_text(row: dict[str, Any] | None, key: str) -> str:
+    """A stage's speedup at `key` (batch_1 / batch_N) from its report.json `speedup` row, old or new."""
+    row = row or {}
+    rec = (row.get("measured") or {}).get(key)
+    return speedup_text(rec if rec is not None else row.get(f"speedup_{key}"))
+
+
+def speedup_notes(row: dict[str, Any] | None) -> list[str]:
+    """What a reader must know about a stage's speedups: noise reasons and the masked-weights note,
+    each once, prefixed by the batch it concerns ("b1: ..."); empty for a clean or old record."""
+    notes: list[str] = []
+    for key, rec in ((row or {}).get("measured") or {}).items():
+        tag = "b1" if key == "batch_1" else f"b{rec.get('batch', 'N')}"
+        if rec.get("noisy"):
+            notes.append(f"{tag} noisy: " + "; ".join(rec.get("reasons") or ["unstable timing"]))
+        if rec.get("note") and rec["note"] not in notes:
+            notes.append(rec["note"])
+    return notes
+
+
+def interval_text(value: Any, low: Any = None, high: Any = None) -> str:
+    """A cost with its interval, "0.870 (0.800–0.950)"; just the value without one; "" for none."""
+    if value is None:
+        return ""
+    if low is None or high is None:
+        return short(value)
+    return f"{value:.3f} ({low:.3f}–{high:.3f})"
+
+
+def row_speedup(r: dict[str, Any]) -> str:
+    """A sweep trial's speedup: with its interval (`speedup_low` / `speedup_high`) as `speedup_text` shows
+    one; a bare number for a trial stored before intervals; "" when none was measured."""
+    if not r.get("speedup"):
+        return ""
+    if r.get("speedup_low") is not None and r.get("speedup_high") is not None:
+        return speedup_text({"ratio": r["speedup"], "low": r["speedup_low"], "high": r["speedup_high"], "verdict": r.get("verdict")})
+    return f"{r['speedup']:.2f}×"

@@ -5,7 +5,7 @@ from __future__ import annotations
 from ..errors import PrunetuneError
 from ..robustness import floor_accuracy, floor_label
 from . import classes
-from .format import STAGES, compute_line, fmt_bytes, short, speedups
+from .format import STAGES, compute_line, fmt_bytes, interval_text, row_speedup, short, speedup_notes, speedups, stage_speedup_text
 from .model import RefineReport, RunReport, SweepReport
 from .robustness import markdown_lines as robustness_lines
 from .samples import markdown_lines as sample_lines
@@ -23,7 +23,7 @@ def markdown(report: RunReport | RefineReport | SweepReport) -> str:
 def run_markdown(report: RunReport) -> str:
     """report.md of a run."""
     stages = report.stages
-    sp = speedups(stages)
+    sp = report.speedup or speedups(stages)  # a report from before `speedup` was stored: from the stages
     r = report.recipe
     task = report.metric_task()
     metric = task.metric
@@ -57,11 +57,19 @@ def run_markdown(report: RunReport) -> str:
         if any_lat:
             lat = s["latency_ms"]
             row += (f" {lat['batch_1']['p50']:.3f} | {lat['batch_N']['p50']:.3f} | "
-                    f"{sp[name]['speedup_batch_1']:.2f}× / {sp[name]['speedup_batch_N']:.2f}× |")
+                    f"{stage_speedup_text(sp.get(name), 'batch_1')} / {stage_speedup_text(sp.get(name), 'batch_N')} |")
         lines.append(row)
     d = stages["dense"]
-    lines += ["", f"Latency: `torch.utils.benchmark`, {d['threads']} thread(s), device {d.get('device', 'cpu')}; "
-              "speedup = dense p50 / stage p50 (measured, never inferred from MACs).", ""]
+    timed = any((sp.get(s_) or {}).get("measured") for s_ in STAGES)
+    lines += ["", f"Latency: `torch.utils.benchmark`, {d['threads']} thread(s), device {d.get('device', 'cpu')}; " + (
+        "speedup = dense / stage median latency, each stage timed alternately with the dense model, with its 95 % "
+        "bootstrap interval (\"no measurable change\" when the interval contains 1); measured, never inferred from MACs."
+        if timed else "speedup = dense p50 / stage p50 (measured, never inferred from MACs)."), ""]
+    for name in STAGES:
+        for note in speedup_notes(sp.get(name)):
+            lines += [f"- {name}: {note}"]
+    if any(speedup_notes(sp.get(s_)) for s_ in STAGES):
+        lines.append("")
     ft = report.finetune
     if ft.get("trainable_params") is not None:
         lines += [f"Fine-tuning: `{ft.get('method', 'full')}`, {ft['trainable_params']:,} trainable parameters "
@@ -144,14 +152,15 @@ def sweep_markdown(doc: SweepReport) -> str:
     if b:
         t = b.get("test") or {}
         if t:
-            speed = (f"measured speedup {short(t.get('speedup_batch_N'))}× at batch N, {short(t.get('speedup_batch_1'))}× at batch 1, "
-                     if t.get("speedup_batch_N") is not None else "latency not measured, ")
+            speed = (f"measured speedup {stage_speedup_text(t, 'batch_N')} at batch N, {stage_speedup_text(t, 'batch_1')} at batch 1, "
+                     + "".join(f"{n}, " for n in speedup_notes(t)) if t.get("speedup_batch_N") is not None else "latency not measured, ")
             scored = (f"; test {task.format(t[metric])} (dense {task.format(t['dense_' + metric])}), {speed}"
                       f"non-zeros {t['nonzero_params']:,}, gzip {t['gzip_bytes']:,} bytes; run folder `{b.get('folder')}`")
         else:
             scored = " (not yet scored on the test set)"
         lines += [f"**Balance point: trial {doc.balance_trial}** — " + ", ".join(f"{k}={short(v)}" for k, v in b["params"].items()),
-                  "", f"validation {task.format(b[key])}{scored}", ""]
+                  "", f"validation {task.format(b[key])}, {doc.objective_label} "
+                  f"{interval_text(b.get('cost'), b.get('cost_low'), b.get('cost_high'))}{scored}", ""]
     else:
         lines += ["No trial is within the tolerance" + (" and above the robustness floor" if doc.robustness_floor else "")
                   + " yet.", ""]
@@ -160,8 +169,8 @@ def sweep_markdown(doc: SweepReport) -> str:
     for r in doc.rows:
         p = ", ".join(f"{k.split('.')[-1]}={short(v)}" for k, v in r["params"].items())
         val = task.format(r.get(key))
-        cost = "" if r["cost"] is None else short(r["cost"])
-        sp = "" if not r.get("speedup") else f"{r['speedup']:.2f}×"
+        cost = interval_text(r["cost"], r.get("cost_low"), r.get("cost_high"))
+        sp = row_speedup(r)
         mark = "balance" if r["balance"] else ("yes" if r["pareto"] else "")
         ep = "" if r.get("epochs_run") is None else str(r["epochs_run"])
         de = "" if r.get("dense_epochs") is None else f"{r['dense_epochs']:.3g}"

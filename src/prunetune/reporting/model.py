@@ -49,7 +49,7 @@ class RunReport(_Report):
     metric: str = "accuracy"  # reports from before tasks named their metric are classification runs
     higher_is_better: bool = True
     task: str | None = None
-    speedup: dict[str, dict[str, float]] | None = None
+    speedup: dict[str, dict[str, Any]] | None = None  # per stage: ratios; `measured`: timing records
     dense: dict[str, Any] = {}
     distill: dict[str, Any] | None = None
     adaptive: dict[str, Any] | None = None

@@ -6,17 +6,17 @@ from pathlib import Path
 from typing import Any
 
 from . import classes, robustness, samples
-from .format import STAGES, fmt_bytes, speedups
+from .format import STAGES, fmt_bytes, speedup_notes, speedups, stage_speedup_text
 from .html import cell, esc, img, lat, notes_and_curves, page, per_class, table
 from ..tasks import Task
 from .model import RunReport
 
 
-def stage_table(stages: dict[str, Any], task: Task) -> str:
+def stage_table(stages: dict[str, Any], task: Task, speedup: dict[str, Any] | None = None) -> str:
     """Dense, pruned and fine-tuned side by side: metric, counts, MACs, sizes, latency, speedups."""
     metric = task.metric
     names = [n for n in STAGES if n in stages]
-    sp = speedups(stages)
+    sp = speedup or speedups(stages)  # a report from before `speedup` was stored: from the stages
     dense = stages["dense"]
     n = dense.get("latency_ms", {}).get("batch_N", {}).get("batch", "N")
     mem = any("peak_memory_bytes" in stages[s] for s in names)
@@ -27,7 +27,7 @@ def stage_table(stages: dict[str, Any], task: Task) -> str:
     rows = []
     for name in names:
         s, r = stages[name], sp[name]
-        speed = (f"{r['speedup_batch_1']:.2f}× / {r['speedup_batch_N']:.2f}×" if "speedup_batch_1" in r else "-")
+        speed = (f"{stage_speedup_text(r, 'batch_1')} / {stage_speedup_text(r, 'batch_N')}" if "speedup_batch_1" in r else "-")
         row = [name, f"{s[metric]:.2f}", f"{s[metric] - dense[metric]:+.2f}", f"{s['params']:,}",
                f"{s['nonzero_params']:,}", f"{s['sparsity']:.3f}", f"{s['prunable_sparsity']:.3f}",
                f"{s['macs'] / 1e6:.2f} M (÷{r['macs_ratio']:.2f})", fmt_bytes(s["size_bytes"]), fmt_bytes(s["gzip_bytes"]),
@@ -77,10 +77,18 @@ def render_run(report: RunReport, folder: Path | None, images: dict[str, bytes])
         body.append(f'<p id="distill">Distilled from <code>{esc(d["teacher"])}</code> (test {esc(task.metric)} '
                     f"{task.format(d['teacher_test_' + task.metric])}), alpha {esc(d['alpha'])}, T {esc(d['temperature'])}; teacher logits "
                     f"{'cached per example' if d['cached_logits'] else 'per batch'}, teacher time {d['teacher_s']:.1f} s.</p>")
-    body += ['<section id="stages">', "<h2>Stages</h2>", stage_table(stages, task)]
+    body += ['<section id="stages">', "<h2>Stages</h2>", stage_table(stages, task, report.speedup)]
     d = stages["dense"]
+    sp = report.speedup or {}
+    timed = any((sp.get(s) or {}).get("measured") for s in STAGES)
+    how = ("speedup = dense / stage median latency, each stage timed alternately with the dense model, with its 95 % "
+           "bootstrap interval (&quot;no measurable change&quot; when the interval contains 1)" if timed
+           else "speedup = dense p50 / stage p50")
     body.append(f'<p class="note">Latency: <code>torch.utils.benchmark</code>, {esc(d["threads"])} thread(s), device '
-                f"{esc(d.get('device', 'cpu'))}; speedup = dense p50 / stage p50 (measured, never inferred from MACs).</p>")
+                f"{esc(d.get('device', 'cpu'))}; {how} (measured, never inferred from MACs).</p>")
+    notes = [f"{s}: {n}" for s in STAGES for n in speedup_notes(sp.get(s))]
+    if notes:
+        body.append('<ul class="note" id="latency-notes">' + "".join(f"<li>{esc(n)}</li>" for n in notes) + "</ul>")
     body += notes_and_curves(report.notes, images)
     body += robustness.html_section(stages, STAGES)
     body += samples.html_section(stages, STAGES)  # language models: generations per stage

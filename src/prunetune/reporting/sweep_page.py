@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .format import compute_line, fmt_bytes
+from .format import compute_line, fmt_bytes, interval_text, row_speedup, speedup_notes, stage_speedup_text
 from .html import cell, esc, img, page, table
 from .model import SweepReport
 
@@ -29,10 +29,11 @@ def render_sweep(doc: SweepReport, folder: Path | None) -> str:
     b = doc.balance
     if b:
         t = b.get("test") or {}
-        rows = [[f"validation {metric}", task.format(b[key])], [doc.objective_label, cell(b["cost"])]]
+        rows = [[f"validation {metric}", task.format(b[key])], [doc.objective_label, interval_text(b["cost"], b.get("cost_low"), b.get("cost_high"))]]
         if t:
             rows += [[f"test {metric} (dense)", f"{task.format(t[metric])} ({task.format(t['dense_' + metric])})"],
-                     ["measured speedup batch 1 / N", f"{cell(t.get('speedup_batch_1'))}× / {cell(t.get('speedup_batch_N'))}×"],
+                     ["measured speedup batch 1 / N", f"{stage_speedup_text(t, 'batch_1')} / {stage_speedup_text(t, 'batch_N')}"
+                      + "".join(f"; {n}" for n in speedup_notes(t))],
                      ["parameters / non-zeros", f"{t['params']:,} / {t['nonzero_params']:,}"],
                      ["size (gzip)", f"{fmt_bytes(t['size_bytes'])} ({fmt_bytes(t['gzip_bytes'])})"]]
         body += [f"<h2>Balance point: trial {doc.balance_trial}</h2>",
@@ -44,8 +45,9 @@ def render_sweep(doc: SweepReport, folder: Path | None) -> str:
         body += ["<h2>Pareto front</h2>",
                  img(png.read_bytes(), f"sweep: validation {metric} against cost, Pareto front and balance point")]
     head = ["trial", "state", "params", f"val {task.label}", "cost", "speedup", "epochs", "dense epochs", "Pareto", "note"]
-    trs = [[r["trial"], r["state"], ", ".join(f"{k}={v}" for k, v in r["params"].items()), r.get(key), r["cost"],
-            r.get("speedup"), r.get("epochs_run"), r.get("dense_epochs"),
-            "balance" if r["balance"] else ("yes" if r["pareto"] else ""), r.get("note", "")] for r in doc.rows]
+    trs = [[r["trial"], r["state"], ", ".join(f"{k}={v}" for k, v in r["params"].items()), r.get(key),
+            interval_text(r["cost"], r.get("cost_low"), r.get("cost_high")), row_speedup(r), r.get("epochs_run"),
+            r.get("dense_epochs"), "balance" if r["balance"] else ("yes" if r["pareto"] else ""), r.get("note", "")]
+           for r in doc.rows]
     body += ["<h2>Trials</h2>", table(head, [[cell(v) for v in r] for r in trs], numeric={0, 3, 4, 5, 6, 7})]
     return page(f"prunetune sweep {doc.study}", body)

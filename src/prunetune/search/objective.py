@@ -15,13 +15,14 @@ from .. import pipeline
 from ..artifacts import load_model
 from ..data import build_data
 from ..errors import PrunetuneError
-from ..measure import example_batch, latency_ms
+from ..measure import example_batch
 from ..pruning.masks import realise
 from ..recipe import Recipe
 from ..registry import SCHEDULES
-from ..reporting.format import short
+from ..reporting.format import row_speedup, short
 from ..robustness import floor_accuracy
 from ..tasks import Task
+from ..timing import compare_models
 from .fidelity import excess_drop
 from .space import validate, with_params
 from .storage import optuna_module
@@ -72,19 +73,25 @@ def _total_epochs(recipe: Recipe) -> int:
     return sum(p.epochs for p in phases)
 
 
-def interleaved_latency_ratio(dense_dir: Path, model_dir: Path, recipe: Recipe, rounds: int = 2) -> float:
-    """p50 latency at evaluate.latency_batch of the saved model over the dense model's, measured in
-    alternation (dense, model, dense, model, ...) and taking each one's best round."""
+def interleaved_latency_ratio(dense_dir: Path, model_dir: Path, recipe: Recipe, masked: bool = False) -> dict[str, Any]:
+    """The saved model timed against the dense model alternately at evaluate.latency_batch
+    (`timing.compare_models`, evaluate.latency_rounds rounds): the speedup record (ratio dense / model,
+    its 95 % interval `low`..`high`, verdict, noise flag) plus `cost` = 1 / ratio, the trial's
+    latency relative to dense, with `cost_low` / `cost_high` = 1 / high, 1 / low."""
     task = Task.from_recipe(recipe)
     bundle = build_data(recipe.data, recipe.seed, recipe.model)
     x = example_batch(bundle.val, recipe.evaluate.latency_batch, recipe.evaluate.sequence_length)
     threads = recipe.evaluate.threads or torch.get_num_threads()
     dense, model = realise(load_model(dense_dir)[0]), realise(load_model(model_dir)[0])
-    best = {"d": float("inf"), "m": float("inf")}
-    for _ in range(rounds):
-        for key, m in (("d", dense), ("m", model)):
-            best[key] = min(best[key], latency_ms(m, task.forward, x, threads, recipe.evaluate.min_run_time)["p50"])
-    return best["m"] / best["d"]
+    ev = recipe.evaluate
+    rec = compare_models(dense, model, task.forward, x, threads=threads, rounds=ev.latency_rounds,
+                         min_run_time=ev.min_run_time, masked=masked)
+    return {**rec, "cost": 1.0 / rec["ratio"], "cost_low": 1.0 / rec["high"], "cost_high": 1.0 / max(rec["low"], 1e-6)}
+
+
+def _measured_n(rep: dict[str, Any]) -> dict[str, Any]:
+    """The run's fine-tuned-vs-dense record at batch N (empty for a run without latency)."""
+    return ((rep.get("speedup") or {}).get("finetuned", {}).get("measured") or {}).get("batch_N") or {}
 
 
 def run_trial(s: Sweep, trial, dense_val: float) -> tuple[float, float]:
@@ -145,10 +152,21 @@ def run_trial(s: Sweep, trial, dense_val: float) -> tuple[float, float]:
         rung.close("complete")
     f, d = rep["stages"]["finetuned"], rep["stages"]["dense"]
     cost = float(OBJECTIVES[s.spec.objective][1](f, d))
+    timed = _measured_n(rep)  # the run's own alternating timing of the fine-tuned model against dense
     if s.spec.objective == "latency" and (folder / "model").exists() and rep["dense"].get("cache"):
         # Dense and pruned timed back to back, alternately: a busy machine's drift cancels out.
-        cost = interleaved_latency_ratio(Path(rep["dense"]["cache"]), folder / "model", recipe)
+        timed = interleaved_latency_ratio(Path(rep["dense"]["cache"]), folder / "model", recipe, bool(timed.get("masked")))
         shutil.rmtree(folder / "model", ignore_errors=True)  # only the balance point's model is kept (OUT/balance)
+    elif s.spec.objective == "latency" and timed:
+        timed = {**timed, "cost_low": 1.0 / timed["high"], "cost_high": 1.0 / max(timed["low"], 1e-6)}
+    if s.spec.objective == "latency" and timed.get("cost_low") is not None:
+        cost = 1.0 / timed["ratio"]
+    # The speedup's interval whatever the objective (the speedup column never shows noise as a number);
+    # the cost's interval when the cost is latency.
+    interval = ({"speedup_low": timed["low"], "speedup_high": timed["high"], "verdict": timed["verdict"],
+                 "noisy": timed["noisy"], "reasons": timed["reasons"]} if timed.get("low") is not None else {})
+    if s.spec.objective == "latency" and timed.get("cost_low") is not None:
+        interval.update({"cost_low": round(timed["cost_low"], 4), "cost_high": round(timed["cost_high"], 4)})
     result = {
         key: f[m], "cost": cost, "params": f["params"], "nonzero_params": f["nonzero_params"],
         "sparsity": f["sparsity"], "macs": f["macs"], "gzip_bytes": f["gzip_bytes"],
@@ -156,6 +174,7 @@ def run_trial(s: Sweep, trial, dense_val: float) -> tuple[float, float]:
         "speedup": (round(1.0 / cost, 3) if s.spec.objective == "latency" and cost > 0
                     else rep["speedup"]["finetuned"].get("speedup_batch_N")),
         "dense_latency_ms": (d.get("latency_ms") or {}).get("batch_N", {}).get("p50"),
+        "masked": bool(_measured_n(rep).get("masked")), **interval,
         "wall_s": round(time.time() - t0, 1), "val_curve": curve,
     }
     floor = s.spec.robustness_floor
@@ -167,5 +186,6 @@ def run_trial(s: Sweep, trial, dense_val: float) -> tuple[float, float]:
             trial.set_constraint("robustness_floor", constraint)
     trial.set_user_attr("result", result)
     s.log(f"trial {trial.number}: val {s.task.format(f[m])} (dense {s.task.format(dense_val)}), {s.spec.objective} "
-          f"{short(cost)}" + (f", speedup {result['speedup']:.2f}x" if result["speedup"] else "") + f" ({result['wall_s']:.0f}s)")
+          f"{short(cost)}" + (f", speedup {row_speedup(result)}" if result["speedup"] else "")
+          + ("" if not result.get("noisy") else f" (noisy: {'; '.join(result['reasons'])})") + f" ({result['wall_s']:.0f}s)")
     return f[m], cost

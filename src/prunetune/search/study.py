@@ -213,8 +213,9 @@ def summarise(study, spec) -> dict[str, Any]:
         r = t.user_attrs.get("result") or {}
         row = {"trial": t.number, "state": t.state.name.lower(), "params": t.params,
                key: r.get(key), "cost": r.get("cost"), "speedup": r.get("speedup"),
-               "nonzero_params": r.get("nonzero_params"), "gzip_bytes": r.get("gzip_bytes"), "macs": r.get("macs"),
-               **trial_record(t)}
+               "nonzero_params": r.get("nonzero_params"), "gzip_bytes": r.get("gzip_bytes"),
+               "macs": r.get("macs"), "masked": r.get("masked", False), **trial_record(t)}
+        row.update({k: r[k] for k in INTERVAL_KEYS if k in r})  # latency: the cost's interval (older studies: none)
         if t.state == TrialState.PRUNED:
             by = f" ({t.user_attrs['pruned_by']})" if t.user_attrs.get("pruned_by") else ""
             row["note"] = t.user_attrs.get("invalid") or f"stopped after epoch {t.user_attrs.get('stopped_at_epoch')}{by}"
@@ -234,8 +235,7 @@ def summarise(study, spec) -> dict[str, Any]:
     complete = [r for r in complete if r.get("meets_floor", True)]  # infeasible under search.robustness_floor
     front = pareto(complete, key, task.higher_is_better)
     feasible = [r for r in complete if task.drop(r[key], dense[key]) <= spec.tolerance]
-    # The cheapest feasible trial; of equally cheap ones, the better metric.
-    balance = min(feasible, key=lambda r: (r["cost"], -task.score({task.metric: r[key]}))) if feasible else None
+    balance = choose_balance(feasible, key, task.higher_is_better)
     for r in rows:
         r["pareto"] = r in front
         r["balance"] = balance is not None and r["trial"] == balance["trial"]
@@ -250,6 +250,38 @@ def summarise(study, spec) -> dict[str, Any]:
         "compute": compute_summary(rows, dense, spec.budget_dense_epochs), "fidelity": fidelity_rule(spec.fidelity),
         "warm_start": study.user_attrs.get("warm_start"),
     }
+
+
+INTERVAL_KEYS = ("cost_low", "cost_high", "speedup_low", "speedup_high", "verdict", "noisy", "reasons")
+
+
+def _cost_interval(r: dict[str, Any]) -> tuple[float, float]:
+    """A row's cost interval: its measured `cost_low`..`cost_high` (a point for costs without one). A
+    masked trial's latency interval is stretched to include 1.0 (the dense model's cost): masked weights
+    run on dense kernels, so any gain it shows over dense is noise."""
+    lo, hi = r.get("cost_low"), r.get("cost_high")
+    lo, hi = (r["cost"], r["cost"]) if lo is None or hi is None else (lo, hi)
+    if r.get("masked") and r.get("cost_low") is not None:
+        lo, hi = min(lo, 1.0), max(hi, 1.0)
+    return lo, hi
+
+
+def choose_balance(feasible: list[dict[str, Any]], key: str = "val_accuracy",
+                   higher_is_better: bool = True) -> dict[str, Any] | None:
+    """The balance point among `feasible` rows: the cheapest, where costs whose intervals overlap the
+    cheapest row's interval tie (a measured difference inside the noise decides nothing); ties go to fewer
+    MACs, then fewer non-zeros, then the better metric, then the lower cost. So a masked trial never
+    beats a structurally smaller trial on latency by noise."""
+    if not feasible:
+        return None
+    sign = -1.0 if higher_is_better else 1.0
+    best = min(feasible, key=lambda r: (r["cost"], sign * r[key]))
+    b_lo, b_hi = _cost_interval(best)
+    ties = [r for r in feasible if _cost_interval(r)[0] <= b_hi and b_lo <= _cost_interval(r)[1]]
+    big = float("inf")
+    return min(ties, key=lambda r: (big if r.get("macs") is None else r["macs"],
+                                    big if r.get("nonzero_params") is None else r["nonzero_params"],
+                                    sign * r[key], r["cost"]))
 
 
 def pareto(rows: list[dict[str, Any]], key: str = "val_accuracy", higher_is_better: bool = True) -> list[dict[str, Any]]:
@@ -275,7 +307,8 @@ def write_outputs(sweep: Sweep, study, score: bool) -> dict[str, Any]:
     if doc["balance_trial"] is not None:
         trial = next(t for t in study.get_trials(deepcopy=False) if t.number == doc["balance_trial"])
         row = next(r for r in doc["rows"] if r["trial"] == doc["balance_trial"])
-        doc["balance"] = {"params": trial.params, key: row[key], "cost": row["cost"]}
+        doc["balance"] = {"params": trial.params, key: row[key], "cost": row["cost"],
+                          **{k: row[k] for k in INTERVAL_KEYS if k in row}}
         if score and not bal_dir.exists():
             data = dict(trial.user_attrs["recipe"])
             data["name"] = f"{sweep.recipe.name}-balance"
