@@ -1,7 +1,7 @@
 """Fashion-MNIST benchmark: the small CNN and LeNet-300-100, pruned and fine-tuned by prunetune.
 
-Writes benchmarks/results/fashion_mnist.json and fashion_mnist.md (with the peer rows of
-../shared/ANCHORS.md beside ours). Takes about an hour on 2 CPU cores; `--quick` is a smoke
+Writes benchmarks/results/fashion_mnist.json and fashion_mnist.md. The glue on the same dense model
+is benchmarks/peer_glue.py (ANCHORS.md's peer rows came from another network and are gone). Takes about an hour on 2 CPU cores; `--quick` is a smoke
 test on a 2,000-image slice.
 
     python benchmarks/fashion_mnist.py [--quick] [--only NAME ...]
@@ -80,13 +80,6 @@ CONFIGS.append(("lenet300-unstructured-92-lamp",
                 {**LENET, "finetune": {"epochs": 15, "lr": 1e-3},
                  "prune": {"method": "unstructured", "importance": "lamp", "scope": "global", "sparsity": 0.92, "schedule": {"kind": "oneshot"}}}))
 
-# Peer rows from ../shared/ANCHORS.md (Torch-Pruning / torch.nn.utils.prune + 3 epochs plain AdamW).
-PEER = {
-    "cnn-channels-50": {"dense": 93.69, "before": 55.45, "after": 93.23, "speedup_b64": 2.78, "speedup_b1": 1.99, "macs_ratio": 3.9},
-    "cnn-channels-75": {"dense": 93.69, "before": 30.38, "after": 92.29, "speedup_b64": 4.97, "speedup_b1": 1.76, "macs_ratio": 15.0},
-    "cnn-unstructured-90": {"dense": 93.69, "before": 91.84, "after": 93.49, "speedup_b64": 0.80, "gzip_ratio": 5.4},
-    "cnn-unstructured-95": {"dense": 93.69, "before": 76.88, "after": 93.39, "speedup_b64": 0.84, "gzip_ratio": 7.9},
-}
 TARGETS = {  # name prefix -> (max drop in points, min measured speedup at batch 64)
     "cnn-unstructured-90": (0.5, None),
     "cnn-channels-50": (0.5, 2.5),
@@ -152,13 +145,6 @@ def table(rows: list[dict], machine: dict) -> str:
             f"| {r['name']} | {r['dense']:.2f} | {r['before_ft']:.2f} | {r['after_ft']:.2f} | {r['drop']:.2f} | {r['macs_ratio']:.2f} | "
             f"{r['speedup_b1']:.2f}× / {r['speedup_b64']:.2f}× | {r['nonzero_ratio']:.1f} | {r['gzip_ratio']:.1f} | {r['finetune_s']:.0f} | {tgt} |"
         )
-        peer = PEER.get(r["name"].rsplit("-", 1)[0])
-        if peer and r["name"].endswith("oneshot"):  # once per setting, under its plain one-shot row
-            sp = f"{peer.get('speedup_b1', float('nan')):.2f}× / {peer['speedup_b64']:.2f}×" if "speedup_b1" in peer else f"— / {peer['speedup_b64']:.2f}×"
-            lines.append(
-                f"| ↳ peer (ANCHORS.md) | {peer['dense']:.2f} | {peer['before']:.2f} | {peer['after']:.2f} | "
-                f"{peer['dense'] - peer['after']:.2f} | {peer.get('macs_ratio', 1.0):.1f} | {sp} | | {peer.get('gzip_ratio', '')} | | |"
-            )
     return "\n".join(lines) + "\n"
 
 

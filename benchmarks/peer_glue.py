@@ -39,6 +39,7 @@ from prunetune.pruning.masks import realise  # noqa: E402
 from prunetune.pipeline import run  # noqa: E402
 from prunetune.recipe import Recipe  # noqa: E402
 from prunetune.session import open_session  # noqa: E402
+from prunetune.timing import compare_models  # noqa: E402
 
 HERE = Path(__file__).parent
 RESULTS = HERE / "results"
@@ -176,8 +177,9 @@ def measured(row: dict, dense: nn.Module, model: nn.Module, bundle, latency: boo
                 "size_ratio": round(d_size / size, 2), "gzip_ratio": round(d_gz / gz, 2)})
     if latency:
         forward = lambda m, x: m(x)  # noqa: E731
-        row["speedup_b1"] = compare_latency(dense, model, forward, one, threads=torch.get_num_threads(), min_run_time=2.0)
-        row["speedup_b64"] = compare_latency(dense, model, forward, big, threads=torch.get_num_threads(), min_run_time=2.0)
+        for key, x in (("speedup_b1", one), ("speedup_b64", big)):
+            row[key] = compare_models(dense, model, forward, x, threads=torch.get_num_threads(), rounds=7, min_run_time=3.0,
+                                      masked=row["kind"] == "unstructured")
     return row
 
 
