@@ -16,8 +16,13 @@ from prunetune.artifacts import load_model, save_model
 from prunetune.errors import PrunetuneError
 from prunetune.measure import serialized_sizes
 from prunetune.models import build_model
+from prunetune.pipeline import run
 from prunetune.pruning.masks import attach_mask, masked_tensors, realise
-from prunetune.recipe import ModelSpec
+from prunetune.recipe import ModelSpec, load_recipe
+from prunetune.reporting.format import fmt_bytes
+from prunetune.reporting.markdown import markdown
+from prunetune.reporting.model import load_report
+from prunetune.reporting.write import render
 from prunetune.sparse_store import pack, unpack
 
 SHAPE = (1, 28, 28)
@@ -164,3 +169,28 @@ def test_old_layout_folder_still_loads(tmp_path):
     with torch.no_grad():
         assert torch.equal(plain(x), model(x)) and torch.equal(masked(x), model(x))
     assert all(torch.equal(plain.state_dict()[k], v) for k, v in load_model(folder)[0].state_dict().items())
+
+
+RUN = ["model.name=tiny_cnn", "data.source=synthetic", "data.limit=150", "dense.epochs=1", "finetune.epochs=1",
+       "finetune.batch_size=16", "prune.method=unstructured", "prune.sparsity=0.9", "evaluate.latency=false",
+       "evaluate.memory=false"]
+
+
+def test_report_gives_the_sparse_file_size_and_old_reports_still_render(tmp_path):
+    rep = run(load_recipe(None, RUN), tmp_path / "run", log=lambda m: None, checkpoint=False)
+    stages = rep["stages"]
+    assert "sparse_bytes" not in stages["dense"]  # a dense model is saved dense
+    fin = stages["finetuned"]
+    data = (tmp_path / "run" / "model" / "model.safetensors").read_bytes()
+    assert fin["sparse_bytes"] == len(data) < 0.3 * fin["size_bytes"]  # the figure is the file model/ holds
+    assert fin["sparse_gzip_bytes"] == len(gzip.compress(data, compresslevel=6)) < fin["gzip_bytes"]
+    md = (tmp_path / "run" / "report.md").read_text()
+    html = (tmp_path / "run" / "report.html").read_text(encoding="utf-8")
+    cell = f"(sparse {fmt_bytes(fin['sparse_bytes'])})"
+    assert cell in md and cell in html
+    old = json.loads((tmp_path / "run" / "report.json").read_text())
+    for s in old["stages"].values():
+        s.pop("sparse_bytes", None), s.pop("sparse_gzip_bytes", None)
+    old_md = markdown(load_report(old))
+    assert "(sparse" not in old_md and fmt_bytes(fin["size_bytes"]) in old_md
+    assert "(sparse" not in render(old, tmp_path / "run", images={})

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from . import classes, robustness, samples
-from .format import STAGES, fmt_bytes, speedups
+from .format import STAGES, fmt_bytes, size_cells, speedups
 from .html import cell, esc, img, lat, notes_and_curves, page, per_class, table
 from ..tasks import Task
 from .model import RunReport
@@ -30,7 +30,7 @@ def stage_table(stages: dict[str, Any], task: Task) -> str:
         speed = (f"{r['speedup_batch_1']:.2f}× / {r['speedup_batch_N']:.2f}×" if "speedup_batch_1" in r else "-")
         row = [name, f"{s[metric]:.2f}", f"{s[metric] - dense[metric]:+.2f}", f"{s['params']:,}",
                f"{s['nonzero_params']:,}", f"{s['sparsity']:.3f}", f"{s['prunable_sparsity']:.3f}",
-               f"{s['macs'] / 1e6:.2f} M (÷{r['macs_ratio']:.2f})", fmt_bytes(s["size_bytes"]), fmt_bytes(s["gzip_bytes"]),
+               f"{s['macs'] / 1e6:.2f} M (÷{r['macs_ratio']:.2f})", *size_cells(s),
                f"{lat(s, 'batch_1')} / {lat(s, 'batch_N')}" if s.get("latency_ms") else "-", speed]
         if mem:
             pm = s.get("peak_memory_bytes")
