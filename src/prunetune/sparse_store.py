@@ -14,10 +14,11 @@ A zero is stored as +0.0 (a realised mask can leave -0.0); every other bit is ke
 
 Example:
     >>> import torch
-    >>> w = torch.tensor([[0.0, 1.5], [0.0, 0.0]])
+    >>> w = torch.zeros(4, 8)
+    >>> w[0, 1], w[3, 7] = 1.5, -2.0
     >>> stored, layout = pack({"w": w})
-    >>> sorted(stored), layout["tensors"]["w"]
-    (['w.__bitmask__', 'w.__values__'], {'shape': [2, 2], 'dtype': 'float32'})
+    >>> sorted(stored), layout["tensors"]["w"], stored["w.__values__"].tolist()
+    (['w.__bitmask__', 'w.__values__'], {'shape': [4, 8], 'dtype': 'float32'}, [1.5, -2.0])
     >>> torch.equal(unpack(stored, layout, "model.safetensors")["w"], w)
     True
 """
