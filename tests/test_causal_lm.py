@@ -363,7 +363,7 @@ def test_save_load_pruned_lm_gives_identical_logits(method, trained, tmp_path):
     save_model(pruned, tmp_path / "m", {"task": "causal_lm", "model": {"name": "hf:unused"}, "num_classes": 0,
                                         "class_names": [], "input_shape": [40], "preprocess": {},
                                         "model_kwargs": {"head": "causal_lm"}})
-    loaded, manifest = load_model(tmp_path / "m")
+    loaded, manifest = load_model(tmp_path / "m", keep_masks=True)
     loaded.eval()
     x = _inputs()
     with torch.no_grad():

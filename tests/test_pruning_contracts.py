@@ -114,7 +114,7 @@ def test_contract(model_name, method, importance, schedule):
 
     with tempfile.TemporaryDirectory() as d:
         save_model(model, Path(d) / "m", info)
-        loaded, manifest = load_model(Path(d) / "m")
+        loaded, manifest = load_model(Path(d) / "m", keep_masks=True)
         assert torch.equal(loaded(x), model(x))
         assert set(masked_layers(loaded)) == set(masked_layers(model))
 
@@ -213,6 +213,6 @@ def test_sequence_contract(model_name, method, importance, schedule):
             "class_names": bundle.class_names, "input_shape": list(bundle.input_shape), "preprocess": bundle.preprocess}
     with tempfile.TemporaryDirectory() as d:
         save_model(model, Path(d) / "m", info)
-        loaded, _ = load_model(Path(d) / "m")
+        loaded, _ = load_model(Path(d) / "m", keep_masks=True)
         assert torch.equal(loaded(x), model(x))
         assert set(masked_tensors(loaded)) == set(masked_tensors(model))

@@ -255,7 +255,7 @@ def test_lora_on_a_masked_lstm_classifier_keeps_every_gate_mask(tmp_path):
     report = run(recipe, out=tmp_path / "run", log=lambda m: None, checkpoint=False)
     merge = report["finetune"]["merge"]
     assert merge["pruned_weights_nonzero_after"] == 0 and merge["max_logit_diff"] < 1e-4
-    model, _ = load_model(tmp_path / "run" / "model")
+    model, _ = load_model(tmp_path / "run" / "model", keep_masks=True)
     masks = masked_tensors(model)
     assert {"rnn.weight_ih_l0", "rnn.weight_hh_l0", "head.0.weight"} <= set(masks)
     assert all(torch.count_nonzero(getattr(dict(model.named_modules())[k.rpartition(".")[0]], k.rpartition(".")[2])[~m]) == 0

@@ -168,7 +168,7 @@ def test_dense_gradients_for_importance_are_computed_once_and_reused(tmp_path):
     assert second["importance_gradients"]["from_cache"].endswith(".safetensors")
     from prunetune.artifacts import load_model
 
-    ma, mb = (masked_layers(load_model(tmp_path / x / "model")[0]) for x in ("a", "b"))
+    ma, mb = (masked_layers(load_model(tmp_path / x / "model", keep_masks=True)[0]) for x in ("a", "b"))
     assert ma.keys() == mb.keys() and all(bool((ma[k] == mb[k]).all()) for k in ma)
 
 

@@ -138,7 +138,7 @@ def test_merge_keeps_every_pruned_weight_zero(tiny_bert, tmp_path, method, pruni
     assert merge["nonzero_after"] == merge["nonzero_before"] or pruning == "structured"
     assert merge["pruned_weights_nonzero_after"] == 0
     assert rep["finetune"]["trainable_fraction"] < 0.05
-    model, _ = load_model(tmp_path / "run" / "model")
+    model, _ = load_model(tmp_path / "run" / "model", keep_masks=True)
     stages = rep["stages"]
     if pruning == "structured":
         assert stages["finetuned"]["params"] == stages["pruned"]["params"] < stages["dense"]["params"]

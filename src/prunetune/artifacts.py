@@ -1,8 +1,10 @@
 """Saved models are data, never pickles: `model.safetensors` + `manifest.json` (+ `masks.safetensors`).
 
 Loading rebuilds the architecture from the manifest's model spec, resizes every layer whose
-shape structural pruning changed, checks every tensor's shape against the manifest, and
-re-attaches masks so later fine-tuning keeps the sparsity.
+shape structural pruning changed, checks every tensor's shape against the manifest, and returns
+the realised model (pruned weights plain zeros, no parametrization: what the report measured);
+`keep_masks=True` re-attaches the masks so later fine-tuning keeps the sparsity.
+Mostly-zero tensors are stored as a bitmask plus their non-zero values (see `sparse_store`).
 
 Example:
     >>> # save_model(model, "runs/x/model", manifest_extra)      # doctest: +SKIP
@@ -31,6 +33,7 @@ from .models import build_model, hf
 from .pruning.layers import sync_attributes
 from .pruning.masks import attach_mask, masked_tensors, realise
 from .recipe import ModelSpec, validation_error
+from .sparse_store import pack, unpack
 
 FORMAT = "prunetune-model/1"
 
@@ -56,6 +59,8 @@ class Manifest(BaseModel):
     modules: dict[str, Any] = {}
     # Sizes the data decided for the model factory (DataBundle.model_kwargs).
     model_kwargs: dict[str, Any] = {}
+    # Tensors stored as bitmask + values in model.safetensors (sparse_store); {}: all stored dense.
+    sparse: dict[str, Any] = {}
 
 
 def save_model(model: nn.Module, folder: str | Path, info: dict[str, Any]) -> Path:
@@ -66,7 +71,8 @@ def save_model(model: nn.Module, folder: str | Path, info: dict[str, Any]) -> Pa
     with staged_folder(folder) as tmp:
         plain = realise(model).cpu()
         state = {k: v.detach().contiguous().clone() for k, v in unique_state(plain).items()}
-        save_tensors(state, tmp / "model.safetensors")
+        stored, sparse = pack(state)
+        save_tensors(stored, tmp / "model.safetensors")
         # Keyed `<layer>.<tensor>`: `fc.weight`, and every masked gate tensor of an RNN (`lstm.weight_hh_l0`).
         masks = {key: m.detach().cpu().contiguous() for key, m in masked_tensors(model).items()}
         if masks:
@@ -79,6 +85,7 @@ def save_model(model: nn.Module, folder: str | Path, info: dict[str, Any]) -> Pa
             **info,
             "tensors": {k: list(v.shape) for k, v in state.items()},
             "masks": {k: round(float(v.float().mean()), 6) for k, v in masks.items()},
+            **({"sparse": sparse} if sparse else {}),
         }
         Manifest.model_validate(manifest)
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))
@@ -236,11 +243,15 @@ def resize_to(model: nn.Module, shapes: dict[str, list[int]]) -> None:
     sync_decoder(model)  # decoder LMs: head counts per layer follow the tensors
 
 
-def load_model(folder: str | Path, trust_code: bool = False) -> tuple[nn.Module, Manifest]:
-    """Rebuild a saved model from its folder: no pickle is ever loaded."""
+def load_model(folder: str | Path, trust_code: bool = False, keep_masks: bool = False) -> tuple[nn.Module, Manifest]:
+    """Rebuild a saved model from its folder: no pickle is ever loaded.
+
+    Returns the realised model (pruned weights are plain zeros, as measured and shipped);
+    `keep_masks=True` re-attaches the saved masks as parametrizations, for anything that trains
+    the model further (refine, resume) and must keep the pruned weights at zero."""
     folder = Path(folder)
     manifest = read_manifest(folder)
-    state = _load_tensors(folder / "model.safetensors")
+    state = unpack(_load_tensors(folder / "model.safetensors"), manifest.sparse, str(folder / "model.safetensors"))
     want = manifest.tensors
     if set(state) != set(want):
         diff = sorted(set(state) ^ set(want))[:3]
@@ -272,7 +283,7 @@ def load_model(folder: str | Path, trust_code: bool = False) -> tuple[nn.Module,
     resize_to(model, want)
     load_state(model, state, folder)
     mask_file = folder / "masks.safetensors"
-    if manifest.masks:
+    if manifest.masks and keep_masks:
         masks = _load_tensors(mask_file)
         mods = dict(model.named_modules())
         for key, mask in masks.items():

@@ -208,7 +208,7 @@ class Resume:
         """The run's dense model, as it was (train/eval mode included: tracing for structured pruning
         runs a forward pass, which updates BatchNorm statistics in train mode)."""
         try:
-            model, _ = load_model(self.dir / DENSE, trust_code=self.recipe.model.trust_code)
+            model, _ = load_model(self.dir / DENSE, trust_code=self.recipe.model.trust_code, keep_masks=True)
         except PrunetuneError as e:
             raise self.corrupt(f"{DENSE}/: {e}") from None
         model.train(bool(self.record["dense"].get("training", False)))

@@ -16,6 +16,8 @@ from typing import Any
 import torch
 from safetensors.torch import load_file
 
+from .sparse_store import unpack
+
 # Report fields that are measurements of time or of the machine, not results of the run.
 TIMING_KEYS = frozenset({"epoch_s", "wall_s", "s_per_step", "latency_ms", "peak_memory_bytes", "train_peak_memory_bytes",
                          "threads", "teacher_s", "speedup_batch_1", "speedup_batch_N", "process_peak_rss_bytes",
@@ -58,7 +60,9 @@ def compare_runs(a: str | Path, b: str | Path, atol: float = 1e-6) -> list[str]:
             continue
         if not pa.exists():
             continue
-        ta, tb = load_file(str(pa)), load_file(str(pb))
+        # Sparse-stored tensors (the manifest's `sparse` field) compare as the dense tensors they are.
+        ta, tb = (unpack(load_file(str(p)), json.loads((p.parent / "manifest.json").read_text()).get("sparse") or {}, str(p))
+                  if name == "model.safetensors" else load_file(str(p)) for p in (pa, pb))
         if ta.keys() != tb.keys():
             out.append(f"model/{name}: different tensors")
             continue

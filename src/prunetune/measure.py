@@ -7,7 +7,6 @@ from MACs. Masked models are measured after `realise`, i.e. as they would be shi
 from __future__ import annotations
 
 import contextlib
-import gzip
 import io
 import os
 import sys
@@ -23,6 +22,7 @@ from .pruning.hf_conv1d import is_hf_conv1d
 from .pruning.layers import layer_shape, layer_weight, prunable_layers
 from .pruning.masks import realise
 from .robustness import measure_robustness
+from .sparse_store import file_sizes
 from .tasks import to_device
 
 
@@ -50,12 +50,11 @@ def macs(model: nn.Module, example: Any) -> int:
     return int(m)
 
 
-def serialized_sizes(model: nn.Module) -> tuple[int, int]:
-    """Bytes of the safetensors file, and of it gzip-compressed (where unstructured zeros pay)."""
-    from safetensors.torch import save
-
-    data = save({k: v.detach().contiguous().cpu() for k, v in unique_state(model).items()})
-    return len(data), len(gzip.compress(data, compresslevel=6))
+def serialized_sizes(model: nn.Module) -> dict[str, int]:
+    """Bytes of the dense safetensors file and of it gzip-compressed (where unstructured zeros pay):
+    `size_bytes`, `gzip_bytes`; plus `sparse_bytes`, `sparse_gzip_bytes` (the bitmask + values file
+    `save_model` writes, see sparse_store) when some tensor is mostly zeros."""
+    return file_sizes({k: v.detach().contiguous().cpu() for k, v in unique_state(model).items()})
 
 
 def example_batch(data, batch: int, seq_len: int | None = None) -> Any:
@@ -190,7 +189,6 @@ def measure_stage(model: nn.Module, task, bundle, spec, device: torch.device, re
     threads = spec.threads or torch.get_num_threads()
     seq = spec.sequence_length
     one = to_device(example_batch(bundle.test, 1, seq), device)
-    size, gz = serialized_sizes(shipped)
     result.update({
         "params": params,
         "nonzero_params": nonzero,
@@ -199,8 +197,7 @@ def measure_stage(model: nn.Module, task, bundle, spec, device: torch.device, re
         "prunable_sparsity": round(1.0 - target_nonzero / reference["target_numel"], 6) if reference["target_numel"] else 0.0,
         **_encoder_sparsity(shipped, reference),
         "macs": macs(shipped, one),
-        "size_bytes": size,
-        "gzip_bytes": gz,
+        **serialized_sizes(shipped),  # size_bytes, gzip_bytes (+ sparse_bytes, sparse_gzip_bytes)
         "threads": threads,
         "device": str(device),
     })

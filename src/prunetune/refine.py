@@ -1,6 +1,6 @@
 """`refine`: re-fine-tune a saved (compressed) model on newly collected labelled data.
 
-The architecture and the masks are kept: the model is loaded from its folder with `load_model`
+The architecture and the masks are kept: the model is loaded from its folder with `load_model(..., keep_masks=True)`
 (masks come back as parametrizations, so pruned weights stay exactly zero while training), trained
 with the saved recipe's `finetune` section, and checked afterwards: identical masks and the same
 number of non-zero parameters, else nothing is written. The task's metric (accuracy, RMSE, ...) is
@@ -226,7 +226,7 @@ def _refine(model_dir: Path, recipe: Recipe, notes: list[str], out: Path, log: C
     """The refine itself, from the validated merged recipe; `label` names the source in the report
     (the path as first given; a resume loads from the absolute path recorded)."""
     label = label if label is not None else str(model_dir)
-    model, manifest = load_model(model_dir, trust_code=trust_code)
+    model, manifest = load_model(model_dir, trust_code=trust_code, keep_masks=True)
     original = _validate(copy.deepcopy(manifest.recipe), f"{model_dir}/manifest.json recipe", {DROP_FOREIGN: True})
     session = open_session(recipe, log, track=track, track_uri=track_uri)  # after loading: that draws random weights
     tracker, device, task = session.tracker, session.device, session.task

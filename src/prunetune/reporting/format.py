@@ -11,6 +11,16 @@ def fmt_bytes(n: int) -> str:
     return f"{n / 1e6:.2f} MB" if n >= 1e5 else f"{n / 1e3:.1f} kB"
 
 
+def size_cells(s: dict[str, Any]) -> tuple[str, str]:
+    """A stage's "size" and "gzip" cells: the dense safetensors layout, and beside it the bitmask +
+    values file model/ holds when the stage is mostly zeros (`sparse_bytes`; absent in older reports)."""
+    size, gz = fmt_bytes(s["size_bytes"]), fmt_bytes(s["gzip_bytes"])
+    if "sparse_bytes" in s:
+        size += f" (sparse {fmt_bytes(s['sparse_bytes'])})"
+        gz += f" (sparse {fmt_bytes(s['sparse_gzip_bytes'])})"
+    return size, gz
+
+
 def short(v: Any) -> str:
     """A parameter or cost as a sweep shows it: four significant digits for floats."""
     return f"{v:.4g}" if isinstance(v, float) else str(v)

@@ -5,7 +5,8 @@ from __future__ import annotations
 from ..errors import PrunetuneError
 from ..robustness import floor_accuracy, floor_label
 from . import classes
-from .format import STAGES, compute_line, fmt_bytes, interval_text, row_speedup, short, speedup_notes, speedups, stage_speedup_text
+from .format import (STAGES, compute_line, fmt_bytes, interval_text, row_speedup, short, size_cells, speedup_notes,
+                     speedups, stage_speedup_text)
 from .model import RefineReport, RunReport, SweepReport
 from .robustness import markdown_lines as robustness_lines
 from .samples import markdown_lines as sample_lines
@@ -53,7 +54,7 @@ def run_markdown(report: RunReport) -> str:
         s = stages[name]
         row = (f"| {name} | {s[metric]:.2f} | {s[metric] - stages['dense'][metric]:+.2f} | {s['params']:,} | "
                f"{s['nonzero_params']:,} | {s['sparsity']:.3f} | {s['prunable_sparsity']:.3f} | "
-               f"{s['macs'] / 1e6:.2f} M (÷{sp[name]['macs_ratio']:.2f}) | {fmt_bytes(s['size_bytes'])} | {fmt_bytes(s['gzip_bytes'])} |")
+               f"{s['macs'] / 1e6:.2f} M (÷{sp[name]['macs_ratio']:.2f}) | {' | '.join(size_cells(s))} |")
         if any_lat:
             lat = s["latency_ms"]
             row += (f" {lat['batch_1']['p50']:.3f} | {lat['batch_N']['p50']:.3f} | "
@@ -124,7 +125,7 @@ def refine_markdown(report: RefineReport) -> str:
             s = st[stage][data]
             lines.append(f"| {stage} | {label} | {s['examples']:,} | {task.format(s[m])} | "
                          f"{task.format(s[m] - st['before'][data][m], signed=True)} | {s['nonzero_params']:,} | "
-                         f"{s['sparsity']:.3f} | {fmt_bytes(s['size_bytes'])} | {fmt_bytes(s['gzip_bytes'])} |")
+                         f"{s['sparsity']:.3f} | {' | '.join(size_cells(s))} |")
     lines += ["", "The original test set shows what the new data made the model forget.", ""]
     if report.notes:
         lines += ["Notes:", *[f"- {x}" for x in report.notes], ""]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .format import fmt_bytes
+from .format import size_cells
 from .html import cell, esc, lat, notes_and_curves, page, per_class, table
 from .model import RefineReport
 
@@ -25,7 +25,7 @@ def render_refine(report: RefineReport, images: dict[str, bytes]) -> str:
             s = st[stage][data]
             rows.append([stage, label, cell(s.get("examples", "-")), task.format(s[m]),
                          task.format(s[m] - st["before"][data][m], signed=True), f"{s['nonzero_params']:,}",
-                         f"{s['sparsity']:.3f}", fmt_bytes(s["size_bytes"]), fmt_bytes(s["gzip_bytes"]),
+                         f"{s['sparsity']:.3f}", *size_cells(s),
                          f"{lat(s, 'batch_1')} / {lat(s, 'batch_N')}" if s.get("latency_ms") else "-"])
             cls.append("hl" if stage == "after" else "")
     body += ['<section id="stages">', "<h2>Before and after</h2>",

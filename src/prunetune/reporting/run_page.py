@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from . import classes, robustness, samples
-from .format import STAGES, fmt_bytes, speedup_notes, speedups, stage_speedup_text
+from .format import STAGES, fmt_bytes, size_cells, speedup_notes, speedups, stage_speedup_text
 from .html import cell, esc, img, lat, notes_and_curves, page, per_class, table
 from ..tasks import Task
 from .model import RunReport
@@ -30,7 +30,7 @@ def stage_table(stages: dict[str, Any], task: Task, speedup: dict[str, Any] | No
         speed = (f"{stage_speedup_text(r, 'batch_1')} / {stage_speedup_text(r, 'batch_N')}" if "speedup_batch_1" in r else "-")
         row = [name, f"{s[metric]:.2f}", f"{s[metric] - dense[metric]:+.2f}", f"{s['params']:,}",
                f"{s['nonzero_params']:,}", f"{s['sparsity']:.3f}", f"{s['prunable_sparsity']:.3f}",
-               f"{s['macs'] / 1e6:.2f} M (÷{r['macs_ratio']:.2f})", fmt_bytes(s["size_bytes"]), fmt_bytes(s["gzip_bytes"]),
+               f"{s['macs'] / 1e6:.2f} M (÷{r['macs_ratio']:.2f})", *size_cells(s),
                f"{lat(s, 'batch_1')} / {lat(s, 'batch_N')}" if s.get("latency_ms") else "-", speed]
         if mem:
             pm = s.get("peak_memory_bytes")
