@@ -210,8 +210,9 @@ def old_src(tmp_path_factory) -> Path:
 
 @pytest.mark.parametrize("extra,after", [
     (["prune.method=structured", "prune.schedule.kind=gradual", "prune.schedule.end=1.0"], 2),
-    (["prune.method=unstructured", "prune.schedule.kind=gradual", "prune.schedule.end=1.0",
-      "finetune.checkpoint_every_steps=5", "finetune.augment.hflip=true"], 3),
+    # importance and scope spelled out: the old code's unstructured defaults (l2, per layer) are not today's
+    (["prune.method=unstructured", "prune.importance=l2", "prune.scope=layer", "prune.schedule.kind=gradual",
+      "prune.schedule.end=1.0", "finetune.checkpoint_every_steps=5", "finetune.augment.hflip=true"], 3),
 ])
 def test_checkpoint_written_by_the_previous_code_resumes(old_src, tmp_path, extra, after):
     overrides = [*TINY, *extra]
