@@ -45,13 +45,14 @@ HERE = Path(__file__).parent
 RESULTS = HERE / "results"
 EPOCHS = BASE["finetune"]["epochs"]  # the same fine-tuning budget for every row (3)
 
-# prunetune's defaults for each row: what `prunetune run` does with only method and amount set.
+# prunetune's defaults for each row: what `prunetune run` does with only method and amount set
+# (fine-tuning: only the epoch budget is given; the rate, warm-up and schedule are prunetune's).
 DEFAULT_CHANNELS = {"prune": {"method": "structured"}}
 DEFAULT_UNSTRUCTURED = {"prune": {"method": "unstructured"}}
 
 # One ingredient at a time, on top of the plain structured recipe (L2, per layer, one-shot, cosine).
 PLAIN_CH = {"prune": {"method": "structured", "importance": "l2", "scope": "layer", "recalibrate_bn": 0},
-            "finetune": {"lr_schedule": "cosine"}}
+            "finetune": {"lr": 1e-3, "warmup_epochs": 0.0, "lr_schedule": "cosine"}}
 ABLATION_CH = {
     "plain": {},
     "bn": {"prune": {"recalibrate_bn": 32}},
@@ -61,7 +62,7 @@ ABLATION_CH = {
     "lr2e3": {"finetune": {"lr": 2e-3, "warmup_epochs": 0.2}},
 }
 PLAIN_UN = {"prune": {"method": "unstructured", "importance": "l1", "scope": "global", "recalibrate_bn": 0},
-            "finetune": {"lr_schedule": "cosine"}}
+            "finetune": {"lr": 1e-3, "warmup_epochs": 0.0, "lr_schedule": "cosine"}}
 ABLATION_UN = {
     "plain": {},
     "lamp": {"prune": {"importance": "lamp"}},
@@ -150,7 +151,8 @@ def glue_row(dense: nn.Module, bundle, kind: str, amount: float) -> tuple[dict, 
 
 # ------------------------------------------------------------------------------------- the rows
 def prunetune_row(name: str, kind: str, amount: float, overrides: dict, runs: Path) -> tuple[dict, nn.Module]:
-    recipe = Recipe.model_validate(merge(merge(BASE, overrides), {"name": name, "prune": {"sparsity": amount},
+    base = {**BASE, "finetune": {"epochs": EPOCHS}} if overrides in (DEFAULT_CHANNELS, DEFAULT_UNSTRUCTURED) else BASE
+    recipe = Recipe.model_validate(merge(merge(base, overrides), {"name": name, "prune": {"sparsity": amount},
                                                                   "evaluate": {"latency": False, "memory": False}}))
     out = runs / name
     shutil.rmtree(out, ignore_errors=True)
