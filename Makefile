@@ -48,6 +48,7 @@ test: setup data browser postgres
 bench: setup data
 	$(PY) benchmarks/fashion_mnist.py
 	$(PY) benchmarks/sst2_minilm.py
+	$(PY) benchmarks/peer_glue.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -216,7 +216,7 @@ def test_unstructured_wanda_and_magnitude_exact_sparsity_and_differ(trained):
     _, dense, bundle, _, after = trained
     masks = {}
     for imp in ("wanda", "l1"):
-        _, make = _controller(bundle, importance=imp)
+        _, make = _controller(bundle, importance=imp, scope="layer")  # per layer: exactly half of each
         targets = _targets(dense)
         pruned, _ = make(dense, targets).one_shot_copy(dense)
         m = masked_layers(pruned)

@@ -118,8 +118,8 @@ class PruneSpec(_Section):
 
     method: str = Field("structured", description="registered pruner: structured, unstructured, nm")
     importance: str | None = Field(
-        None, description="registered importance (default: the method's best known, see `prunetune list`: structured l2, "
-        "unstructured lamp)")
+        None, description="registered importance (default: the method's best known: structured l2, unstructured lamp, "
+        "nm l2)")
     sparsity: float = Field(0.5, ge=0, lt=1, description="fraction removed: channels (structured) or weights")
     scope: Literal["global", "layer"] | None = Field(
         None, description="rank globally or per layer (default: the method's; unstructured: global)")
