@@ -19,7 +19,8 @@ A measurement is flagged `noisy`, with human-readable reasons, when
 * either model's round medians disagree by more than `ROUNDS_LIMIT` (1.3, max / min);
 * the load from other processes exceeds the CPU count minus the threads timing uses: the 1-minute load
   average (`os.getloadavg`, the higher of before and after timing) less this process's own `threads`
-  is more than the cores left free, i.e. others compete for the cores the measurement needs.
+  is more than the cores left free plus `LOAD_SLACK` (half a core: the average lags, and still carries
+  this process's own work of the last minute), i.e. others compete for the cores the measurement needs.
 
 A noisy measurement's interval is widened by the largest disagreement between rounds (max / min of
 either model's round medians): drift that moved a model's median that much between rounds could have
@@ -51,6 +52,7 @@ ROUND_OVERRUN = 4.0  # a round stops early (after 2 blocks) once it takes this m
 SPREAD_LIMIT = 1.5
 ROUNDS_LIMIT = 1.3
 MIN_EFFECT = 1.03
+LOAD_SLACK = 0.5  # cores of load beyond the free ones before a busy machine is flagged
 MASKED_NOTE = "masked weights run on dense kernels: no speedup expected"
 
 
@@ -142,7 +144,9 @@ def noise_reasons(dense: dict[str, Any], cand: dict[str, Any], threads: int, loa
     """Why a measurement cannot be trusted (empty: no sign of noise); `dense` / `cand` as in the record."""
     reasons = []
     cpus = cpus or os.cpu_count() or 1
-    if load is not None and load - threads > cpus - threads:  # others' load (ours taken as `threads`)
+    # Others' load (ours taken as `threads`), with LOAD_SLACK: the 1-minute average still carries this
+    # process's own work of the last minute (a run measures right after training).
+    if load is not None and load - threads > cpus - threads + LOAD_SLACK:
         reasons.append(f"machine busy: load {load:.1f} on {cpus} cores ({threads} used for timing)")
     for name, s in (("dense", dense), ("candidate", cand)):
         if s["p50"] > 0 and s["p90"] / s["p50"] > SPREAD_LIMIT:
