@@ -126,7 +126,7 @@ def _dense_comparison(model_dir: Path, threads: int | None, min_run_time: float,
                           min_run_time=0.01, trust_code=trust_code, compare_dense=False)  # timed below, alternately
         dense_sess, _ = _ort_session(Path(tmp) / "dense.onnx", threads)
         cores = threads or os.cpu_count() or 1  # onnxruntime's default: a thread per core
-        timed = {k: compare_callables(lambda f=feed: dense_sess.run(None, f), lambda f=feed: sess.run(None, f),
+        timed = {k: compare_callables(lambda f=feed, d=dense_sess: d.run(None, f), lambda f=feed: sess.run(None, f),
                                       rounds=rounds, min_run_time=min_run_time, threads=cores) for k, feed in feeds.items()}
         del dense_sess
     return {"model": str(dense_dir), "bytes": rep["bytes"],
