@@ -253,7 +253,8 @@ NOTES = """## Notes
   BatchNorm recalibration changes nothing after fine-tuning (training-mode BatchNorm re-estimates the
   statistics within the first epoch) and, at −75 %, not even the before-fine-tuning accuracy (the
   network is at chance either way): it stays off by default. Global channel ranking lost 2.7 pt val
-  at −75 % (Torch-Pruning's global ranking thins some layers to its 5 % floor). OneCycle, the glue's
+  at −75 % (its plan thins features.7 from 64 channels to 1 and features.17 from 128 to 4, near
+  Torch-Pruning's 95 % per-layer cap, while features.3/10/14 keep all theirs). OneCycle, the glue's
   schedule, lost 0.5 pt against cosine. Distillation gained +0.55 pt test but −0.04 val, so it is not
   a default: defaults are chosen on validation.
 - Speed targets: on this Intel Xeon the same architectures run 2.24× (−50 %) and 3.73× (−75 %) at
