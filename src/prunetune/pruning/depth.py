@@ -118,13 +118,32 @@ def block_scores(model: nn.Module, stacks: list[Stack], batches: list[tuple[Any,
         model.train(was)
 
 
-def choose(stacks: list[Stack], scores: dict[tuple[str, int], float], amount: float, field: str) -> dict[str, list[int]]:
-    """The blocks to remove: round(amount x removable) of the lowest-scored, never a stack's last block."""
+def check_depth(model: nn.Module, amount: float, field: str) -> list[Stack]:
+    """The model's stacks, when removing round(amount x removable) blocks is possible (before any ranking:
+    the pipeline checks this before measuring the dense model); else a PrunetuneError naming `field`."""
+    stacks = block_stacks(model)
+    if not stacks:
+        where = "prune.method" if field == "prune.sparsity" else "prune.depth"
+        raise PrunetuneError(f"{where}: depth pruning needs repeated residual blocks or transformer layers "
+                             f"(resnet20/32/56/18, BERT, GPT-2, Llama, Qwen, GPT-NeoX); {type(model).__name__} has none: "
+                             "use prune.method structured without prune.depth")
     total = sum(len(s.removable) for s in stacks)
     k = round(amount * total)
     if k < 1:
         raise PrunetuneError(f"{field}: {amount} removes none of the {total} removable blocks; raise it to at least "
                              f"{0.5 / total + 1e-3:.3f}")
+    full = [s.path for s in stacks if len(s.removable) == len(s.container)]  # each keeps one block
+    most = total - len(full)
+    if k > most:
+        raise PrunetuneError(f"{field}: {amount} removes {k} of {total} removable blocks, which would empty "
+                             f"{', '.join(full)}; at most {most} can go ({most / total:.3f}), lower it")
+    return stacks
+
+
+def choose(stacks: list[Stack], scores: dict[tuple[str, int], float], amount: float) -> dict[str, list[int]]:
+    """The blocks to remove: round(amount x removable) of the lowest-scored, never a stack's last block
+    (`check_depth` has made sure there are enough)."""
+    k = round(amount * sum(len(s.removable) for s in stacks))
     left = {s.path: len(s.container) for s in stacks}
     order = {s.path: j for j, s in enumerate(stacks)}
     drop: dict[str, list[int]] = {s.path: [] for s in stacks}
@@ -134,11 +153,6 @@ def choose(stacks: list[Stack], scores: dict[tuple[str, int], float], amount: fl
         if left[path] > 1:
             drop[path].append(i)
             left[path] -= 1
-    if sum(map(len, drop.values())) < k:
-        full = [s.path for s in stacks if len(s.removable) == len(s.container)]
-        most = total - len(full)
-        raise PrunetuneError(f"{field}: {amount} removes {k} of {total} removable blocks, which would empty "
-                             f"{', '.join(full)}; at most {most} can go ({most / total:.3f}), lower it")
     return {p: sorted(d) for p, d in drop.items() if d}
 
 
@@ -175,13 +189,9 @@ def _sync_hf(model: nn.Module, layers: nn.Module, keep: list[int], before: int) 
 def prune_depth(model: nn.Module, amount: float, importance: str, batches: list[tuple[Any, Any]], task,
                 field: str = "prune.sparsity") -> list[str]:
     """Remove round(amount x removable) blocks ranked by `importance`; return one note per stack."""
-    stacks = block_stacks(model)
-    if not stacks:
-        raise PrunetuneError(f"{field}: depth pruning needs repeated residual blocks or transformer layers "
-                             f"(resnet20/32/56/18, BERT, GPT-2, Llama, Qwen, GPT-NeoX); {type(model).__name__} has none: "
-                             "use prune.method structured and no prune.depth")
+    stacks = check_depth(model, amount, field)
     scores = block_scores(model, stacks, batches, task, importance)
-    drop = choose(stacks, scores, amount, field)
+    drop = choose(stacks, scores, amount)
     notes = []
     for s in stacks:
         if s.path in drop:

@@ -17,7 +17,7 @@ from ..errors import PrunetuneError
 from ..models.hf import attention_modules, sync_attention
 from ..registry import PRUNERS
 from .decoder import DecoderPruner, decoder_blocks, is_causal_lm
-from .depth import Calibration, block_stacks, prune_depth
+from .depth import Calibration, check_depth, prune_depth
 from .importance import Importance
 from .layers import layer_type_of, prunable_layers
 from .masks import attach_mask, get_mask
@@ -277,10 +277,7 @@ class Depth(Pruner):
 
     def setup(self, model, example_inputs, sparsities):
         self.final = sparsities[-1]
-        if not block_stacks(model):
-            raise PrunetuneError(f"prune.method: depth needs repeated residual blocks or transformer layers (resnet20/32/"
-                                 f"56/18, BERT, GPT-2, Llama, Qwen, GPT-NeoX); {type(model).__name__} has none: use "
-                                 "prune.method structured")
+        check_depth(model, self.final, "prune.sparsity")
 
     def prune_to(self, model, sparsity):
         kind = self.spec.depth.importance if self.spec.depth is not None else "cosine"
