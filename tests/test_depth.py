@@ -135,18 +135,27 @@ def test_bert_encoder_layers_removed_and_reloaded(tmp_path):
     _hf_round_trip(tmp_path, model, info, _text(), 2, "bert.encoder.layer")
 
 
-def test_llama_decoder_layers_removed_cache_slots_renumbered_and_reloaded(tmp_path):
-    from transformers import LlamaConfig, LlamaForCausalLM
+KINDS = ["full_attention", "sliding_attention"] * 2
+
+
+@pytest.mark.parametrize("arch", ["Llama", "Qwen2"])
+def test_decoder_layers_removed_cache_slots_renumbered_and_reloaded(tmp_path, arch):
+    import transformers
 
     torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=100, hidden_size=32, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
-                      intermediate_size=64, max_position_embeddings=32)
-    model = LlamaForCausalLM(cfg).eval()
+    # Qwen2: per-layer attention kinds (config.layer_types), which must follow the kept layers.
+    extra = {"layer_types": KINDS, "use_sliding_window": True, "sliding_window": 4} if arch == "Qwen2" else {}
+    cfg = getattr(transformers, f"{arch}Config")(
+        vocab_size=100, hidden_size=32, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
+        intermediate_size=64, max_position_embeddings=32, **extra)
+    model = getattr(transformers, f"{arch}ForCausalLM")(cfg).eval()
     x = _text()
     info = {"task": "causal_lm", "model": {"name": f"hf:{tmp_path / 'unused'}"}, "num_classes": 0, "class_names": [],
             "input_shape": [10], "preprocess": {"kind": "text", "tokenizer": ".", "max_length": 10},
             "model_kwargs": {"head": "causal_lm"}}
     loaded = _hf_round_trip(tmp_path, model, info, x, 1, "model.layers")
+    if arch == "Qwen2":
+        assert loaded.config.layer_types == [KINDS[i] for i in loaded.model.layers.kept_blocks]
     assert [layer.self_attn.layer_idx for layer in loaded.model.layers] == [0, 1, 2]
     assert [layer.self_attn.layer_idx for layer in model.model.layers] == [0, 1, 2]
     # Generation with the KV cache: each kept layer writes its own slot (greedy, cached == uncached).
