@@ -1,5 +1,6 @@
 """CIFAR ResNets: channel pruning through the residual couplings, masks and N:M, save / reload, ONNX,
-predict on image files, and a whole run (depth + channels in one recipe) followed by refine."""
+predict on image files, and a whole run (depth + channels in one recipe), interrupted and resumed,
+followed by refine."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from prunetune.artifacts import load_model, save_model
 from prunetune.export import export_onnx
 from prunetune.measure import macs
 from prunetune.models import build_model, classifier_name
-from prunetune.pipeline import run
+from prunetune.pipeline import resume_run
 from prunetune.predict import predict
 from prunetune.pruning.controller import PruningController
 from prunetune.pruning.layers import layer_type_of
@@ -24,6 +25,7 @@ from prunetune.registry import DATA_SOURCES
 from prunetune.tasks.classification import Classification
 
 from conftest import make_bundle
+from test_checkpoint import _run_killed
 
 SHAPE = (3, 32, 32)
 CLASSES = ["c0", "c1", "c2"]
@@ -130,14 +132,16 @@ def test_masks_and_nm_round_trip(tmp_path, prune):
         assert torch.equal((rows != 0).sum(-1), torch.full(rows.shape[:2], 2))
 
 
-def test_depth_and_channels_in_one_recipe_run_then_refine(tmp_path):
+def test_depth_and_channels_in_one_recipe_run_resume_then_refine(tmp_path, monkeypatch):
     recipe = load_recipe(None, [
         "model.name=resnet20", "data.source=tiny_rgb32", "dense.epochs=1", "dense.batch_size=16",
-        "finetune.epochs=1", "finetune.batch_size=16", "prune.method=structured", "prune.sparsity=0.25",
+        "finetune.epochs=2", "finetune.batch_size=16", "prune.method=structured", "prune.sparsity=0.25",
         "prune.depth.amount=0.3", "prune.calibration_batches=1", "evaluate.latency=false", "evaluate.memory=false",
     ])
     out = tmp_path / "run"
-    rep = run(recipe, out, log=lambda m: None)
+    _run_killed(recipe, out, 1, monkeypatch)  # stopped after the first fine-tuning epoch, then resumed:
+    rep = resume_run(out, log=lambda m: None)  # the rebuilt run removes the same blocks, the weights fit
+    assert rep["checkpoint"]["resumes"] and rep["finetune"]["epochs_run"] == 2
     kept = [r for r in rep["plan"] if r["target"]]
     gone = [r["layer"] for r in kept if r["shape_after"] == []]
     assert len(gone) == 2 * 2  # round(0.3 x 7) = 2 blocks of two convs each
