@@ -10,7 +10,7 @@ from torch import nn
 from prunetune.artifacts import load_model, save_model
 from prunetune.errors import PrunetuneError
 from prunetune.export import export_onnx
-from prunetune.pruning.depth import block_scores, block_stacks, prune_depth, renamed, renames
+from prunetune.pruning.depth import block_count, block_scores, block_stacks, prune_depth, renamed, renames
 from prunetune.recipe import Recipe
 
 from conftest import TinyCNN
@@ -53,14 +53,14 @@ def test_cosine_removes_the_identity_block_first_and_counts_blocks(tmp_path):
     assert min(v for k, v in scores.items() if k != ("layer2", 2)) > 1e-3
     assert block_scores(model, stacks, images(), Logits, "skip_loss")[("layer2", 2)] == 0.0
 
-    notes = prune_depth(model, 0.15, "cosine", images(), Logits)  # round(0.15 x 7) = 1 block
+    notes = prune_depth(model, 0.15, "cosine", images(), Logits)  # 0.15 x 7 = 1.05: 1 block
     assert [len(model.layer1), len(model.layer2), len(model.layer3)] == [3, 2, 3]
     assert model.layer2.kept_blocks == [0, 1] and model.layer2.original_blocks == 3
     assert notes == ["depth: removed 1 of 3 blocks of layer2: 2 (0.0000) by cosine"]
     assert renamed("layer2.2.conv1", renames(model)) is None and renamed("layer3.2.conv1", renames(model)) == "layer3.2.conv1"
 
     model = with_identity_block("layer1", 0)
-    prune_depth(model, 0.5, "cosine", images(), Logits)  # round(3.5) = 4 blocks, layer1.0 among them
+    prune_depth(model, 0.5, "cosine", images(), Logits)  # 3.5 rounded half up: 4 blocks, layer1.0 among them
     assert sum(len(s) for s in (model.layer1, model.layer2, model.layer3)) == 5
     assert 0 not in model.layer1.kept_blocks
     moved = renames(model)
@@ -71,7 +71,7 @@ def test_cosine_removes_the_identity_block_first_and_counts_blocks(tmp_path):
 
 def test_depth_pruned_resnet_reloads_and_exports(tmp_path):
     dense = with_identity_block()
-    model, pruner = pruned_copy(dense, {"method": "depth", "sparsity": 0.3})  # round(0.3 x 7) = 2
+    model, pruner = pruned_copy(dense, {"method": "depth", "sparsity": 0.3})  # 0.3 x 7 = 2.1: 2 blocks
     assert sum(len(s) for s in (model.layer1, model.layer2, model.layer3)) == 7 and 2 not in model.layer2.kept_blocks
     assert pruner.notes and all(n.startswith("depth: removed") for n in pruner.notes)
     x = torch.randn(4, *SHAPE, generator=torch.Generator().manual_seed(5))
@@ -85,6 +85,7 @@ def test_depth_pruned_resnet_reloads_and_exports(tmp_path):
 
 
 def test_depth_refuses_emptying_a_stage_and_models_without_blocks():
+    assert [block_count(a, n) for a, n in ((0.5, 5), (0.5, 7), (0.25, 7), (0.07, 7), (0.3, 4))] == [3, 4, 2, 0, 1]  # half up
     with pytest.raises(PrunetuneError, match=r"prune.sparsity: 0.95 removes 7 of 7 removable blocks, which would empty "
                                              r"layer1; at most 6 can go \(0.857\), lower it"):
         prune_depth(resnet20(), 0.95, "cosine", images(), Logits)

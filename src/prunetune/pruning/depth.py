@@ -24,6 +24,7 @@ slot) is renumbered.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -118,8 +119,13 @@ def block_scores(model: nn.Module, stacks: list[Stack], batches: list[tuple[Any,
         model.train(was)
 
 
+def block_count(amount: float, total: int) -> int:
+    """How many of `total` removable blocks `amount` removes: amount x total rounded half up (0.5 x 7 = 4)."""
+    return int(math.floor(amount * total + 0.5))
+
+
 def check_depth(model: nn.Module, amount: float, field: str) -> list[Stack]:
-    """The model's stacks, when removing round(amount x removable) blocks is possible (before any ranking:
+    """The model's stacks, when removing amount x removable (rounded half up) blocks is possible (before any ranking:
     the pipeline checks this before measuring the dense model); else a PrunetuneError naming `field`."""
     stacks = block_stacks(model)
     if not stacks:
@@ -128,7 +134,7 @@ def check_depth(model: nn.Module, amount: float, field: str) -> list[Stack]:
                              f"(resnet20/32/56/18, BERT, GPT-2, Llama, Qwen, GPT-NeoX); {type(model).__name__} has none: "
                              "use prune.method structured without prune.depth")
     total = sum(len(s.removable) for s in stacks)
-    k = round(amount * total)
+    k = block_count(amount, total)
     if k < 1:
         raise PrunetuneError(f"{field}: {amount} removes none of the {total} removable blocks; raise it to at least "
                              f"{0.5 / total + 1e-3:.3f}")
@@ -141,9 +147,9 @@ def check_depth(model: nn.Module, amount: float, field: str) -> list[Stack]:
 
 
 def choose(stacks: list[Stack], scores: dict[tuple[str, int], float], amount: float) -> dict[str, list[int]]:
-    """The blocks to remove: round(amount x removable) of the lowest-scored, never a stack's last block
+    """The blocks to remove: amount x removable (rounded half up) of the lowest-scored, never a stack's last block
     (`check_depth` has made sure there are enough)."""
-    k = round(amount * sum(len(s.removable) for s in stacks))
+    k = block_count(amount, sum(len(s.removable) for s in stacks))
     left = {s.path: len(s.container) for s in stacks}
     order = {s.path: j for j, s in enumerate(stacks)}
     drop: dict[str, list[int]] = {s.path: [] for s in stacks}
@@ -188,7 +194,7 @@ def _sync_hf(model: nn.Module, layers: nn.Module, keep: list[int], before: int) 
 
 def prune_depth(model: nn.Module, amount: float, importance: str, batches: list[tuple[Any, Any]], task,
                 field: str = "prune.sparsity") -> list[str]:
-    """Remove round(amount x removable) blocks ranked by `importance`; return one note per stack."""
+    """Remove amount x removable (rounded half up) blocks ranked by `importance`; return one note per stack."""
     stacks = check_depth(model, amount, field)
     scores = block_scores(model, stacks, batches, task, importance)
     drop = choose(stacks, scores, amount)
