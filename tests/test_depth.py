@@ -139,26 +139,36 @@ def test_bert_encoder_layers_removed_and_reloaded(tmp_path):
 KINDS = ["full_attention", "sliding_attention"] * 2
 
 
-@pytest.mark.parametrize("arch", ["Llama", "Qwen2"])
+COMMON = {"vocab_size": 100, "hidden_size": 32, "num_hidden_layers": 4, "num_attention_heads": 4, "intermediate_size": 64,
+          "max_position_embeddings": 32}
+DECODERS = {  # config class kwargs, layer list, each layer's attention module
+    "Llama": ({**COMMON, "num_key_value_heads": 2}, "model.layers", "self_attn"),
+    # Qwen2: per-layer attention kinds (config.layer_types), which must follow the kept layers.
+    "Qwen2": ({**COMMON, "num_key_value_heads": 2, "layer_types": KINDS, "use_sliding_window": True, "sliding_window": 4},
+              "model.layers", "self_attn"),
+    "GPT2": ({"vocab_size": 100, "n_embd": 32, "n_layer": 4, "n_head": 4, "n_positions": 32}, "transformer.h", "attn"),
+    "GPTNeoX": (COMMON, "gpt_neox.layers", "attention"),
+}
+
+
+@pytest.mark.parametrize("arch", list(DECODERS))
 def test_decoder_layers_removed_cache_slots_renumbered_and_reloaded(tmp_path, arch):
     import transformers
 
     torch.manual_seed(0)
-    # Qwen2: per-layer attention kinds (config.layer_types), which must follow the kept layers.
-    extra = {"layer_types": KINDS, "use_sliding_window": True, "sliding_window": 4} if arch == "Qwen2" else {}
-    cfg = getattr(transformers, f"{arch}Config")(
-        vocab_size=100, hidden_size=32, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
-        intermediate_size=64, max_position_embeddings=32, **extra)
-    model = getattr(transformers, f"{arch}ForCausalLM")(cfg).eval()
+    kwargs, path, attn = DECODERS[arch]
+    cfg = getattr(transformers, f"{arch}Config")(**kwargs)
+    head = "LMHeadModel" if arch == "GPT2" else "ForCausalLM"
+    model = getattr(transformers, f"{arch}{head}")(cfg).eval()
     x = _text()
     info = {"task": "causal_lm", "model": {"name": f"hf:{tmp_path / 'unused'}"}, "num_classes": 0, "class_names": [],
             "input_shape": [10], "preprocess": {"kind": "text", "tokenizer": ".", "max_length": 10},
             "model_kwargs": {"head": "causal_lm"}}
-    loaded = _hf_round_trip(tmp_path, model, info, x, 1, "model.layers")
+    loaded = _hf_round_trip(tmp_path, model, info, x, 1, path)
     if arch == "Qwen2":
-        assert loaded.config.layer_types == [KINDS[i] for i in loaded.model.layers.kept_blocks]
-    assert [layer.self_attn.layer_idx for layer in loaded.model.layers] == [0, 1, 2]
-    assert [layer.self_attn.layer_idx for layer in model.model.layers] == [0, 1, 2]
+        assert loaded.config.layer_types == [KINDS[i] for i in loaded.get_submodule(path).kept_blocks]
+    for m in (loaded, model):
+        assert [getattr(layer, attn).layer_idx for layer in m.get_submodule(path)] == [0, 1, 2]
     # Generation with the KV cache: each kept layer writes its own slot (greedy, cached == uncached).
     ids = x["input_ids"][1:2, :4]
     with torch.no_grad():
