@@ -117,7 +117,7 @@ class DepthSpec(_Section):
     """Depth pruning: whole residual blocks / transformer layers removed (pruning/depth.py)."""
 
     amount: float | None = Field(
-        None, gt=0, lt=1, description="fraction of the removable blocks removed (rounded to a count), before the width "
+        None, gt=0, lt=1, description="fraction of the removable blocks removed (x count, rounded half up), before the width "
         "method; with prune.method depth, prune.sparsity is the fraction and this stays unset")
     importance: Literal["cosine", "skip_loss"] = Field(
         "cosine", description="block ranking on calibration batches: cosine (1 - input/output cosine similarity, "
