@@ -14,6 +14,7 @@ import torch
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from prunetune.artifacts import load_model, save_model
+from prunetune.errors import PrunetuneError
 from prunetune.measure import macs
 from prunetune.models import build_model, classifier_name
 from prunetune.pruning.controller import PruningController
@@ -77,6 +78,10 @@ def test_contract(model_name, method, importance, schedule):
         with pytest.raises(ValueError, match="wanda with structured pruning is supported for causal language models"):
             _recipe(model_name, method, importance, schedule)
         return
+    if method == "depth":  # whole blocks: these tiny models have none (tests/test_depth.py covers ResNets, BERT, Llama)
+        with pytest.raises(PrunetuneError, match="prune.method: depth pruning needs repeated residual blocks"):
+            _prune_and_finetune(_recipe(model_name, method, importance, schedule), make_bundle(), lambda m: None)
+        return
     recipe = _recipe(model_name, method, importance, schedule)
     bundle = make_bundle()
     dense, model, pruner, targets = _prune_and_finetune(recipe, bundle, _check_masks)
@@ -138,7 +143,7 @@ from sequence_fixtures import BUNDLES, SEQ_MODELS  # noqa: E402  (registers the 
 
 SEQ_IMPORTANCES = [i for i in IMPORTANCES.names() if i != "wanda"]  # wanda: input norms of linear / conv layers only
 SEQ_CASES = [(m, p, i, s) for m in SEQ_MODELS for p in PRUNERS.names() for i in SEQ_IMPORTANCES for s in SCHEDULES.names()
-             if s in PRUNERS.get(p).schedules]
+             if s in PRUNERS.get(p).schedules and p != "depth"]  # no repeated blocks in the sequence models
 
 
 def _check_all_masks(model: torch.nn.Module) -> None:

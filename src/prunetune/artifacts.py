@@ -28,6 +28,7 @@ from .errors import PrunetuneError
 from .files import save_tensors, staged_folder
 from .finetune.structure import restore_structure
 from .models.hf import load_lm_config
+from .pruning.depth import depth_record, restore_depth
 from .pruning.decoder import head_counts as decoder_heads, mlp_widths, sync_decoder
 from .models import build_model, hf
 from .pruning.layers import sync_attributes
@@ -59,6 +60,8 @@ class Manifest(BaseModel):
     modules: dict[str, Any] = {}
     # Sizes the data decided for the model factory (DataBundle.model_kwargs).
     model_kwargs: dict[str, Any] = {}
+    # Depth pruning: block container -> {"kept": original indices, "of": original count} (pruning/depth.py).
+    depth: dict[str, Any] = {}
     # Tensors stored as bitmask + values in model.safetensors (sparse_store); {}: all stored dense.
     sparse: dict[str, Any] = {}
 
@@ -85,6 +88,7 @@ def save_model(model: nn.Module, folder: str | Path, info: dict[str, Any]) -> Pa
             **info,
             "tensors": {k: list(v.shape) for k, v in state.items()},
             "masks": {k: round(float(v.float().mean()), 6) for k, v in masks.items()},
+            **({"depth": depth} if (depth := depth_record(plain)) else {}),
             **({"sparse": sparse} if sparse else {}),
         }
         Manifest.model_validate(manifest)
@@ -278,6 +282,8 @@ def load_model(folder: str | Path, trust_code: bool = False, keep_masks: bool = 
                             **({"head": head} if head else {}))
     else:
         model = build_model(spec, manifest.num_classes, tuple(manifest.input_shape), manifest.model_kwargs)
+    if manifest.depth:  # before any fine-tuning structure wraps the model
+        restore_depth(model, manifest.depth, str(folder / "manifest.json"))
     if manifest.modules:
         model = restore_structure(model, manifest.modules, str(folder / "manifest.json"))
     resize_to(model, want)

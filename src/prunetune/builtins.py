@@ -10,7 +10,7 @@ from .finetune import adapter, bitfit, full, ia3, lora, prompt_tuning  # noqa: F
 from .tasks import causal_lm, classification, regression  # noqa: F401
 from .data import fashion_mnist, image_folder, text  # noqa: F401
 from .data import lm_text, ratings, sequences  # noqa: F401
-from .models import builtin, external  # noqa: F401
+from .models import builtin, external, resnet_cifar  # noqa: F401
 from .models import sequence as sequence_models  # noqa: F401
 from .pruning import importance, layers, pruners, schedules, sequence  # noqa: F401
 from .pruning import hf_conv1d  # noqa: F401  (transformers' Conv1D, GPT-2)

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from .artifacts import unique_state
+from .pruning.depth import renamed, renames
 from .pruning.hf_conv1d import is_hf_conv1d
 from .pruning.layers import layer_shape, layer_weight, prunable_layers
 from .pruning.masks import realise
@@ -238,17 +239,19 @@ def plan_rows(before: nn.Module, after: nn.Module, targets: list[str]) -> list[d
     """Per-layer plan: shape before/after and sparsity relative to the dense layer."""
     plain = realise(after)
     after_mods = dict(plain.named_modules())
-    after_w = layer_weights(plain, [n for n, _ in prunable_layers(before)])
+    moved = renames(plain)  # depth pruning renumbers the remaining blocks; a removed block's layers are gone
+    now = {n: renamed(n, moved) for n, _ in prunable_layers(before)}
+    after_w = layer_weights(plain, [n for n in now.values() if n is not None])
     rows = []
     for name, mod in prunable_layers(before):
         wb = layer_weight(mod)
-        wa = after_w.get(name)
+        wa = after_w.get(now[name]) if now[name] is not None else None
         nz = int(torch.count_nonzero(wa)) if wa is not None else 0
         rows.append({
             "layer": name,
             "type": type(mod).__name__,
             "shape_before": layer_shape(mod),
-            "shape_after": layer_shape(after_mods[name]) if wa is not None else [],
+            "shape_after": layer_shape(after_mods[now[name]]) if wa is not None else [],
             "sparsity": round(1.0 - nz / wb.numel(), 6),
             "target": name in targets,
         })

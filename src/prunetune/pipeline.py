@@ -28,6 +28,7 @@ from .errors import PrunetuneError
 from .measure import measure_stage, plan_rows, process_peak_rss_bytes, reference_counts, training_memory
 from .models import classifier_name
 from .pruning.controller import PruningController
+from .pruning.depth import check_depth
 from .pruning.targets import select_targets
 from .recipe import Recipe, dump_recipe
 from .finetune.base import trainable_summary
@@ -101,6 +102,9 @@ def run(recipe: Recipe, out: str | Path | None = None, log: Callable[[str], None
                 tracker.log_epoch("dense", row)
         keep = [classifier_name(dense)] if recipe.prune.keep_classifier else []
         p = recipe.prune
+        if p.method == "depth" or p.depth is not None:  # refused before any measuring: too many blocks, or none
+            check_depth(dense, p.sparsity if p.method == "depth" else p.depth.amount,
+                        "prune.sparsity" if p.method == "depth" else "prune.depth.amount")
         targets = select_targets(dense, p.include, p.exclude, [k for k in keep if k])
         ref = reference_counts(dense, targets)
         controller = PruningController(p, task, bundle, device, targets, recipe.finetune.epochs, recipe.seed)

@@ -17,6 +17,7 @@ from ..registry import IMPORTANCES, PRUNERS, SCHEDULES
 from ..tasks import to_device
 from .activations import input_norms
 from .batchnorm import recalibrate_bn
+from .depth import prune_depth, renamed, renames
 from .pruners import Pruner, target_modules
 from .schedules import Phase, all_sparsities
 from .targets import layer_amounts
@@ -54,11 +55,29 @@ class PruningController:
         return self.sparsities[-1]
 
     def make_pruner(self, model: nn.Module, sparsities: list[float]) -> Pruner:
-        pruner = self.pruner_cls(self.spec, self.importance, list(self.targets))
-        example = to_device(self.bundle.train.head(2), self.device)
+        """The pruner, set up on `model`; with `prune.depth` (and a width method), the blocks it removes
+        are removed from `model` first and the width method prunes the remaining layers."""
         model.to(self.device)
+        targets, notes, depth = list(self.targets), [], self.spec.depth
+        if depth is not None and self.spec.method != "depth":
+            notes = prune_depth(model, depth.amount, depth.importance, self.calibration_batches(), self.task,
+                                "prune.depth.amount")
+            moved = renames(model)
+            targets = [t for t in (renamed(n, moved) for n in targets) if t is not None]
+        pruner = self.pruner_cls(self.spec, self.importance, targets)
+        pruner.notes += notes
+        if hasattr(pruner, "calibration"):  # depth: ranks blocks on calibration batches with the task's loss
+            pruner.calibration, pruner.task = self.calibration_batches, self.task
+        example = to_device(self.bundle.train.head(2), self.device)
         pruner.setup(model, example, sparsities)
         return pruner
+
+    def calibration_batches(self) -> list[tuple[Any, torch.Tensor]]:
+        """`prune.calibration_batches` seeded training batches (inputs, targets), on the device."""
+        g = torch.Generator().manual_seed(self.seed + 31)
+        size = getattr(self.task, "calibration_batch_size", 64)
+        return [(to_device(x, self.device), y.to(self.device)) for _, (x, y) in
+                zip(range(self.spec.calibration_batches), batches(self.bundle.train, size, shuffle=True, generator=g))]
 
     def _calibrate(self, model: nn.Module, cache: Path | None = None) -> None:
         """Accumulate gradients over a few training batches for gradient-based importance.

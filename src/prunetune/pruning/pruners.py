@@ -17,6 +17,7 @@ from ..errors import PrunetuneError
 from ..models.hf import attention_modules, sync_attention
 from ..registry import PRUNERS
 from .decoder import DecoderPruner, decoder_blocks, is_causal_lm
+from .depth import Calibration, check_depth, prune_depth
 from .importance import Importance
 from .layers import layer_type_of, prunable_layers
 from .masks import attach_mask, get_mask
@@ -261,6 +262,26 @@ class Structured(Pruner):
         self._tp.step()
         for a in self._attn:
             sync_attention(a)
+        return True
+
+
+@PRUNERS.register("depth")
+class Depth(Pruner):
+    """Remove whole residual blocks / transformer layers (prune.sparsity: fraction of the removable ones)."""
+
+    schedules = ("oneshot",)
+    masked = False
+    # Set by the controller: the calibration batches (prune.calibration_batches) and the task's loss.
+    calibration: Calibration | None = None
+    task = None
+
+    def setup(self, model, example_inputs, sparsities):
+        self.final = sparsities[-1]
+        check_depth(model, self.final, "prune.sparsity")
+
+    def prune_to(self, model, sparsity):
+        kind = self.spec.depth.importance if self.spec.depth is not None else "cosine"
+        self.notes += prune_depth(model, sparsity, kind, self.calibration(), self.task, "prune.sparsity")
         return True
 
 

@@ -12,9 +12,9 @@ Example:
 """
 
 from .loading import apply_overrides, dump_recipe, load_recipe, set_path, validation_error
-from .schema import (AugmentSpec, DenseSpec, DistillSpec, EarlyStopping, EvaluateSpec, FinetuneSpec, ModelSpec,
+from .schema import (AugmentSpec, DenseSpec, DepthSpec, DistillSpec, EarlyStopping, EvaluateSpec, FinetuneSpec, ModelSpec,
                      PruneSpec, Recipe, RobustnessFloor, RobustnessSpec, ScheduleSpec, SearchSpec, TrainSpec)
 
 __all__ = ["AugmentSpec", "DenseSpec", "DistillSpec", "EarlyStopping", "EvaluateSpec", "FinetuneSpec", "ModelSpec",
-           "PruneSpec", "Recipe", "RobustnessFloor", "RobustnessSpec", "ScheduleSpec", "SearchSpec", "TrainSpec",
+           "DepthSpec", "PruneSpec", "Recipe", "RobustnessFloor", "RobustnessSpec", "ScheduleSpec", "SearchSpec", "TrainSpec",
            "apply_overrides", "dump_recipe", "load_recipe", "set_path", "validation_error"]

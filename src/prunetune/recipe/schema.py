@@ -113,10 +113,21 @@ class ScheduleSpec(_Section):
         return self
 
 
+class DepthSpec(_Section):
+    """Depth pruning: whole residual blocks / transformer layers removed (pruning/depth.py)."""
+
+    amount: float | None = Field(
+        None, gt=0, lt=1, description="fraction of the removable blocks removed (x count, rounded half up), before the width "
+        "method; with prune.method depth, prune.sparsity is the fraction and this stays unset")
+    importance: Literal["cosine", "skip_loss"] = Field(
+        "cosine", description="block ranking on calibration batches: cosine (1 - input/output cosine similarity, "
+        "ShortGPT) or skip_loss (loss increase when the block is skipped)")
+
+
 class PruneSpec(_Section):
     """What, how and when to prune."""
 
-    method: str = Field("structured", description="registered pruner: structured, unstructured, nm")
+    method: str = Field("structured", description="registered pruner: structured, unstructured, nm, depth")
     importance: str | None = Field(
         None, description="registered importance (default: the method's best known: structured l2, unstructured lamp, "
         "nm l2)")
@@ -137,6 +148,8 @@ class PruneSpec(_Section):
         0, ge=0, description="training batches (of 128) that re-estimate BatchNorm statistics after each pruning step (0: off)")
     head_sparsity: float | None = Field(
         None, ge=0, lt=1, description="structured transformers: fraction of attention heads removed (default: sparsity)")
+    depth: DepthSpec | None = Field(
+        None, description="remove whole blocks first (amount, importance); with prune.method depth: the ranking only")
     schedule: ScheduleSpec = Field(default_factory=ScheduleSpec)
     order: Literal["finetune_first", "prune_first"] = Field(
         "finetune_first", description="finetune_first: prune the trained dense model; prune_first: prune the "
@@ -159,6 +172,17 @@ class PruneSpec(_Section):
             self.importance = getattr(pruner, "default_importance", "l2")
         if self.scope is None:  # per-layer amounts are a per-layer ranking
             self.scope = "layer" if self.layer_sparsity else getattr(pruner, "default_scope", "layer")
+        return self
+
+    @model_validator(mode="after")
+    def _depth(self) -> "PruneSpec":
+        d = self.depth
+        if self.method == "depth" and d is not None and d.amount is not None:
+            raise ValueError("prune.depth.amount: with prune.method depth the fraction of blocks removed is "
+                             "prune.sparsity; drop prune.depth.amount")
+        if self.method != "depth" and d is not None and d.amount is None:
+            raise ValueError("prune.depth.amount: give the fraction of removable blocks removed before the width "
+                             "method, e.g. 0.25")
         return self
 
     @model_validator(mode="after")
