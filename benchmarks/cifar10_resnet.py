@@ -1,0 +1,172 @@
+"""CIFAR-10 / ResNet-20: width, depth and both, against the glue, on the same cached dense model.
+
+The dense ResNet-20 (He et al. 2016, CIFAR variant) is trained once on the real CIFAR-10 (JPEG
+folders of ../shared/data/cifar10, crop-with-padding-4 + flip) and cached by prunetune. Rows:
+channels −50 % and −60 % (Torch-Pruning through the residual couplings), depth (whole blocks
+removed, cosine ranking) beside channels pruned to the same MACs, width + depth in one recipe, 90 %
+unstructured (LAMP global), and the glue: Torch-Pruning L2 one-shot + AdamW/OneCycle for the same
+epochs. Each row: test accuracy, MACs ratio, saved size, fine-tuning seconds, and speedups at batch 1
+and 128 timed alternately against the dense model (ratio of medians with a 95 % interval).
+
+Writes benchmarks/results/cifar10_resnet.json and .md (a --quick smoke test writes under runs/).
+
+    python benchmarks/cifar10_resnet.py [--quick] [--dense-epochs N] [--epochs N] [--only NAME ...] [--no-latency]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch_pruning as tp
+
+sys.path.insert(0, str(Path(__file__).parent))
+from fashion_mnist import merge  # noqa: E402
+from machine import describe  # noqa: E402
+from peer_glue import accuracy, fmt_speed, glue_finetune, load_shipped  # noqa: E402
+
+from prunetune.measure import macs, serialized_sizes  # noqa: E402
+from prunetune.pipeline import run  # noqa: E402
+from prunetune.recipe import Recipe  # noqa: E402
+from prunetune.session import open_session  # noqa: E402
+from prunetune.timing import compare_models  # noqa: E402
+
+HERE = Path(__file__).parent
+RESULTS = HERE / "results"
+AUG = {"crop_padding": 4, "hflip": True}
+BASE = {
+    "name": "cifar10-resnet20", "seed": 0, "model": {"name": "resnet20"},
+    "data": {"source": "cifar10"},
+    # SGD with momentum, cosine, as He et al. (shortened for 2 CPU cores: --dense-epochs).
+    "dense": {"epochs": 30, "batch_size": 128, "optimizer": "sgd", "lr": 0.1, "momentum": 0.9, "weight_decay": 5e-4,
+              "lr_schedule": "cosine", "warmup_epochs": 1, "augment": AUG},
+    "finetune": {"epochs": 5, "augment": AUG},  # prunetune's default rate and schedule; only the budget is set
+    "evaluate": {"latency_batch": 128, "min_run_time": 1.0, "latency": False, "memory": False},
+}
+ROWS = {
+    "channels-50": {"prune": {"method": "structured", "sparsity": 0.5}},
+    "channels-60": {"prune": {"method": "structured", "sparsity": 0.6}},
+    "depth-4-blocks": {"prune": {"method": "depth", "sparsity": 0.5}},  # 4 of the 7 removable blocks
+    "channels-same-macs-as-depth": None,  # sparsity found below so MACs equal the depth row's
+    "width-depth": {"prune": {"method": "structured", "sparsity": 0.3, "depth": {"amount": 0.25}}},
+    "unstructured-90": {"prune": {"method": "unstructured", "sparsity": 0.9}},
+    "channels-50-glue": "glue",
+}
+
+
+def glue_prune(model, amount: float, example) -> torch.nn.Module:
+    tp.pruner.MetaPruner(model, example, importance=tp.importance.MagnitudeImportance(p=2), pruning_ratio=amount,
+                         ignored_layers=[model.classifier]).step()
+    return model
+
+
+def matching_sparsity(dense, target_macs: float, example) -> float:
+    """The channel amount whose one-shot L2 plan has `target_macs` (bisection on pruned copies)."""
+    lo, hi = 0.0, 0.9
+    for _ in range(14):
+        mid = (lo + hi) / 2
+        if macs(glue_prune(copy.deepcopy(dense), mid, example), example) > target_macs:
+            lo = mid
+        else:
+            hi = mid
+    return round((lo + hi) / 2, 4)
+
+
+def measure(row: dict, dense, model, bundle, latency: bool) -> dict:
+    one = bundle.test.x[:1]
+    d, c = serialized_sizes(dense), serialized_sizes(model)
+    row.update({"macs_ratio": round(macs(dense, one) / macs(model, one), 2),
+                "params": sum(p.numel() for p in model.parameters()),
+                "size_ratio": round(d["size_bytes"] / c.get("sparse_bytes", c["size_bytes"]), 2)})
+    if latency:
+        for key, n in (("speedup_b1", 1), ("speedup_b128", 128)):
+            row[key] = compare_models(dense, model, lambda m, x: m(x), bundle.test.x[:n], threads=torch.get_num_threads(),
+                                      rounds=7, min_run_time=2.0, masked=row["name"].startswith("unstructured"))
+    return row
+
+
+def table(doc: dict) -> str:
+    m = doc["machine"]
+    lines = ["# CIFAR-10 / ResNet-20: width, depth and both, against the glue", "",
+             f"Machine: {m['cpu']}, {m['cores']} cores, torch {m['torch']}. Dense ResNet-20: {doc['dense_epochs']} epochs "
+             f"(SGD 0.1, cosine, crop + flip), **{doc['dense_test']:.2f} % test**. Every row: {doc['epochs']} fine-tuning "
+             "epochs, best validation epoch kept. Speedups: dense and pruned timed alternately, ratio of medians with a 95 % "
+             "interval; \"no measurable change\" when it contains 1.0.", "",
+             "| row | test (drop) | MACs ÷ | params | file ÷ | FT s | speedup b1 | speedup b128 |",
+             "|---|---|---:|---:|---:|---:|---|---|"]
+    for r in doc["rows"]:
+        lines.append(f"| {r['name']} | {r['after_ft']:.2f} ({r['drop']:+.2f}) | {r['macs_ratio']:.2f} | {r['params']:,} | "
+                     f"{r['size_ratio']:.1f} | {r['wall_s']:.0f} | {fmt_speed(r.get('speedup_b1'))} | "
+                     f"{fmt_speed(r.get('speedup_b128'))} |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="2,000 training images, 1 + 1 epochs: a smoke test")
+    ap.add_argument("--dense-epochs", type=int)
+    ap.add_argument("--epochs", type=int, help="fine-tuning epochs of every row")
+    ap.add_argument("--only", nargs="*")
+    ap.add_argument("--no-latency", action="store_true")
+    args = ap.parse_args()
+    base = BASE
+    if args.quick:
+        base = merge(base, {"data": {"limit": 2000, "val_size": 500}, "dense": {"epochs": 1}, "finetune": {"epochs": 1}})
+    if args.dense_epochs:
+        base = merge(base, {"dense": {"epochs": args.dense_epochs}})
+    if args.epochs:
+        base = merge(base, {"finetune": {"epochs": args.epochs}})
+    recipe = Recipe.model_validate(base)
+    session = open_session(recipe, log=lambda m: print(m, flush=True))
+    bundle = session.load_data(recipe.data, recipe.model, announce=True)
+    dense, _ = session.obtain_dense(recipe)
+    dense.eval()
+    dense_acc = accuracy(dense, bundle.test)
+    runs = HERE / "runs" / ("cifar10_resnet_quick" if args.quick else "cifar10_resnet")
+    runs.mkdir(parents=True, exist_ok=True)
+    path = (runs if args.quick else RESULTS) / "cifar10_resnet.json"
+    done = {r["name"]: r for r in json.loads(path.read_text())["rows"]} if path.exists() else {}
+    example = bundle.test.x[:1]
+    for name, extra in ROWS.items():
+        if args.only and not any(name.startswith(o) for o in args.only):
+            continue
+        t0 = time.perf_counter()
+        if extra == "glue":
+            torch.manual_seed(1)
+            model = glue_prune(copy.deepcopy(dense), 0.5, example)
+            ft = recipe.finetune
+            row = glue_finetune(model, bundle, ft.epochs, ft.lr, ft.weight_decay, ft.batch_size, seed=1)
+            row["after_ft"] = round(accuracy(model, bundle.test), 2)
+        else:
+            if extra is None:  # as many MACs as the depth row
+                depth = done.get("depth-4-blocks")
+                if depth is None:
+                    continue
+                s = matching_sparsity(dense, macs(dense, example) / depth["macs_ratio"], example)
+                extra = {"prune": {"method": "structured", "sparsity": s}}
+            out = runs / name
+            shutil.rmtree(out, ignore_errors=True)
+            rep = run(Recipe.model_validate(merge(merge(base, extra), {"name": name})), out, log=lambda m: None,
+                      checkpoint=False)
+            model = load_shipped(out / "model")
+            row = {"after_ft": rep["stages"]["finetuned"]["accuracy"], "before_ft": rep["stages"]["pruned"]["accuracy"],
+                   "wall_s": rep["finetune"]["wall_s"], "recipe": extra}
+        row = measure({"name": name, "dense": round(dense_acc, 2), **row}, dense, model, bundle, not args.no_latency)
+        row["drop"] = round(row["dense"] - row["after_ft"], 2)
+        row["row_s"] = round(time.perf_counter() - t0, 1)
+        done[name] = row
+        print(f"{name}: {row['after_ft']} (drop {row['drop']}), MACs ÷{row['macs_ratio']}", flush=True)
+        doc = {"machine": describe(), "dense_test": round(dense_acc, 2), "dense_epochs": recipe.dense.epochs,
+               "epochs": recipe.finetune.epochs, "base_recipe": base, "rows": list(done.values())}
+        path.write_text(json.dumps(doc, indent=2))
+        path.with_suffix(".md").write_text(table(doc))
+
+
+if __name__ == "__main__":
+    main()
