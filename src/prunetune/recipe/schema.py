@@ -137,6 +137,10 @@ class PruneSpec(_Section):
         0, ge=0, description="training batches (of 128) that re-estimate BatchNorm statistics after each pruning step (0: off)")
     head_sparsity: float | None = Field(
         None, ge=0, lt=1, description="structured transformers: fraction of attention heads removed (default: sparsity)")
+    uniform: bool = Field(
+        False, description="structured: every layer keeps the same number of heads, key/value heads and FFN neurons "
+        "(per-layer ranking; grouped-query heads go in whole key/value groups), so a transformers model's folder "
+        "loads with plain from_pretrained")
     schedule: ScheduleSpec = Field(default_factory=ScheduleSpec)
     order: Literal["finetune_first", "prune_first"] = Field(
         "finetune_first", description="finetune_first: prune the trained dense model; prune_first: prune the "
@@ -159,6 +163,20 @@ class PruneSpec(_Section):
             self.importance = getattr(pruner, "default_importance", "l2")
         if self.scope is None:  # per-layer amounts are a per-layer ranking
             self.scope = "layer" if self.layer_sparsity else getattr(pruner, "default_scope", "layer")
+        return self
+
+    @model_validator(mode="after")
+    def _uniform(self) -> "PruneSpec":
+        if not self.uniform:
+            return self
+        if self.method != "structured":
+            raise ValueError(f"uniform: only structured pruning changes layer widths ({self.method} keeps every shape); "
+                             "drop prune.uniform")
+        if self.scope == "global":
+            raise ValueError("uniform: global ranking gives each layer its own width; use prune.scope: layer "
+                             "(or drop prune.uniform)")
+        if self.layer_sparsity:
+            raise ValueError("uniform: prune.layer_sparsity gives layers different widths; drop one of the two")
         return self
 
     @model_validator(mode="after")
