@@ -225,3 +225,48 @@ def test_config_that_disagrees_with_the_weights(tmp_path):
     (tmp_path / "m" / "config.json").write_text(json.dumps({**cfg, "n_head": 3}))
     with pytest.raises(PrunetuneError, match=r"m/config.json: transformers cannot build the model from it"):
         load_model(tmp_path / "m")
+
+
+LM_LINES = Path(__file__).resolve().parent / "bad_inputs" / "files" / "text" / "lm_lines"
+
+
+def tiny_llama_folder(folder: Path) -> Path:
+    """A 2-layer Llama (4 query heads in 2 key/value groups, hidden 32) with a tokenizer trained on LM_LINES."""
+    from prunetune.models.tiny_lm import tiny_model_folder
+
+    texts = (LM_LINES / "train.txt").read_text().splitlines()
+    return tiny_model_folder(folder, texts, "llama", vocab_size=300, layers=2, heads=4, kv_heads=2, dim=32,
+                             positions=32, inner=64)
+
+
+def _run_cli(monkeypatch, capsys, *args) -> tuple[int, str, str]:
+    from prunetune.cli import main
+
+    monkeypatch.setattr(sys, "argv", ["prunetune", *map(str, args)])
+    with pytest.raises(SystemExit) as e:
+        main()
+    out = capsys.readouterr()
+    return int(e.value.code or 0), out.out, out.err
+
+
+@pytest.mark.parametrize("uniform, how", [
+    (True, "loads with transformers from_pretrained"),
+    (False, "loads through prunetune.artifacts.load_model (per-layer FFN widths differ: 32, 64)"),
+])
+def test_run_report_says_how_the_model_folder_loads(tmp_path, monkeypatch, capsys, uniform, how):
+    folder = tiny_llama_folder(tmp_path / "llama")
+    sets = {"task": "causal_lm", "model.name": f"hf:{folder}", "data.source": "lm_text", "data.path": LM_LINES,
+            "data.max_length": 16, "data.val_size": 8, "dense.epochs": 0, "prune.method": "structured",
+            "prune.importance": "l2", "prune.sparsity": 0.5, "prune.head_sparsity": 0.5, "finetune.epochs": 1,
+            "finetune.batch_size": 16, "evaluate.latency": False, "evaluate.memory": False, "evaluate.generate": 0}
+    if uniform:
+        sets["prune.uniform"] = True
+    else:  # only layer 0's MLP: the layers' FFN widths differ
+        sets.update({"prune.include": '["model.layers.0.mlp.*"]', "prune.head_sparsity": 0.0})
+    args = [a for k, v in sets.items() for a in ("--set", f"{k}={v}")]
+    rc, out, err = _run_cli(monkeypatch, capsys, "run", *args, "--out", tmp_path / "run")
+    assert rc == 0, err[-2000:]
+    assert f"model folder: {how}\n" in out
+    rep = json.loads((tmp_path / "run" / "report.json").read_text())
+    assert rep["saved_model"]["how"] == how and rep["saved_model"]["with"] == ("transformers" if uniform else "prunetune")
+    assert f"Model folder `model/`: {how}." in (tmp_path / "run" / "report.md").read_text()

@@ -95,6 +95,13 @@ def save_model(model: nn.Module, folder: str | Path, info: dict[str, Any]) -> Pa
     return folder
 
 
+def loading_entry(folder: str | Path) -> dict[str, Any]:
+    """A report's `saved_model` entry for the model folder `save_model` wrote: how it loads (transformers
+    models: {"with": "transformers" | "prunetune", "how": sentence, "reason"}); {} for other models."""
+    loading = read_manifest(folder).loading
+    return {"saved_model": loading} if loading else {}
+
+
 def _storage_key(t: torch.Tensor) -> tuple:
     return (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), t.dtype)
 
