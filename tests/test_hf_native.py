@@ -161,7 +161,8 @@ def test_uneven_folder_loads_through_prunetune_and_plain_transformers_refuses_it
     # transformers 5 builds the original widths from config.json, reports the mismatch and raises (README quotes it).
     err = plain_load["errors"]["uneven"]
     assert err == "RuntimeError: You set `ignore_mismatched_sizes` to `False`, thus raising an error. For details look at the above report!"
-    assert "model.layers.0.mlp.down_proj.weight" in plain_load["stderr"] and "Reinit due to size mismatch" in plain_load["stderr"]
+    assert ("model.layers.0.mlp.down_proj.weight | MISMATCH | Reinit due to size mismatch - ckpt: torch.Size([64, 64]) "
+            "vs model:torch.Size([64, 128])") in plain_load["stderr"]
     again, _ = load_model(plain_load["root"] / "uneven")
     with torch.no_grad():
         assert torch.equal(again(**_inputs()).logits, plain_load["ours"]["uneven"])
@@ -270,3 +271,15 @@ def test_run_report_says_how_the_model_folder_loads(tmp_path, monkeypatch, capsy
     rep = json.loads((tmp_path / "run" / "report.json").read_text())
     assert rep["saved_model"]["how"] == how and rep["saved_model"]["with"] == ("transformers" if uniform else "prunetune")
     assert f"Model folder `model/`: {how}." in (tmp_path / "run" / "report.md").read_text()
+
+
+def test_weights_stored_sparse_load_through_prunetune(tmp_path):
+    model = _model("gpt2")
+    with torch.no_grad():  # unstructured pruning's result: 80 % of every block's weights zero
+        for b in model.transformer.h:
+            for mod in (b.attn.c_attn, b.attn.c_proj, b.mlp.c_fc, b.mlp.c_proj):
+                mod.weight[mod.weight.abs() < mod.weight.abs().quantile(0.8)] = 0
+    m = _save(model, tmp_path / "m")
+    assert m["sparse"] and m["loading"] == {"with": "prunetune", "reason": "weights stored sparse, as bitmask + values",
+                                            "how": "loads through prunetune.artifacts.load_model (weights stored sparse, "
+                                                   "as bitmask + values)"}
