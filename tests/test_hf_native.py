@@ -283,3 +283,19 @@ def test_weights_stored_sparse_load_through_prunetune(tmp_path):
     assert m["sparse"] and m["loading"] == {"with": "prunetune", "reason": "weights stored sparse, as bitmask + values",
                                             "how": "loads through prunetune.artifacts.load_model (weights stored sparse, "
                                                    "as bitmask + values)"}
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+def test_layers_removed_flow_into_the_config(arch):
+    """The hook depth pruning uses: num_hidden_layers is read from the layer list, not from a plan."""
+    from prunetune.models.hf_native import native_config
+
+    model = _model(arch)
+    _prune(model, 0.5, uniform=True)
+    del model.model.layers[1]  # what removing the last layer leaves
+    config, why = native_config(model)
+    assert why == "" and config.num_hidden_layers == 1 and config.num_attention_heads == model.config.num_attention_heads // 2
+    rebuilt = type(model)(config).eval()
+    rebuilt.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        assert torch.equal(rebuilt(**_inputs()).logits, model(**_inputs()).logits)

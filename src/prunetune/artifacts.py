@@ -167,9 +167,10 @@ def _save_hf_files(model: nn.Module, folder: Path, info: dict[str, Any], stored_
     if names:  # a language model has no labels
         config.id2label = {i: n for i, n in enumerate(names)}
         config.label2id = {n: i for i, n in enumerate(names)}
-    native, why = native_config(model)
-    if native is not None and info.get("modules"):
+    if info.get("modules"):
         native, why = None, f"fine-tuning modules transformers does not build: {', '.join(info['modules'])}"
+    else:
+        native, why = native_config(model)
     if native is not None and stored_sparse:
         native, why = None, "weights stored sparse, as bitmask + values"
     if native is not None:
