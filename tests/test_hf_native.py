@@ -299,3 +299,11 @@ def test_layers_removed_flow_into_the_config(arch):
     rebuilt.load_state_dict(model.state_dict())
     with torch.no_grad():
         assert torch.equal(rebuilt(**_inputs()).logits, model(**_inputs()).logits)
+
+
+def test_uniform_on_a_model_without_transformer_layers_is_refused():
+    load_builtins()
+    mlp = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
+    pruner = Structured(PruneSpec(uniform=True), IMPORTANCES.get("l2")(), ["0"])
+    with pytest.raises(PrunetuneError, match=r"^prune.uniform: Sequential has no transformer layers .*; drop prune.uniform$"):
+        pruner.setup(mlp, torch.randn(2, 4), [0.5])

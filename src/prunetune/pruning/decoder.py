@@ -15,6 +15,7 @@ registered importance works, `wanda` (|w| x input norm) included. The hidden siz
 norms, the residual stream and the LM head) is never changed. Each layer keeps at least one head.
 Widths may differ per layer, which a transformers config cannot express: `sync_decoder` restores
 each module's head counts from its tensors (after pruning, and when a saved model is rebuilt).
+`prune.uniform` keeps them equal (whole key/value groups), so the config can (`models/hf_native.py`).
 """
 
 from __future__ import annotations
