@@ -324,6 +324,30 @@ BUILDERS.update({
 })
 
 
+# Hugging Face-native folders (issue 16): a tiny grouped-query Llama, and a text model whose config.json was edited.
+def _tiny_llama(w: Path, t: Templates, name: str) -> Path:
+    def make(p: Path) -> None:
+        from prunetune.models.tiny_lm import tiny_model_folder
+
+        texts = (FILES / "text" / "lm_lines" / "train.txt").read_text().splitlines()
+        tiny_model_folder(p / "llama", texts, "llama", vocab_size=300, layers=2, heads=4, kv_heads=2, dim=32,
+                          positions=32, inner=64)
+
+    return _copy(t.get(name, make) / "llama", w / name)
+
+
+def _config_edit(folder: Path, **values: Any) -> Path:
+    cfg = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**cfg, **values}))
+    return folder
+
+
+BUILDERS.update({
+    "tiny_llama": _tiny_llama,
+    "text_model_wrong_config": lambda w, t, name: _config_edit(_copy(t.text_model(), w / name), intermediate_size=48),
+})
+
+
 @pytest.fixture(scope="session")
 def templates(tmp_path_factory) -> Templates:
     return Templates(tmp_path_factory.mktemp("bad-input-templates"))

@@ -29,6 +29,7 @@ from .files import save_tensors, staged_folder
 from .finetune.structure import restore_structure
 from .models.hf import load_lm_config
 from .pruning.depth import depth_record, restore_depth
+from .models.hf_native import HOW, PRUNETUNE, TRANSFORMERS, native_config
 from .pruning.decoder import head_counts as decoder_heads, mlp_widths, sync_decoder
 from .models import build_model, hf
 from .pruning.layers import sync_attributes
@@ -64,6 +65,8 @@ class Manifest(BaseModel):
     depth: dict[str, Any] = {}
     # Tensors stored as bitmask + values in model.safetensors (sparse_store); {}: all stored dense.
     sparse: dict[str, Any] = {}
+    # transformers models: how the folder loads ({"with": "transformers" | "prunetune", "how": sentence, "reason"}).
+    loading: dict[str, Any] = {}
 
 
 def save_model(model: nn.Module, folder: str | Path, info: dict[str, Any]) -> Path:
@@ -80,7 +83,7 @@ def save_model(model: nn.Module, folder: str | Path, info: dict[str, Any]) -> Pa
         masks = {key: m.detach().cpu().contiguous() for key, m in masked_tensors(model).items()}
         if masks:
             save_tensors(masks, tmp / "masks.safetensors")
-        info = _save_hf_files(plain, tmp, info)
+        info = _save_hf_files(plain, tmp, info, stored_sparse=bool(sparse))
         manifest = {
             "format": FORMAT,
             "prunetune_version": __version__,
@@ -94,6 +97,13 @@ def save_model(model: nn.Module, folder: str | Path, info: dict[str, Any]) -> Pa
         Manifest.model_validate(manifest)
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))
     return folder
+
+
+def loading_entry(folder: str | Path) -> dict[str, Any]:
+    """A report's `saved_model` entry for the model folder `save_model` wrote: how it loads (transformers
+    models: {"with": "transformers" | "prunetune", "how": sentence, "reason"}); {} for other models."""
+    loading = read_manifest(folder).loading
+    return {"saved_model": loading} if loading else {}
 
 
 def _storage_key(t: torch.Tensor) -> tuple:
@@ -143,10 +153,13 @@ def load_state(model: nn.Module, state: dict[str, torch.Tensor], folder: Path) -
         raise PrunetuneError(f"{folder}: weights do not fit the architecture ({what}); re-save the model")
 
 
-def _save_hf_files(model: nn.Module, folder: Path, info: dict[str, Any]) -> dict[str, Any]:
+def _save_hf_files(model: nn.Module, folder: Path, info: dict[str, Any], stored_sparse: bool = False) -> dict[str, Any]:
     """A transformers model also gets `config.json` (labels named), so the folder is laid out like
-    `save_pretrained`'s; the manifest records the per-layer widths. Every text model gets its
-    tokenizer files (the manifest then says '.', the only value `resolve_tokenizer` takes)."""
+    `save_pretrained`'s; the manifest records the per-layer widths. When every layer keeps the same
+    counts and the architecture's config can say so (`native_config`), config.json carries the pruned
+    counts and the folder loads with plain `from_pretrained`; otherwise it is the original config,
+    which prunetune resizes from the manifest. Every text model gets its tokenizer files (the manifest
+    then says '.', the only value `resolve_tokenizer` takes)."""
     pre = dict(info.get("preprocess") or {})
     if pre.get("kind") == "text" and pre.get("tokenizer") not in (None, "."):
         hf.load_tokenizer(pre["tokenizer"]).save_pretrained(folder)  # transformers' fixed file names, inside `folder`
@@ -158,12 +171,24 @@ def _save_hf_files(model: nn.Module, folder: Path, info: dict[str, Any]) -> dict
     if names:  # a language model has no labels
         config.id2label = {i: n for i, n in enumerate(names)}
         config.label2id = {n: i for i, n in enumerate(names)}
-    config.save_pretrained(folder)
+    if info.get("modules"):
+        native, why = None, f"fine-tuning modules transformers does not build: {', '.join(info['modules'])}"
+    else:
+        native, why = native_config(model)
+    if native is not None and stored_sparse:
+        native, why = None, "weights stored sparse, as bitmask + values"
+    if native is not None:
+        native.architectures = [type(model).__name__]
+        native.save_pretrained(folder)
+    else:
+        config.save_pretrained(folder)
+    way = TRANSFORMERS if native is not None else PRUNETUNE
+    loading = {"with": way, "how": HOW[way] + (f" ({why})" if why else ""), "reason": why}
     widths = {"heads": hf.head_counts(model), "linear_out": {
         n: m.out_features for n, m in model.named_modules() if isinstance(m, nn.Linear) and "intermediate" in n}}
     if decoder_heads(model):
         widths["decoder"] = {"heads": decoder_heads(model), "mlp": mlp_widths(model)}
-    return {**info, "widths": widths}
+    return {**info, "widths": widths, "loading": loading}
 
 
 def resolve_tokenizer(folder: Path, preprocess: dict[str, Any]) -> str:
@@ -247,6 +272,30 @@ def resize_to(model: nn.Module, shapes: dict[str, list[int]]) -> None:
     sync_decoder(model)  # decoder LMs: head counts per layer follow the tensors
 
 
+_PUT_BACK = "put back the config.json saved with these weights, or re-save the model"
+
+
+def _config_fits(model: nn.Module, want: dict[str, list[int]], folder: Path) -> None:
+    """A folder that loads with transformers: its config.json must build exactly the saved shapes."""
+    have = model.state_dict()
+    for k, shape in want.items():
+        if k in have and list(have[k].shape) != list(shape):
+            raise PrunetuneError(f"{folder / 'config.json'}: disagrees with model.safetensors ({k} is {list(shape)} "
+                                 f"there, the config builds {list(have[k].shape)}); {_PUT_BACK}")
+
+
+def _heads_fit(model: nn.Module, manifest: Manifest, folder: Path) -> None:
+    """The head counts the config's head width gives must be the saved ones (a config with another head
+    width would split the same tensors into other heads)."""
+    widths = (manifest.model_extra or {}).get("widths") or {}
+    for saved, now in ((widths.get("heads"), hf.head_counts(model)),
+                       ((widths.get("decoder") or {}).get("heads"), decoder_heads(model))):
+        if saved and saved != now:
+            name = next((n for n in saved if saved.get(n) != now.get(n)), next(iter(saved)))
+            raise PrunetuneError(f"{folder / 'config.json'}: disagrees with model.safetensors ({name} has "
+                                 f"{saved[name]} heads there, {now.get(name)} by the config); {_PUT_BACK}")
+
+
 def load_model(folder: str | Path, trust_code: bool = False, keep_masks: bool = False) -> tuple[nn.Module, Manifest]:
     """Rebuild a saved model from its folder: no pickle is ever loaded.
 
@@ -278,8 +327,14 @@ def load_model(folder: str | Path, trust_code: bool = False, keep_masks: bool = 
             config = load_lm_config(str(folder), spec.trust_code)
         else:
             config = hf.load_config(str(folder), manifest.num_classes, spec.trust_code)
-        model = hf.hf_model(spec.name, manifest.num_classes, trust_code=spec.trust_code, pretrained=False, config=config,
-                            **({"head": head} if head else {}))
+        try:
+            model = hf.hf_model(spec.name, manifest.num_classes, trust_code=spec.trust_code, pretrained=False,
+                                config=config, **({"head": head} if head else {}))
+        except (ValueError, TypeError, RuntimeError) as e:
+            raise PrunetuneError(f"{folder / 'config.json'}: transformers cannot build the model from it "
+                                 f"({str(e).splitlines()[0][:100]}); {_PUT_BACK}") from None
+        if manifest.loading.get("with") == TRANSFORMERS:  # config.json alone must build these shapes
+            _config_fits(model, want, folder)
     else:
         model = build_model(spec, manifest.num_classes, tuple(manifest.input_shape), manifest.model_kwargs)
     if manifest.depth:  # before any fine-tuning structure wraps the model
@@ -288,6 +343,8 @@ def load_model(folder: str | Path, trust_code: bool = False, keep_masks: bool = 
         model = restore_structure(model, manifest.modules, str(folder / "manifest.json"))
     resize_to(model, want)
     load_state(model, state, folder)
+    if hf.is_hf(spec.name):
+        _heads_fit(model, manifest, folder)
     mask_file = folder / "masks.safetensors"
     if manifest.masks and keep_masks:
         masks = _load_tensors(mask_file)

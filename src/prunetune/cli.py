@@ -96,6 +96,7 @@ def run(
         m = task.metric
         print(f"{task.headline}dense {task.show(s['dense'][m])} -> pruned {task.show(s['pruned'][m])} -> fine-tuned "
               f"{task.show(s['finetuned'][m])}; MACs ÷{sp['macs_ratio']:.2f}{lat}")
+        _print_loading(report)
 
     _guard(go)
 
@@ -121,6 +122,12 @@ def sensitivity_(
         print(table(doc))
 
     _guard(go)
+
+
+def _print_loading(report: dict) -> None:
+    """How a transformers model's saved folder loads (with plain from_pretrained, or through prunetune)."""
+    if report.get("saved_model"):
+        print(f"model folder: {report['saved_model']['how']}")
 
 
 def speed_summary(row: dict, batch: int) -> str:
@@ -273,6 +280,7 @@ def refine_(
         print(f"{task.headline}new data {task.show(b['new_data'][m])} -> {task.show(a['new_data'][m])}; original test "
               f"{task.show(b['original_test'][m])} -> {task.show(a['original_test'][m])}; "
               f"{rep['nonzero_params']:,} non-zero parameters kept; wrote {rep['folder']}")
+        _print_loading(rep)
 
     _guard(go)
 

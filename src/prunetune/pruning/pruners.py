@@ -15,6 +15,7 @@ from torch import nn
 
 from ..errors import PrunetuneError
 from ..models.hf import attention_modules, sync_attention
+from ..models.hf_native import fewer_heads_problem, layer_widths, uniformity_problem
 from ..registry import PRUNERS
 from .decoder import DecoderPruner, decoder_blocks, is_causal_lm
 from .depth import Calibration, check_depth, prune_depth
@@ -195,6 +196,8 @@ class Structured(Pruner):
                                      "neurons are pruned block by block); drop it and use prune.sparsity")
             self._decoder = DecoderPruner(self.spec, self.importance, self.targets, self.notes)
             self._decoder.setup(model, list(sparsities))
+            heads_pruned = any(b.kind == "heads" and b.name in self._decoder.names for b in decoder_blocks(model))
+            self._check_uniform(model, self._decoder.head_ratio if heads_pruned else 0.0)
             return
         ignored = [m for n, m in prunable_layers(model) if n not in self.targets]
         steps = list(sparsities)
@@ -216,6 +219,7 @@ class Structured(Pruner):
                 for p in ("query", "key", "value"):
                     heads[getattr(a, p)] = count
             ignored += _hidden_size_owners(model)
+        self._check_uniform(model, head_ratio if attn else 0.0)
         # RNN / embedding support (importance, tracing, custom pruner, root types); fresh channel-group dicts.
         options = structured_options(model, self.targets, self.importance, self._forward_fn)
         self._tp = tp.pruner.BasePruner(
@@ -238,6 +242,18 @@ class Structured(Pruner):
             **options,
         )
         self._attn = list(attn.values())
+
+    def _check_uniform(self, model: nn.Module, head_ratio: float) -> None:
+        """`prune.uniform` is for transformers models whose config can express the pruned counts."""
+        if not getattr(self.spec, "uniform", False):
+            return
+        if not layer_widths(model)[1]:
+            raise PrunetuneError(f"prune.uniform: {type(model).__name__} has no transformer layers (attention heads, "
+                                 "FFN neurons) to keep uniform; drop prune.uniform")
+        why = fewer_heads_problem(model, head_ratio) if head_ratio > 0 else ""
+        if why:
+            raise PrunetuneError(f"prune.uniform: {why}; set prune.head_sparsity: 0 to prune FFN neurons only (a "
+                                 "folder transformers loads), or drop prune.uniform")
 
     @staticmethod
     def _forward_fn(model, inputs):
@@ -262,6 +278,10 @@ class Structured(Pruner):
         self._tp.step()
         for a in self._attn:
             sync_attention(a)
+        why = uniformity_problem(model) if getattr(self.spec, "uniform", False) else ""
+        if why:
+            raise PrunetuneError(f"prune.uniform: after pruning, {why}; select the same projections in every layer "
+                                 "(prune.include / exclude), or drop prune.uniform")
         return True
 
 

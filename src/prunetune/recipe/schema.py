@@ -150,6 +150,10 @@ class PruneSpec(_Section):
         None, ge=0, lt=1, description="structured transformers: fraction of attention heads removed (default: sparsity)")
     depth: DepthSpec | None = Field(
         None, description="remove whole blocks first (amount, importance); with prune.method depth: the ranking only")
+    uniform: bool = Field(
+        False, description="structured: every layer keeps the same number of heads, key/value heads and FFN neurons "
+        "(per-layer ranking; grouped-query heads go in whole key/value groups), so a transformers model's folder "
+        "loads with plain from_pretrained")
     schedule: ScheduleSpec = Field(default_factory=ScheduleSpec)
     order: Literal["finetune_first", "prune_first"] = Field(
         "finetune_first", description="finetune_first: prune the trained dense model; prune_first: prune the "
@@ -183,6 +187,20 @@ class PruneSpec(_Section):
         if self.method != "depth" and d is not None and d.amount is None:
             raise ValueError("prune.depth.amount: give the fraction of removable blocks removed before the width "
                              "method, e.g. 0.25")
+        return self
+
+    @model_validator(mode="after")
+    def _uniform(self) -> "PruneSpec":
+        if not self.uniform:
+            return self
+        if self.method != "structured":
+            raise ValueError(f"uniform: only structured pruning changes layer widths ({self.method} keeps every shape); "
+                             "drop prune.uniform")
+        if self.scope == "global":
+            raise ValueError("uniform: global ranking gives each layer its own width; use prune.scope: layer "
+                             "(or drop prune.uniform)")
+        if self.layer_sparsity:
+            raise ValueError("uniform: prune.layer_sparsity gives layers different widths; drop one of the two")
         return self
 
     @model_validator(mode="after")

@@ -37,6 +37,7 @@ def run_markdown(report: RunReport) -> str:
         f"(best {report.finetune['best_epoch']}, {report.finetune['wall_s']:.1f} s).",
         "",
     ]
+    lines += _loading_lines(report)
     if report.distill:
         d = report.distill
         lines += [f"Distilled from `{d['teacher']}` (test {metric} {task.format(d['teacher_test_' + metric])}), alpha {d['alpha']}, "
@@ -105,6 +106,12 @@ def run_markdown(report: RunReport) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _loading_lines(report: RunReport | RefineReport) -> list[str]:
+    """How the saved transformers model folder loads (reports from before issue 16 have no entry)."""
+    saved = getattr(report, "saved_model", None)
+    return [f"Model folder `model/`: {saved['how']}.", ""] if saved else []
+
+
 def refine_markdown(report: RefineReport) -> str:
     """report.md of a refine folder."""
     st, ft, r = report.stages, report.finetune, report.recipe
@@ -127,6 +134,7 @@ def refine_markdown(report: RefineReport) -> str:
                          f"{task.format(s[m] - st['before'][data][m], signed=True)} | {s['nonzero_params']:,} | "
                          f"{s['sparsity']:.3f} | {' | '.join(size_cells(s))} |")
     lines += ["", "The original test set shows what the new data made the model forget.", ""]
+    lines += _loading_lines(report)
     if report.notes:
         lines += ["Notes:", *[f"- {x}" for x in report.notes], ""]
     return "\n".join(lines)

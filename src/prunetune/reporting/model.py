@@ -55,6 +55,7 @@ class RunReport(_Report):
     adaptive: dict[str, Any] | None = None
     notes: list[str] = []
     sweep: Any = None  # a sweep section to show on the page: rows (list of dicts) and a pareto_png path
+    saved_model: dict[str, Any] | None = None  # transformers models: how model/ loads (artifacts.loading_entry)
     prunetune_version: str = ""
     torch_version: str = ""
 
@@ -72,6 +73,7 @@ class RefineReport(_Report):
     metric: str = "accuracy"  # refine reports from before reports named their metric are classification
     higher_is_better: bool = True
     notes: list[str] = []
+    saved_model: dict[str, Any] | None = None  # transformers models: how model/ loads (artifacts.loading_entry)
     prunetune_version: str = ""
     torch_version: str = ""
 
