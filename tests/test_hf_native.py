@@ -119,6 +119,12 @@ def plain_load(tmp_path_factory):
         ours["uneven"] = uneven(**x).logits
     manifests["uneven"] = _save(uneven, root / "uneven")
     jobs.append(("uneven", str(root / "uneven"), "AutoModelForCausalLM"))
+    sparse = _model("gpt2")
+    _zero_most(sparse)
+    with torch.no_grad():
+        ours["sparse"] = sparse(**x).logits
+    manifests["sparse"] = _save(sparse, root / "sparse")
+    jobs.append(("sparse", str(root / "sparse"), "AutoModelForCausalLM"))
     save_file(x, root / "x.safetensors")
     env = {"PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"}  # the script checks that nothing of prunetune was imported
     p = subprocess.run([sys.executable, "-c", PLAIN, json.dumps(jobs), str(root / "x.safetensors"), str(root / "out")],
@@ -274,16 +280,21 @@ def test_run_report_says_how_the_model_folder_loads(tmp_path, monkeypatch, capsy
     assert f"Model folder `model/`: {how}." in (tmp_path / "run" / "report.md").read_text()
 
 
-def test_weights_stored_sparse_load_through_prunetune(tmp_path):
-    model = _model("gpt2")
-    with torch.no_grad():  # unstructured pruning's result: 80 % of every block's weights zero
+def _zero_most(model) -> None:
+    """Unstructured pruning's result: 80 % of every GPT-2 block's weights zero."""
+    with torch.no_grad():
         for b in model.transformer.h:
             for mod in (b.attn.c_attn, b.attn.c_proj, b.mlp.c_fc, b.mlp.c_proj):
                 mod.weight[mod.weight.abs() < mod.weight.abs().quantile(0.8)] = 0
-    m = _save(model, tmp_path / "m")
-    assert m["sparse"] and m["loading"] == {"with": "prunetune", "reason": "weights stored sparse, as bitmask + values",
-                                            "how": "loads through prunetune.artifacts.load_model (weights stored sparse, "
-                                                   "as bitmask + values)"}
+
+
+def test_mostly_zero_transformers_weights_stay_dense_and_load_in_plain_transformers(plain_load):
+    """The bitmask layout would make plain from_pretrained silently re-initialise the packed tensors
+    (it reports them missing): a transformers folder keeps its weights dense and loads natively."""
+    m = plain_load["manifests"]["sparse"]
+    assert "sparse" not in m and m["loading"]["with"] == "transformers"
+    assert "sparse" not in plain_load["errors"], plain_load["errors"].get("sparse")
+    assert torch.equal(plain_load["theirs"]["sparse"], plain_load["ours"]["sparse"])
 
 
 @pytest.mark.parametrize("arch", ["llama", "qwen2"])

@@ -77,13 +77,16 @@ def save_model(model: nn.Module, folder: str | Path, info: dict[str, Any]) -> Pa
     with staged_folder(folder) as tmp:
         plain = realise(model).cpu()
         state = {k: v.detach().contiguous().clone() for k, v in unique_state(plain).items()}
-        stored, sparse = pack(state)
+        # A transformers model's weights stay dense: plain from_pretrained reads them (it would silently
+        # re-initialise tensors stored as bitmask + values); the report still gives the sparse size.
+        hf_folder = hasattr(getattr(plain, "config", None), "save_pretrained")
+        stored, sparse = (state, {}) if hf_folder else pack(state)
         save_tensors(stored, tmp / "model.safetensors")
         # Keyed `<layer>.<tensor>`: `fc.weight`, and every masked gate tensor of an RNN (`lstm.weight_hh_l0`).
         masks = {key: m.detach().cpu().contiguous() for key, m in masked_tensors(model).items()}
         if masks:
             save_tensors(masks, tmp / "masks.safetensors")
-        info = _save_hf_files(plain, tmp, info, stored_sparse=bool(sparse))
+        info = _save_hf_files(plain, tmp, info)
         manifest = {
             "format": FORMAT,
             "prunetune_version": __version__,
@@ -153,7 +156,7 @@ def load_state(model: nn.Module, state: dict[str, torch.Tensor], folder: Path) -
         raise PrunetuneError(f"{folder}: weights do not fit the architecture ({what}); re-save the model")
 
 
-def _save_hf_files(model: nn.Module, folder: Path, info: dict[str, Any], stored_sparse: bool = False) -> dict[str, Any]:
+def _save_hf_files(model: nn.Module, folder: Path, info: dict[str, Any]) -> dict[str, Any]:
     """A transformers model also gets `config.json` (labels named), so the folder is laid out like
     `save_pretrained`'s; the manifest records the per-layer widths. When every layer keeps the same
     counts and the architecture's config can say so (`native_config`), config.json carries the pruned
@@ -175,8 +178,6 @@ def _save_hf_files(model: nn.Module, folder: Path, info: dict[str, Any], stored_
         native, why = None, f"fine-tuning modules transformers does not build: {', '.join(info['modules'])}"
     else:
         native, why = native_config(model)
-    if native is not None and stored_sparse:
-        native, why = None, "weights stored sparse, as bitmask + values"
     if native is not None:
         native.architectures = [type(model).__name__]
         native.save_pretrained(folder)
