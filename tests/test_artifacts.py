@@ -5,11 +5,15 @@ import pickle
 
 import pytest
 import torch
+from torch import nn
 
 from prunetune.artifacts import load_model, save_model
 from prunetune.errors import PrunetuneError
 from prunetune.models import build_model
-from prunetune.recipe import ModelSpec
+from prunetune.pruning.controller import PruningController
+from prunetune.pruning.targets import select_targets
+from prunetune.recipe import ModelSpec, Recipe
+from prunetune.tasks.classification import Classification
 
 from conftest import make_bundle
 
@@ -117,19 +121,12 @@ def test_model_with_wrong_class_count_is_refused():
 
 def depthwise_net(num_classes, input_shape):
     """MobileNet-style: a depthwise 3x3 conv between two pointwise ones (timm's mobilenetv3 found the bug)."""
-    from torch import nn
-
     return nn.Sequential(nn.Conv2d(input_shape[0], 8, 1), nn.BatchNorm2d(8), nn.ReLU(),
                          nn.Conv2d(8, 8, 3, padding=1, groups=8), nn.BatchNorm2d(8), nn.ReLU(),
                          nn.Conv2d(8, 6, 1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(6, num_classes))
 
 
 def test_a_structurally_pruned_depthwise_conv_reloads_as_depthwise(tmp_path):
-    from prunetune.pruning.controller import PruningController
-    from prunetune.pruning.targets import select_targets
-    from prunetune.recipe import Recipe
-    from prunetune.tasks.classification import Classification
-
     bundle = make_bundle(shape=(3, 8, 8))
     spec = ModelSpec(name="test_artifacts:depthwise_net", trust_code=True)
     torch.manual_seed(0)
