@@ -66,6 +66,9 @@ def unpacked(archive: Path) -> Path:
             tar.extractall(tmp, filter="data")
     except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(e, tarfile.FilterError):
+            raise PrunetuneError(f"{archive}: refused to unpack member {e.tarinfo.name!r} (a path or link outside the "
+                                 "folder, or a device file); repack the archive without it") from None
         # gzip.BadGzipFile is an OSError but a damaged file, not a fault of the machine.
         if isinstance(e, (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile)):
             detail = str(e).splitlines()[0][:120] if str(e) else e.__class__.__name__
