@@ -285,9 +285,11 @@ def read_image_folders(spec, seed: int, train_dir: Path, test_dir: Path | None, 
         )
 
     def stack(fs: list[Path]) -> torch.Tensor:
-        if not fs:
-            return torch.empty(0, channels, size, size)
-        return torch.from_numpy(np.stack([load_image(f, size, channels, same_as=same_as) for f in fs]))
+        # uint8 pixels straight into one float32 tensor (no list of per-image arrays, then a copy of them all)
+        out = torch.empty(len(fs), channels, size, size)
+        for j, f in enumerate(fs):
+            out[j] = torch.from_numpy(load_image(f, size, channels, raw=True, same_as=same_as))
+        return out.div_(255.0)  # as load_image: float32(pixel) / 255
 
     tr_x, te_x = stack(tr_files), stack(te_files)
     mean = given_mean if given_mean is not None else tr_x.mean(dim=(0, 2, 3))
