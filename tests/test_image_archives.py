@@ -15,10 +15,15 @@ import torch
 from PIL import Image
 
 from prunetune.data import build_data
+from prunetune.dense import obtain_dense
+from prunetune.recipe import Recipe
+from prunetune.tasks.classification import Classification
 from prunetune.data import archives as A
 from prunetune.data.cifar10 import CLASSES as CIFAR_CLASSES
 from prunetune.data_spec import DataSpec
 from prunetune.errors import PrunetuneError
+
+from conftest import make_bundle
 
 CIFAR_TEST = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10" / "test.tar.gz"
 
@@ -174,3 +179,21 @@ def test_the_real_cifar10_test_archive(cache):
     pixels = b.train.x[torch.arange(0, len(b.train), 8)]
     assert pixels.shape[1:] == (3, 32, 32) and float(pixels.min()) >= 0 and float(pixels.max()) <= 1
     assert pixels.mean(dim=(0, 2, 3)).tolist() == pytest.approx([0.494, 0.485, 0.450], abs=0.015)
+
+
+def test_a_cached_dense_model_for_other_inputs_is_not_reused(cache):
+    """An unset data.image_size meant 32 before it meant the images' own size: the same recipe (the same
+    cache key) can now give other inputs, and the cached model must not be fed them."""
+    recipe = Recipe.model_validate({"model": {"name": "tiny_cnn"}, "dense": {"epochs": 1}})
+    logs: list[str] = []
+    small, info = obtain_dense(recipe, make_bundle(n=30, shape=(1, 8, 8)), Classification(), torch.device("cpu"),
+                               logs.append)
+    assert info["source"] == "train" and "cache" in info
+    again, info = obtain_dense(recipe, make_bundle(n=30, shape=(1, 8, 8)), Classification(), torch.device("cpu"),
+                               logs.append)
+    assert info["source"] == "cache"
+    bigger, info = obtain_dense(recipe, make_bundle(n=30, shape=(1, 12, 12)), Classification(), torch.device("cpu"),
+                                logs.append)
+    assert info["source"] == "train" and any("takes inputs [1, 8, 8], the data has [1, 12, 12]" in m for m in logs)
+    x = make_bundle(n=30, shape=(1, 12, 12)).test.x[:2]
+    assert bigger.eval()(x).shape == (2, 3)
