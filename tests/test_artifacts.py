@@ -5,11 +5,15 @@ import pickle
 
 import pytest
 import torch
+from torch import nn
 
 from prunetune.artifacts import load_model, save_model
 from prunetune.errors import PrunetuneError
 from prunetune.models import build_model
-from prunetune.recipe import ModelSpec
+from prunetune.pruning.controller import PruningController
+from prunetune.pruning.targets import select_targets
+from prunetune.recipe import ModelSpec, Recipe
+from prunetune.tasks.classification import Classification
 
 from conftest import make_bundle
 
@@ -113,3 +117,27 @@ def test_model_with_wrong_class_count_is_refused():
     wrong = build_model(ModelSpec(name="tiny_mlp"), 5, bundle.input_shape)
     with pytest.raises(PrunetuneError, match="outputs 5 classes but the data has 3"):
         check_outputs(wrong, Classification(), bundle, "model")
+
+
+def depthwise_net(num_classes, input_shape):
+    """MobileNet-style: a depthwise 3x3 conv between two pointwise ones (timm's mobilenetv3 found the bug)."""
+    return nn.Sequential(nn.Conv2d(input_shape[0], 8, 1), nn.BatchNorm2d(8), nn.ReLU(),
+                         nn.Conv2d(8, 8, 3, padding=1, groups=8), nn.BatchNorm2d(8), nn.ReLU(),
+                         nn.Conv2d(8, 6, 1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(6, num_classes))
+
+
+def test_a_structurally_pruned_depthwise_conv_reloads_as_depthwise(tmp_path):
+    bundle = make_bundle(shape=(3, 8, 8))
+    spec = ModelSpec(name="test_artifacts:depthwise_net", trust_code=True)
+    torch.manual_seed(0)
+    dense = build_model(spec, bundle.num_classes, bundle.input_shape).eval()
+    recipe = Recipe.model_validate({"model": spec.model_dump(), "prune": {"sparsity": 0.5, "calibration_batches": 1}})
+    ctl = PruningController(recipe.prune, Classification(), bundle, torch.device("cpu"),
+                            select_targets(dense, ["*"], [], ["10"]), 1, 0)
+    pruned, _ = ctl.one_shot_copy(dense)
+    assert (pruned[3].groups, pruned[3].out_channels) == (4, 4)  # Torch-Pruning keeps it depthwise
+    folder = save_model(pruned, tmp_path / "dw", _info(bundle, spec.name))
+    loaded, _ = load_model(folder, trust_code=True)
+    assert (loaded[3].groups, loaded[3].in_channels, loaded[3].out_channels) == (4, 4, 4)
+    x = bundle.test.x[:4]
+    assert torch.equal(loaded.eval()(x), pruned.eval()(x))

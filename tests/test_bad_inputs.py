@@ -231,6 +231,28 @@ def _model_variant(edit: Callable[[Path], Any]) -> Callable[[Path, Templates, st
     return build
 
 
+def _img_archive(w: Path, name: str, damage: str) -> Path:
+    """A .tar.gz of a 2-class RGB image folder, cut in half or replaced by text (issue 15)."""
+    import tarfile
+
+    folder = _image_folder(w / f"{name}.src", ["cat", "dog"], "RGB", n=20)
+    archive = w / f"{name}.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(folder, arcname="images")
+    shutil.rmtree(folder)
+    raw = archive.read_bytes()
+    archive.write_bytes(raw[: len(raw) // 2] if damage == "truncated" else b"not an archive, only named like one\n")
+    return archive
+
+
+def _img_mixed_sizes(w: Path, name: str) -> Path:
+    from PIL import Image
+
+    folder = _image_folder(w / name, ["cat", "dog"], "RGB")  # 8x8
+    Image.new("RGB", (12, 12), (0, 0, 90)).save(folder / "dog" / "big.png")
+    return folder
+
+
 def _img_empty(w: Path, t: Templates) -> Path:
     folder = _image_folder(w / "img_empty", ["a", "b"], "L", n=0)  # class folders, no images
     (folder / "a" / "notes.txt").write_text("not an image")
@@ -260,6 +282,9 @@ BUILDERS: dict[str, Callable[[Path, Templates, str], Path]] = {
     "img_rgb": lambda w, t, name: _image_folder(w / name, ["cat", "dog"], "RGB"),
     "img_zebra": lambda w, t, name: _image_folder(w / name, ["cat", "dog", "zebra"], "L"),
     "img_one_class": lambda w, t, name: _image_folder(w / name, ["cat"], "RGB"),
+    "img_tgz_truncated": lambda w, t, name: _img_archive(w, name, "truncated"),
+    "img_tgz_not_archive": lambda w, t, name: _img_archive(w, name, "text"),
+    "img_mixed_sizes": lambda w, t, name: _img_mixed_sizes(w, name),
     "pickle_pt": _plain(_pickle_pt),
     "ro": lambda w, t, name: _ro(w, t),
     "ro_with_model_img": lambda w, t, name: _ro(w, t, with_model=True),
@@ -394,14 +419,15 @@ def _execute(case: dict[str, Any], tmp_path: Path, templates: Templates) -> dict
         args = [_fill(str(a), names) for a in case["args"]]
         out = Path(_fill(case["out"], names)) if case.get("out") else None
         existed = bool(out and out.exists())
-        before = snapshot(w, FILES)
+        archives = tmp_path / "cache" / "archives"  # unpacked image archives (cli_env's cache): no half cache
+        before = snapshot(w, FILES, archives)
         fault = [_fill(str(a), names) for a in case.get("fault", [])]
         cmd = ([sys.executable, str(FAULTS), *fault, "--", *args] if fault else [sys.executable, "-m", "prunetune.cli", *args])
         env = {**cli_env(tmp_path), "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
         p = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=w, timeout=300, check=False)
         if p.returncode == 77 and fault:
             return {"skip": p.stderr.strip().splitlines()[-1]}
-        after = snapshot(w, FILES)
+        after = snapshot(w, FILES, archives)
         leftovers = [q.name for q in out.parent.iterdir() if ".tmp-" in q.name] if out is not None else []
         out_exists = bool(out and out.exists())
     finally:

@@ -102,9 +102,12 @@ def test_image_folder(tmp_path):
     b = DATA_SOURCES.get("image_folder")(DataSpec(source="image_folder", path=str(tmp_path), image_size=8, val_size=2), 0)
     assert b.class_names == ["cat", "dog"] and b.input_shape == (3, 8, 8)
     assert (len(b.train), len(b.val), len(b.test)) == (10, 2, 4)
+    # Without data.image_size images keep their own size, which must be square.
+    with pytest.raises(PrunetuneError, match=r"0.png: 10x12 image, not square; set data.image_size"):
+        DATA_SOURCES.get("image_folder")(DataSpec(source="image_folder", path=str(tmp_path)), 0)
     (tmp_path / "train" / "cat" / "broken.png").write_bytes(b"not an image")
     with pytest.raises(PrunetuneError, match="broken.png: unreadable image"):
-        DATA_SOURCES.get("image_folder")(DataSpec(source="image_folder", path=str(tmp_path)), 0)
+        DATA_SOURCES.get("image_folder")(DataSpec(source="image_folder", path=str(tmp_path), image_size=8), 0)
 
 
 def test_training_data_with_a_single_class_is_refused(tmp_path):

@@ -129,7 +129,7 @@ def test_an_old_saved_recipe_with_every_former_data_field_loads():
     (["data.source=image_folder", "data.max_length=64"], "recipe: data.max_length: not an option of data.source "
                                                          "image_folder; it belongs to lm_text, sst2, text, trec"),
     (["data.source=sst2", "data.image_size=32"], "recipe: data.image_size: not an option of data.source sst2; it "
-                                                 "belongs to image_folder"),
+                                                 "belongs to cifar10, image_folder"),
     (["data.source=sst2", "data.max_lenght=64"], "recipe: data.max_lenght: unknown key; remove it or check its spelling"),
     (["data.source=text", "data.format=txt"], "recipe: data.format: Input should be 'auto', 'tsv', 'csv' or 'jsonl'"),
     (["data.source=lm_text", "task=causal_lm", "model.name=hf:/m", "data.max_length=1"],

@@ -110,9 +110,13 @@ def obtain_dense(recipe, bundle, task, device: torch.device, log: Callable[[str]
     folder = cache_root() / "dense" / dense_key(recipe)
     if spec.cache and (folder / "manifest.json").exists():
         model, manifest = load_model(folder, trust_code=recipe.model.trust_code)
-        log(f"dense: loaded from cache {folder}")
-        info = json.loads((folder / "manifest.json").read_text()).get("dense", {})
-        return model.to(device), {**info, "source": "cache", "cache": str(folder)}
+        # The same recipe can mean other inputs when the data changed (an unset data.image_size once meant 32).
+        if list(manifest.input_shape) == list(bundle.input_shape):
+            log(f"dense: loaded from cache {folder}")
+            info = json.loads((folder / "manifest.json").read_text()).get("dense", {})
+            return model.to(device), {**info, "source": "cache", "cache": str(folder)}
+        log(f"dense: cached model {folder} takes inputs {manifest.input_shape}, the data has "
+            f"{list(bundle.input_shape)}; training a new one")
     torch.manual_seed(recipe.seed)
     model = build_model(recipe.model, bundle.num_classes, bundle.input_shape, bundle.model_kwargs)
     check_outputs(model, task, bundle, "model")

@@ -1,5 +1,10 @@
 """Any folder of images with one sub-folder per class (`train/` and `test/` inside, or one folder split).
 
+`data.path` may also be an archive of such a folder (.tar.gz, .tgz, .tar), or a folder holding
+`train.tar.gz` and `test.tar.gz` (CIFAR-10 in ../shared/data/cifar10): each is unpacked once into the
+cache (archives.py) and read like any folder. Images keep their own size unless `data.image_size`
+resizes them; a folder of mixed sizes needs it.
+
 Small folders are decoded once into one tensor. Large ones are streamed (`data.stream`): the data
 holds an `ImageFiles` store (the file list, size, channels, mean/std) and each image is read from
 disk when a batch that contains it is taken, so only one batch of pixels is in memory at a time.
@@ -14,10 +19,11 @@ from typing import Any
 
 import numpy as np
 import torch
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from ..data_spec import SourceOptions
 from ..errors import PrunetuneError
+from .archives import ARCHIVE_SUFFIXES, content_root, is_archive, unpacked
 from .base import DataBundle, LazyInputs, balanced_subset, data_source, finish_bundle
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
@@ -28,17 +34,22 @@ STATS_SAMPLE = 10_000
 STATS_CHUNK = 64
 
 
-def load_image(path: Path, size: int | tuple[int, int] | list[int], channels: int, raw: bool = False) -> np.ndarray:
+def load_image(path: Path, size: int | tuple[int, int] | list[int], channels: int, raw: bool = False,
+               same_as: str | None = None) -> np.ndarray:
     """Read one image as float32 [C, H, W] in [0, 1] (`raw`: the uint8 pixels); unreadable files raise
     PrunetuneError.
 
-    `size` is a square side or (H, W); any image mode is converted to grey (1) or RGB (3).
+    `size` is a square side or (H, W); any image mode is converted to grey (1) or RGB (3). With
+    `same_as` (the first image's path; no data.image_size) an image of another size is refused, not resized.
     """
     from PIL import Image, UnidentifiedImageError
 
     h, w = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
     try:
         with Image.open(path) as im:
+            if same_as is not None and im.size != (w, h):
+                raise PrunetuneError(f"{path}: {im.size[0]}x{im.size[1]} image among {w}x{h} ones ({same_as}); "
+                                     "set data.image_size to resize all images to one size")
             im = im.convert("L" if channels == 1 else "RGB").resize((w, h))  # PIL takes (width, height)
             arr = np.array(im, dtype=np.uint8) if raw else np.asarray(im, dtype=np.float32) / 255.0
     except (UnidentifiedImageError, OSError, ValueError) as e:
@@ -50,6 +61,7 @@ def load_image(path: Path, size: int | tuple[int, int] | list[int], channels: in
 
 
 def _scan(folder: Path) -> tuple[list[Path], list[int], list[str]]:
+    """Image files, their class indices and the class names (sorted sub-folder names) of `folder`."""
     classes = sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not classes:
         raise PrunetuneError(f"{folder}: no class sub-folders; put each class's images in its own sub-folder")
@@ -80,10 +92,11 @@ class ImageFiles(LazyInputs):
     the float32 [len(idx), C, H, W] batch a decoded tensor's `x[idx]` would, and keeps nothing."""
 
     def __init__(self, files: list[str] | tuple[str, ...], size: int, channels: int,
-                 mean: torch.Tensor | None = None, std: torch.Tensor | None = None) -> None:
+                 mean: torch.Tensor | None = None, std: torch.Tensor | None = None, same_as: str | None = None) -> None:
         self.files = tuple(str(f) for f in files)
         self.size, self.channels = size, channels
         self.mean, self.std = mean, std
+        self.same_as = same_as  # no data.image_size: every image must have the first one's size
 
     def __len__(self) -> int:
         return len(self.files)
@@ -105,10 +118,11 @@ class ImageFiles(LazyInputs):
         return [int(i) for i in np.asarray(idx).reshape(-1).tolist()]
 
     def normalised(self, mean: torch.Tensor, std: torch.Tensor) -> "ImageFiles":
-        return ImageFiles(self.files, self.size, self.channels, mean, std)
+        return ImageFiles(self.files, self.size, self.channels, mean, std, self.same_as)
 
     def subset(self, idx: torch.Tensor) -> "ImageFiles":
-        return ImageFiles([self.files[i] for i in self._positions(idx)], self.size, self.channels, self.mean, self.std)
+        return ImageFiles([self.files[i] for i in self._positions(idx)], self.size, self.channels, self.mean, self.std,
+                          self.same_as)
 
     def __getitem__(self, idx: Any) -> torch.Tensor:
         if isinstance(idx, (int, np.integer)) or (isinstance(idx, torch.Tensor) and idx.dim() == 0):
@@ -120,7 +134,8 @@ class ImageFiles(LazyInputs):
                 raise IndexError(f"index {i} is out of bounds for {n} images")
         out = _mapped_empty((len(pos), self.channels, self.size, self.size))
         for j, i in enumerate(pos):  # uint8 into the batch: no float copy of each image
-            out[j] = torch.from_numpy(load_image(Path(self.files[i]), self.size, self.channels, raw=True))
+            out[j] = torch.from_numpy(load_image(Path(self.files[i]), self.size, self.channels, raw=True,
+                                                       same_as=self.same_as))
         out.div_(255.0)  # as load_image: float32(pixel) / 255
         if self.mean is not None:
             out.sub_(self.mean[None, :, None, None]).div_(self.std[None, :, None, None])
@@ -148,11 +163,23 @@ def _streamed_stats(files: ImageFiles, seed: int) -> tuple[torch.Tensor, torch.T
 class ImageFolderOptions(SourceOptions):
     """image_folder's own `data:` keys."""
 
-    image_size: int | None = Field(None, gt=0, description="resize images to this square size (default 32)")
+    image_size: int | None = Field(
+        None, gt=0, description="resize images to this square size (default: their own size; all must be one square size)")
     grayscale: bool | None = Field(None, description="convert to one channel (default: keep RGB)")
     stream: bool | None = Field(
         None, description="read images from disk batch by batch instead of decoding all of them into memory "
         "(default: stream when the decoded train + test images would exceed 1 GiB)")
+    mean: list[float] | None = Field(None, min_length=1, description="per-channel mean to normalise with, pixels in "
+                                     "[0, 1] (default: the training images')")
+    std: list[float] | None = Field(None, min_length=1, description="per-channel std to normalise with (default: the "
+                                    "training images')")
+
+    @field_validator("std")
+    @classmethod
+    def _positive(cls, v: list[float] | None) -> list[float] | None:
+        if v is not None and min(v) <= 0:
+            raise ValueError("every std must be above 0")
+        return v
 
 
 def streams(choice: bool | None, n_images: int, channels: int, size: int) -> bool:
@@ -162,24 +189,73 @@ def streams(choice: bool | None, n_images: int, channels: int, size: int) -> boo
     return n_images * channels * size * size * 4 > STREAM_AUTO_BYTES
 
 
+def _packed(folder: Path, split: str) -> Path | None:
+    for suffix in ARCHIVE_SUFFIXES:
+        if (folder / f"{split}{suffix}").is_file():
+            return folder / f"{split}{suffix}"
+    return None
+
+
+def image_roots(path: str | None, source: str = "image_folder") -> tuple[Path, Path | None, str]:
+    """(training folder, test folder or None to hold out 20 %, what errors call it) for `data.path`:
+    a folder, an archive of one, or a folder with train and test archives (each unpacked once)."""
+    if not path:
+        raise PrunetuneError(f"data.path: {source} needs a folder; set data.path=/path/to/images")
+    root = Path(path).expanduser()
+    if root.is_file():
+        if not is_archive(root):
+            raise PrunetuneError(f"data.path: {root} is a file; give an image folder or a .tar.gz/.tgz/.tar archive of one")
+        root = content_root(unpacked(root))
+    elif not root.is_dir():
+        raise PrunetuneError(f"data.path: folder {root} not found; set data.path to an image folder or archive")
+    if (root / "train").is_dir() and (root / "test").is_dir():
+        return root / "train", root / "test", path
+    train, test = _packed(root, "train"), _packed(root, "test")
+    if train is not None and test is not None:
+        return content_root(unpacked(train)), content_root(unpacked(test)), path
+    return root, None, path
+
+
+def _first_size(files: list[Path]) -> int:
+    """The side of the first image (data.image_size unset: every image keeps it); refused unless square."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(files[0]) as im:
+            w, h = im.size
+    except (UnidentifiedImageError, OSError, ValueError) as e:
+        raise PrunetuneError(f"{files[0]}: unreadable image ({e.__class__.__name__}); remove or replace the file") from None
+    if w != h:
+        raise PrunetuneError(f"{files[0]}: {w}x{h} image, not square; set data.image_size to resize all images to one "
+                             "square size")
+    return w
+
+
+def _given(values: list[float] | None, channels: int, key: str) -> torch.Tensor | None:
+    if values is None:
+        return None
+    if len(values) != channels:
+        raise PrunetuneError(f"data.{key}: {len(values)} values for {channels}-channel images; give one per channel")
+    return torch.tensor(values, dtype=torch.float32)
+
+
 @data_source("image_folder", ImageFolderOptions)
 def image_folder(spec, seed: int) -> DataBundle:
-    """Folder with class sub-folders (or train/ and test/ each with class sub-folders)."""
-    if not spec.path:
-        raise PrunetuneError("data.path: image_folder needs a folder; set data.path=/path/to/images")
-    root = Path(spec.path)
-    if not root.is_dir():
-        raise PrunetuneError(f"data.path: folder {root} not found; set data.path to an image folder")
+    """Folder with class sub-folders (or train/ and test/ each with class sub-folders), or an archive of one."""
+    return read_image_folders(spec, seed, *image_roots(spec.path))
+
+
+def read_image_folders(spec, seed: int, train_dir: Path, test_dir: Path | None, where: str) -> DataBundle:
+    """The bundle of class-folder images in `train_dir` (and `test_dir`; None: a seeded 20 % held out)."""
     opts: ImageFolderOptions = spec.options
-    size = opts.image_size or 32
     channels = 1 if opts.grayscale else 3
-    if (root / "train").is_dir() and (root / "test").is_dir():
-        tr_files, tr_labels, classes = _scan(root / "train")
-        te_files, te_labels, te_classes = _scan(root / "test")
+    if test_dir is not None:
+        tr_files, tr_labels, classes = _scan(train_dir)
+        te_files, te_labels, te_classes = _scan(test_dir)
         if te_classes != classes:
-            raise PrunetuneError(f"{root}: train/ and test/ have different class folders; make them the same")
+            raise PrunetuneError(f"{where}: train/ and test/ have different class folders; make them the same")
     else:
-        files, labels, classes = _scan(root)
+        files, labels, classes = _scan(train_dir)
         y = torch.tensor(labels)
         # No test folder: hold out a seeded, stratified 20% as the test set.
         te = set(balanced_subset(y, max(1, len(y) // 5), seed + 104729).tolist())
@@ -188,29 +264,41 @@ def image_folder(spec, seed: int) -> DataBundle:
         te_files = [f for i, f in enumerate(files) if i in te]
         te_labels = [lab for i, lab in enumerate(labels) if i in te]
     if not tr_files:
-        raise PrunetuneError(f"{root}: no images found (looked for {', '.join(sorted(IMAGE_SUFFIXES))})")
+        raise PrunetuneError(f"{where}: no images found (looked for {', '.join(sorted(IMAGE_SUFFIXES))})")
+    same_as = None if opts.image_size else str(tr_files[0])
+    size = opts.image_size or _first_size(tr_files)
+    given_mean, given_std = _given(opts.mean, channels, "mean"), _given(opts.std, channels, "std")
 
     if streams(opts.stream, len(tr_files) + len(te_files), channels, size):
-        tr_lazy, te_lazy = ImageFiles(tr_files, size, channels), ImageFiles(te_files, size, channels)
-        mean, std = _streamed_stats(tr_lazy, seed)
+        tr_lazy = ImageFiles(tr_files, size, channels, same_as=same_as)
+        te_lazy = ImageFiles(te_files, size, channels, same_as=same_as)
+        if given_mean is None or given_std is None:
+            mean, std = _streamed_stats(tr_lazy, seed)
+        mean = given_mean if given_mean is not None else mean
+        std = given_std if given_std is not None else std
         return finish_bundle(
             spec, seed, tr_lazy.normalised(mean, std), torch.tensor(tr_labels), te_lazy.normalised(mean, std),
             torch.tensor(te_labels), class_names=classes,
             preprocess={"kind": "image", "mean": mean.tolist(), "std": std.tolist(), "size": [size, size],
                         "channels": channels},
-            where=str(root),
+            where=where,
         )
 
     def stack(fs: list[Path]) -> torch.Tensor:
-        return torch.from_numpy(np.stack([load_image(f, size, channels) for f in fs])) if fs else torch.empty(0, channels, size, size)
+        # uint8 pixels straight into one float32 tensor (no list of per-image arrays, then a copy of them all)
+        out = torch.empty(len(fs), channels, size, size)
+        for j, f in enumerate(fs):
+            out[j] = torch.from_numpy(load_image(f, size, channels, raw=True, same_as=same_as))
+        return out.div_(255.0)  # as load_image: float32(pixel) / 255
 
     tr_x, te_x = stack(tr_files), stack(te_files)
-    mean = tr_x.mean(dim=(0, 2, 3))
-    std = tr_x.std(dim=(0, 2, 3)).clamp_min(1e-6)
-    norm = lambda x: (x - mean[None, :, None, None]) / std[None, :, None, None]  # noqa: E731
+    mean = given_mean if given_mean is not None else tr_x.mean(dim=(0, 2, 3))
+    std = given_std if given_std is not None else tr_x.std(dim=(0, 2, 3)).clamp_min(1e-6)
+    for x in (tr_x, te_x):  # in place: 50,000 CIFAR images are 600 MB as float32
+        x.sub_(mean[None, :, None, None]).div_(std[None, :, None, None])
     return finish_bundle(
-        spec, seed, norm(tr_x), torch.tensor(tr_labels), norm(te_x), torch.tensor(te_labels),
+        spec, seed, tr_x, torch.tensor(tr_labels), te_x, torch.tensor(te_labels),
         class_names=classes,
         preprocess={"kind": "image", "mean": mean.tolist(), "std": std.tolist(), "size": [size, size], "channels": channels},
-        where=str(root),
+        where=where,
     )

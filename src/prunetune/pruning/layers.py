@@ -98,6 +98,8 @@ def layer_shape(module: nn.Module) -> list[int]:
 
 def _sync_conv(m: nn.Module) -> None:
     w = m.weight
+    if 1 < m.groups == m.in_channels == m.out_channels and w.shape[1] == 1:
+        m.groups = w.shape[0]  # a depthwise conv stays one filter per channel (as Torch-Pruning prunes it)
     m.out_channels = w.shape[0]
     m.in_channels = w.shape[1] * m.groups
 
