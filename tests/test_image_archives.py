@@ -4,6 +4,7 @@ cifar10 source; one read of the real CIFAR-10 test archive."""
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import os
 import tarfile
@@ -197,3 +198,19 @@ def test_a_cached_dense_model_for_other_inputs_is_not_reused(cache):
     assert info["source"] == "train" and any("takes inputs [1, 8, 8], the data has [1, 12, 12]" in m for m in logs)
     x = make_bundle(n=30, shape=(1, 12, 12)).test.x[:2]
     assert bigger.eval()(x).shape == (2, 3)
+
+
+def test_a_cached_dense_model_trained_on_another_split_is_replaced(cache):
+    """Held-out splits once took equal counts per class, now the original proportions: a cached model
+    trained on what is now validation data is trained anew and replaces the stale cache entry."""
+    recipe = Recipe.model_validate({"model": {"name": "tiny_cnn"}, "dense": {"epochs": 1}})
+    logs: list[str] = []
+    bundle = make_bundle(n=30)
+    _, info = obtain_dense(recipe, bundle, Classification(), torch.device("cpu"), logs.append)
+    assert info["source"] == "train" and len(info["split"]) == 16
+    swapped = dataclasses.replace(bundle, train=bundle.val, val=bundle.train)  # same data, other split
+    _, again = obtain_dense(recipe, swapped, Classification(), torch.device("cpu"), logs.append)
+    assert again["source"] == "train" and again["split"] != info["split"]
+    assert any("trained on another train/validation split" in m for m in logs)
+    _, third = obtain_dense(recipe, swapped, Classification(), torch.device("cpu"), logs.append)
+    assert third["source"] == "cache" and third["split"] == again["split"]  # the entry was replaced

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 from pathlib import Path
 from typing import Any, Callable
 
@@ -46,6 +47,15 @@ def dense_key(recipe) -> str:
     if metric != TASKS.get(recipe.task).metric:  # the dense model's best epoch follows it; the default keeps old keys
         payload["metric"] = metric
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:20]
+
+
+def split_fingerprint(bundle) -> str:
+    """Hash of the training and validation labels in order: a different split of the same data changes it."""
+    h = hashlib.sha256()
+    for part in (bundle.train.y, bundle.val.y):
+        h.update(part.detach().cpu().contiguous().numpy().tobytes())
+        h.update(b"|")
+    return h.hexdigest()[:16]
 
 
 def model_info(recipe, bundle) -> dict[str, Any]:
@@ -108,24 +118,37 @@ def obtain_dense(recipe, bundle, task, device: torch.device, log: Callable[[str]
         _load_user_file(model, Path(spec.path), bundle)
         return model.to(device), {"source": "file", "path": str(spec.path), "history": []}
     folder = cache_root() / "dense" / dense_key(recipe)
+    split = split_fingerprint(bundle)
+    stale = False
     if spec.cache and (folder / "manifest.json").exists():
         model, manifest = load_model(folder, trust_code=recipe.model.trust_code)
-        # The same recipe can mean other inputs when the data changed (an unset data.image_size once meant 32).
-        if list(manifest.input_shape) == list(bundle.input_shape):
+        info = json.loads((folder / "manifest.json").read_text()).get("dense", {})
+        # The same recipe can mean other inputs or other splits when the data code changed (an unset
+        # data.image_size once meant 32; held-out splits once took equal counts per class): a model
+        # trained on what is now validation data must not be reused. Caches from before the split was
+        # recorded are reused as they are.
+        if list(manifest.input_shape) != list(bundle.input_shape):
+            log(f"dense: cached model {folder} takes inputs {manifest.input_shape}, the data has "
+                f"{list(bundle.input_shape)}; training a new one")
+            stale = True
+        elif info.get("split", split) != split:
+            log(f"dense: cached model {folder} was trained on another train/validation split; training a new one")
+            stale = True
+        else:
             log(f"dense: loaded from cache {folder}")
-            info = json.loads((folder / "manifest.json").read_text()).get("dense", {})
             return model.to(device), {**info, "source": "cache", "cache": str(folder)}
-        log(f"dense: cached model {folder} takes inputs {manifest.input_shape}, the data has "
-            f"{list(bundle.input_shape)}; training a new one")
     torch.manual_seed(recipe.seed)
     model = build_model(recipe.model, bundle.num_classes, bundle.input_shape, bundle.model_kwargs)
     check_outputs(model, task, bundle, "model")
     log(f"dense: training {recipe.model.name} for {spec.epochs} epochs")
     trainer = Trainer(model, task, bundle, spec, device, recipe.seed, desc="dense", log=log, on_epoch=on_epoch)
     history = trainer.fit(spec.epochs)
-    info = {"source": "train", "history": history, "best_epoch": trainer.best_epoch, "wall_s": round(trainer.wall_s, 2)}
+    info = {"source": "train", "history": history, "best_epoch": trainer.best_epoch, "wall_s": round(trainer.wall_s, 2),
+            "split": split}
     if spec.cache:
         try:
+            if stale:  # replaced, so the next run loads the model that fits
+                shutil.rmtree(folder, ignore_errors=True)
             save_model(model, folder, {**model_info(recipe, bundle), "dense": info})
             info["cache"] = str(folder)
         except PrunetuneError:
