@@ -167,3 +167,45 @@ def test_real_sst2_single_file_subset(tmp_path):
     assert b.class_names == ["0", "1"] and len(b.test) == 100
     assert abs(int(b.test.y.sum()) - round(n_pos / 4)) <= 1  # the file's own positive share
     assert len(b.train) + len(b.val) == 300
+
+
+@needs_minilm
+def test_predict_prints_original_label_names_and_reads_text_pairs(tmp_path):
+    """A model trained on labels 1..3 as text pairs: the manifest keeps the labels, predict prints them and
+    tokenises each line's two tab-separated segments as the pair."""
+    from transformers import BertConfig, BertForSequenceClassification
+
+    from prunetune.artifacts import save_model
+    from prunetune.models.hf import pretrained_source
+    from prunetune.predict import predict
+    from prunetune.recipe import Recipe
+
+    lines = [f'{k},"{WORDS[k - 1]} title {i}","{WORDS[k + 4]} text {i}"' for i in range(10) for k in (1, 2, 3)]
+    (tmp_path / "news.csv").write_text("\n".join(lines) + "\n")
+    tiny = tmp_path / "tiny-bert"
+    torch.manual_seed(0)
+    BertForSequenceClassification(BertConfig(vocab_size=30522, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                                              intermediate_size=32, max_position_embeddings=64, num_labels=3)).save_pretrained(tiny)
+    T.load_tokenizer(pretrained_source("minilm")).save_pretrained(tiny)
+    recipe = Recipe.model_validate({"model": {"name": f"hf:{tiny}"}, "data": {
+        "source": "text", "path": str(tmp_path / "news.csv"), "header": False, "text_columns": [1, 2], "label_column": 0,
+        "text_pair": True, "max_length": 16}})
+    b = build_data(recipe.data, 0, recipe.model)
+    assert b.class_names == ["1", "2", "3"] and b.preprocess["text_pair"] is True
+    model = BertForSequenceClassification.from_pretrained(tiny)
+    save_model(model, tmp_path / "model", {"task": "classification", "model": recipe.model.model_dump(mode="json"),
+                                           "num_classes": 3, "class_names": b.class_names, "input_shape": [16],
+                                           "preprocess": b.preprocess, "recipe": recipe.model_dump(mode="json")})
+    manifest = json.loads((tmp_path / "model" / "manifest.json").read_text())
+    assert manifest["class_names"] == ["1", "2", "3"]
+    (tmp_path / "in.txt").write_text("good title\twarm text\nbad title\tcold text\n")
+    rows = list(predict(tmp_path / "model", [tmp_path / "in.txt"]))
+    assert [set(r["probabilities"]) for r in rows] == [{"1", "2", "3"}] * 2 and all(r["label"] in "123" for r in rows)
+    with torch.no_grad():  # the pair is tokenised as two segments, as in training
+        enc = T.load_tokenizer(str(tiny))(["good title"], ["warm text"], return_tensors="pt")
+        p = torch.softmax(model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).logits, 1)[0]
+    assert rows[0]["probabilities"]["1"] == pytest.approx(float(p[0]), abs=1e-5)
+    (tmp_path / "one.txt").write_text("just one segment\n")
+    with pytest.raises(PrunetuneError, match=r"one\.txt:1: this model reads text pairs; write each line as the two "
+                                             r"segments separated by one tab"):
+        list(predict(tmp_path / "model", [tmp_path / "one.txt"]))
