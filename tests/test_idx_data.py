@@ -19,6 +19,7 @@ from prunetune.evaluation import evaluate_model
 from prunetune.artifacts import save_model
 from prunetune.models import build_model
 from prunetune.recipe import Recipe
+from prunetune.session import open_session
 
 
 def letters_folder(folder, n_train=120, n_test=40):
@@ -62,7 +63,10 @@ def test_a_train_only_folder_holds_out_a_test_split(tmp_path):
     folder = make_idx_folder(tmp_path / "fm", n_train=100, n_test=10)
     for f in folder.glob("t10k-*"):
         f.unlink()
-    b = build_data(DataSpec(source="idx", path=str(folder), test_size=0.3), 0)
+    logged = []
+    b = open_session(Recipe(), logged.append).load_data(DataSpec(source="idx", path=str(folder), test_size=0.3),
+                                                        announce=True)
+    assert logged[:2] == ["data: 63 train / 7 val / 30 test, 10 classes", f"data: {b.notes[0]}"]  # the run's summary
     assert len(b.test) == 30 and torch.bincount(b.test.y).tolist() == [3] * 10 and len(b.train) + len(b.val) == 70
     assert b.notes[0].startswith("no test split: 30 of 100 examples of ") and "(data.test_size 0.3, seeded, stratified)" in b.notes[0]
 

@@ -12,13 +12,16 @@ from pathlib import Path
 import pytest
 import torch
 
+from prunetune.artifacts import save_model
 from prunetune.data import text as T
 from prunetune.data.base import build_data, split_train_val
 from prunetune.data.subsets import balanced_subset, stratified_subset
 from prunetune.data.tables import read_table
 from prunetune.data_spec import DataSpec
 from prunetune.errors import PrunetuneError
-from prunetune.recipe import ModelSpec
+from prunetune.models.hf import pretrained_source
+from prunetune.predict import predict
+from prunetune.recipe import ModelSpec, Recipe
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 MINILM = ModelSpec(name="minilm")
@@ -174,11 +177,6 @@ def test_predict_prints_original_label_names_and_reads_text_pairs(tmp_path):
     """A model trained on labels 1..3 as text pairs: the manifest keeps the labels, predict prints them and
     tokenises each line's two tab-separated segments as the pair."""
     from transformers import BertConfig, BertForSequenceClassification
-
-    from prunetune.artifacts import save_model
-    from prunetune.models.hf import pretrained_source
-    from prunetune.predict import predict
-    from prunetune.recipe import Recipe
 
     lines = [f'{k},"{WORDS[k - 1]} title {i}","{WORDS[k + 4]} text {i}"' for i in range(10) for k in (1, 2, 3)]
     (tmp_path / "news.csv").write_text("\n".join(lines) + "\n")
