@@ -140,8 +140,8 @@ def tokenize(rows: Rows, src: str, max_length: int, get_tok: Callable[[], Any]) 
         global TOKENIZE_CALLS
         tok = get_tok()
         try:
-            enc = tok(rows.texts, rows.pairs, truncation=True, max_length=max_length, padding="longest",
-                      return_tensors="pt")
+            segments = (rows.texts,) if rows.pairs is None else (rows.texts, rows.pairs)  # a pair: two segments
+            enc = tok(*segments, truncation=True, max_length=max_length, padding="longest", return_tensors="pt")
         except (ValueError, TypeError) as e:
             raise PrunetuneError(f"data.tokenizer: {src} cannot tokenise {rows.path} ({str(e).splitlines()[0][:120]})") from None
         TOKENIZE_CALLS += 1
