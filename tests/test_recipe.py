@@ -119,8 +119,8 @@ def test_an_old_saved_recipe_with_every_former_data_field_loads():
     assert (r.data.options.trec_labels, r.data.options.max_length, r.data.path) == ("fine", 128, "/t")
     # Written back, it lists only what trec reads, still flat under data:.
     assert r.model_dump(mode="json")["data"] == {
-        "source": "trec", "path": "/t", "val_size": None, "limit": None, "test_limit": None, "eval_batch_size": 512,
-        "max_length": 128, "tokenizer": None, "encoding": None, "trec_labels": "fine"}
+        "source": "trec", "path": "/t", "val_size": None, "limit": None, "test_limit": None, "limit_classes": "equal",
+        "eval_batch_size": 512, "max_length": 128, "tokenizer": None, "encoding": None, "trec_labels": "fine"}
 
 
 @pytest.mark.parametrize("overrides,message", [

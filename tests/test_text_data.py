@@ -139,7 +139,6 @@ GOOD = "text\tlabel\n" + "good one\tpos\nbad one\tneg\n" * 5
 
 
 @pytest.mark.parametrize("train, test, pattern", [
-    (GOOD, None, r"data\.test_file: no test\.tsv/\.csv/\.jsonl in .*; set data\.test_file"),
     ("sentence\tstars\nx\t1\n", "text\tlabel\n", r"train\.tsv: no column 'label' \(columns: sentence, stars\); set data.label_column"),
     ("words\tlabel\nx\t1\n", "text\tlabel\n", r"train\.tsv: no 'sentence' or 'text' column \(columns: words, label\)"),
     (GOOD + "oops\tpos\textra\n", "text\tlabel\n", r"train\.tsv:12: 3 fields but the header has 2"),
@@ -163,8 +162,8 @@ def test_text_errors_name_file_and_line(tmp_path, train, test, pattern):
 def test_text_with_a_single_training_label_is_refused(tmp_path):
     (tmp_path / "train.tsv").write_text("text\tlabel\n" + "good one\tpos\n" * 6)
     (tmp_path / "test.tsv").write_text("text\tlabel\nfine\tpos\n")
-    with pytest.raises(PrunetuneError, match=r"train\.tsv: the training data has a single class \('pos'\); a classifier "
-                                             r"needs two or more"):
+    with pytest.raises(PrunetuneError, match=r"data\.label_column: every label in .*train\.tsv is 'pos'; a classifier "
+                                             r"needs two or more classes: check data\.label_column"):
         build(source="text", path=str(tmp_path))
 
 

@@ -8,7 +8,7 @@ plus its line here.
 from . import export, tracking, training  # noqa: F401
 from .finetune import adapter, bitfit, full, ia3, lora, prompt_tuning  # noqa: F401
 from .tasks import causal_lm, classification, regression  # noqa: F401
-from .data import cifar10, fashion_mnist, image_folder, text  # noqa: F401
+from .data import cifar10, fashion_mnist, idx, image_folder, text  # noqa: F401
 from .data import lm_text, ratings, sequences  # noqa: F401
 from .models import builtin, external, resnet_cifar  # noqa: F401
 from .models import sequence as sequence_models  # noqa: F401

@@ -12,7 +12,7 @@ Example:
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import (BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError, field_validator, model_serializer,
                       model_validator)
@@ -56,8 +56,13 @@ class DataSpec(BaseModel):
     val_size: float | None = Field(
         None, gt=0, description="validation split carved from train: a count (>=1) or a fraction (<1); default min(5000, 10%)"
     )
-    limit: int | None = Field(None, gt=0, description="seeded class-balanced subset of the training set")
-    test_limit: int | None = Field(None, gt=0, description="seeded class-balanced subset of the test set")
+    limit: int | None = Field(
+        None, gt=0, description="a seeded subset of the training data, taken before the validation split is carved "
+        "from it (3000 -> 2700 train / 300 validation); classes as data.limit_classes says")
+    test_limit: int | None = Field(None, gt=0, description="a seeded subset of the test set (classes as data.limit_classes)")
+    limit_classes: Literal["equal", "proportional"] = Field(
+        "equal", description="limit / test_limit: equal counts per class (as far as each class has examples) or "
+        "the original class proportions")
     eval_batch_size: int = Field(512, gt=0)
     options: SerializeAsAny[SourceOptions] = Field(
         default_factory=SourceOptions, description="the source's own keys (written flat under data:)")

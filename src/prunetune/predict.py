@@ -180,6 +180,12 @@ def read_text_lines(inputs: list[str | Path]) -> list[tuple[str, str]]:
 def _predict_text(model_dir: Path, manifest: Manifest, inputs: list[str | Path], batch_size: int,
                   trust_code: bool, device: torch.device) -> Iterator[dict[str, Any]]:
     texts = read_text_lines(inputs)
+    pair = bool(manifest.preprocess.get("text_pair"))
+    if pair:  # trained on two segments (data.text_pair): each line holds both, separated by a tab
+        for where, t in texts:
+            if len([s for s in t.split("\t") if s.strip()]) != 2:
+                raise PrunetuneError(f"{where}: this model reads text pairs; write each line as the two segments "
+                                     "separated by one tab")
     tok = load_tokenizer(resolve_tokenizer(model_dir, manifest.preprocess))
     max_length = int(manifest.preprocess.get("max_length") or 128)
     model, manifest = load_model(model_dir, trust_code=trust_code)
@@ -188,7 +194,10 @@ def _predict_text(model_dir: Path, manifest: Manifest, inputs: list[str | Path],
     def rows() -> Iterator[dict[str, Any]]:
         for i in range(0, len(texts), batch_size):
             chunk = texts[i : i + batch_size]
-            enc = tok([t for _, t in chunk], truncation=True, max_length=max_length, padding="longest", return_tensors="pt")
+            segments = [[s.strip() for s in t.split("\t") if s.strip()] for _, t in chunk] if pair else None
+            first = [s[0] for s in segments] if pair else [t for _, t in chunk]
+            enc = tok(first, [s[1] for s in segments] if pair else None, truncation=True, max_length=max_length,
+                      padding="longest", return_tensors="pt")
             x = {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
             for (where, t), r in zip(chunk, predict_tensors(model, manifest, x)):
                 yield {"input": where, "text": t, **r}

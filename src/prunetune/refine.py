@@ -238,6 +238,8 @@ def _refine(model_dir: Path, recipe: Recipe, notes: list[str], out: Path, log: C
     saved_model = recipe.model.model_copy(update={"kwargs": {**manifest.model_kwargs, **recipe.model.kwargs}})
     new = session.load_data(recipe.data, saved_model, saved=manifest.preprocess)
     check_classes(new.class_names, manifest.class_names, f"data.path {recipe.data.path}")
+    if len(new.train) == 0:  # a test-only folder (idx) scores a model but cannot refine it
+        raise PrunetuneError(f"data.path {recipe.data.path}: no training data to refine on; give a folder with training files")
     if list(new.input_shape) != list(manifest.input_shape):
         raise PrunetuneError(f"data.path {recipe.data.path}: inputs of shape {list(new.input_shape)} but the model takes "
                              f"{manifest.input_shape}; set data.image_size / data.grayscale to match")

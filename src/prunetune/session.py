@@ -79,6 +79,8 @@ class Session:
         if announce:
             self.log(f"data: {len(bundle.train)} train / {len(bundle.val)} val / {len(bundle.test)} test"
                      + (f", {bundle.num_classes} classes" if self.task.labels else ""))
+            for note in bundle.notes:
+                self.log(f"data: {note}")
         check_robustness(bundle, robustness, self.task)  # text, or no ART: refused before any training
         if score_on == "val":
             bundle = dataclasses.replace(bundle, test=bundle.val)

@@ -24,6 +24,7 @@ from ..data_spec import DataSpec, SourceOptions
 from ..errors import PrunetuneError
 from ..progress import progress
 from ..registry import DATA_SOURCES
+from .subsets import LIMIT_WAYS, balanced_subset, limited, stratified_subset  # noqa: F401  (balanced_subset: re-exported)
 
 
 def data_source(name: str, options: type[SourceOptions] = SourceOptions,
@@ -45,6 +46,14 @@ class FileOptions(SourceOptions):
     val_file: str | None = Field(
         None, description="validation file (default: dev.*/val.* in data.path, else split from train)")
     test_file: str | None = Field(None, description="test file (default: test.* in data.path)")
+
+
+class HoldoutOptions(SourceOptions):
+    """Sources that hold a test split out of the training data when the data has none."""
+
+    test_size: float | None = Field(
+        None, gt=0, description="no test file: the test split held out of the training data (seeded, stratified): "
+        "a count (>=1) or a fraction (<1); default 0.2")
 
 
 class LazyInputs:
@@ -126,46 +135,25 @@ class DataBundle:
     # Arguments the data decides for the model factory (vocabulary size, users/items, feature width),
     # passed under the recipe's model.kwargs and stored in the manifest so a saved model rebuilds alike.
     model_kwargs: dict[str, Any] = field(default_factory=dict)
+    # How the splits were made (a held-out test split, data.limit), one line each for the run's data summary.
+    notes: list[str] = field(default_factory=list)
 
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
 
 
-def balanced_subset(y: torch.Tensor, limit: int, seed: int) -> torch.Tensor:
-    """Indices of a seeded subset of `limit` items with classes as equal as possible."""
-    if limit >= len(y):
-        return torch.arange(len(y))
-    g = torch.Generator().manual_seed(seed)
-    classes = torch.unique(y)
-    per_class = [torch.nonzero(y == c).flatten() for c in classes]
-    per_class = [idx[torch.randperm(len(idx), generator=g)] for idx in per_class]
-    take = [0] * len(classes)
-    remaining = limit
-    # Round-robin so the subset stays balanced even when some classes are small.
-    while remaining > 0:
-        progressed = False
-        for i, idx in enumerate(per_class):
-            if remaining and take[i] < len(idx):
-                take[i] += 1
-                remaining -= 1
-                progressed = True
-        if not progressed:
-            break
-    chosen = torch.cat([idx[:t] for idx, t in zip(per_class, take)])
-    return chosen.sort().values
-
-
 def holdout(n: int, size: float, seed: int, labels: torch.Tensor | None = None,
             field: str = "data.val_size") -> tuple[torch.Tensor, torch.Tensor]:
     """Indices (kept, held out) of a seeded split of `n` examples; `size` is a count (>= 1) or a fraction
-    (< 1). With class `labels` the held-out part is class-balanced, else a uniform random subset."""
+    (< 1). With class `labels` the held-out part is stratified (the classes' original proportions), else a
+    uniform random subset."""
     k = int(round(size * n)) if size < 1 else int(size)
     if k <= 0 or k >= n:
         raise PrunetuneError(f"{field}: {size} leaves no training or no held-out data from {n} examples; "
                              "use a fraction below 1 or a smaller count")
     if labels is not None:
-        held = balanced_subset(labels, k, seed=seed)
+        held = stratified_subset(labels, k, seed=seed)
     else:
         held = torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:k].sort().values
     mask = torch.ones(n, dtype=torch.bool)
@@ -181,12 +169,21 @@ def label_names(labels: list[str]) -> list[str]:
     return sorted(names)
 
 
+def hold_out_test(y: torch.Tensor, size: float | None, seed: int, what: str) -> tuple[torch.Tensor, torch.Tensor, str]:
+    """(train, test) indices of data with no test split: a seeded, stratified `size` (data.test_size; default
+    20 %) held out as the test split, and the note saying so (`what` names the data)."""
+    size = 0.2 if size is None else size
+    keep, held = holdout(len(y), size, seed + 104729, labels=y, field="data.test_size")
+    return keep, held, (f"no test split: {len(held):,} of {len(y):,} examples of {what} held out as the test set "
+                        f"(data.test_size {size:g}, seeded, stratified)")
+
+
 def default_val_size(n: int) -> int:
     return min(5000, max(1, n // 10))
 
 
 def split_train_val(y: torch.Tensor, val_size: float | None, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Seeded, class-stratified split; `val_size` is a count (>= 1) or a fraction (< 1)."""
+    """Seeded split stratified by class (original proportions); `val_size` is a count (>= 1) or a fraction (< 1)."""
     size = default_val_size(len(y)) if val_size is None else val_size
     return holdout(len(y), size, seed + 7919, labels=y)
 
@@ -247,11 +244,13 @@ def finish_bundle(
     preprocess: dict[str, Any],
     where: str,
     val: tuple[Any, torch.Tensor] | None = None,
+    notes: list[str] | None = None,
 ) -> DataBundle:
     """Common tail of every source: checks, limits and the validation split.
 
     `val` is the source's own validation set (e.g. SST-2 dev); without one, a seeded stratified
-    split is carved from train (`data.val_size`)."""
+    split is carved from train (`data.val_size`), after `data.limit` cut the training data.
+    `notes` (how the source split its files) go first in the bundle's notes."""
     if len(train_y) == 0:
         raise PrunetuneError(f"{where}: the training set is empty; point data.path at a folder with data")
     if len(test_y) == 0:
@@ -266,16 +265,24 @@ def finish_bundle(
                              "classifier needs two or more: add examples of another class (image folders: one "
                              "sub-folder per class)")
     train = TensorData(train_x, train_y)
+    notes = list(notes or [])
+    way = getattr(spec, "limit_classes", "equal")
     if spec.limit:
-        train = train.subset(balanced_subset(train.y, spec.limit, seed))
+        train = train.subset(limited(train.y, spec.limit, seed, way))
     if val is not None:
         val_data, train_data = TensorData(*val), train
     else:
         tr_idx, val_idx = split_train_val(train.y, spec.val_size, seed)
         val_data, train_data = train.subset(val_idx), train.subset(tr_idx)
+    split = (f"{len(train_data):,} train / {len(val_data):,} validation "
+             + ("(the validation file)" if val is not None else "(validation carved from train, stratified)"))
+    if spec.limit:
+        notes.append(f"limit {spec.limit:,} train examples, {LIMIT_WAYS[way]}, before the validation split: "
+                     f"{len(train_y):,} -> {len(train):,} -> {split}")
     test = TensorData(test_x, test_y)
     if spec.test_limit:
-        test = test.subset(balanced_subset(test.y, spec.test_limit, seed + 1))
+        test = test.subset(limited(test.y, spec.test_limit, seed + 1, way))
+        notes.append(f"test_limit {spec.test_limit:,}, {LIMIT_WAYS[way]}: {len(test_y):,} -> {len(test):,} test")
     return DataBundle(
         train=train_data,
         val=val_data,
@@ -284,6 +291,7 @@ def finish_bundle(
         input_shape=(tuple(train_x["input_ids"].shape[1:]) if isinstance(train_x, dict) else tuple(train_x.shape[1:])),
         preprocess=preprocess,
         eval_batch_size=spec.eval_batch_size,
+        notes=notes,
     )
 
 

@@ -1,52 +1,21 @@
-"""Fashion-MNIST from the IDX files of Debian's `dataset-fashion-mnist` (or any folder of them)."""
+"""Fashion-MNIST from the IDX files of Debian's `dataset-fashion-mnist` (or any folder of them): a preset
+of the `idx` source with Fashion-MNIST's file names, class names and pixel statistics (both splits required;
+for other IDX data, or one split, use `data.source: idx`)."""
 
 from __future__ import annotations
 
-import gzip
-import struct
-import zlib
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from ..errors import PrunetuneError
-from .base import DataBundle, data_source, finish_bundle
+from .base import DataBundle, data_source
+from .idx import idx_pair, image_bundle, read_idx  # noqa: F401  (read_idx: re-exported)
 
 DEFAULT_DIR = "/usr/share/datasets/fashion-mnist"
 CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
 # Mean and std of the Fashion-MNIST training pixels (scaled to [0, 1]).
 MEAN, STD = 0.2860, 0.3530
-_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
-
-
-def read_idx(path: Path) -> np.ndarray:
-    """Read an IDX file (optionally gzip-compressed) into a numpy array; corrupt files raise PrunetuneError."""
-    try:
-        raw = path.read_bytes()
-        if raw[:2] == b"\x1f\x8b":
-            raw = gzip.decompress(raw)
-    except FileNotFoundError:
-        raise PrunetuneError(f"{path}: file not found; install dataset-fashion-mnist or set data.path") from None
-    except (OSError, EOFError, gzip.BadGzipFile) as e:
-        raise PrunetuneError(f"{path}: corrupt or truncated gzip ({e.__class__.__name__}); re-download the file") from None
-    except zlib.error as e:  # a damaged deflate stream: not an OSError
-        raise PrunetuneError(f"{path}: corrupt gzip data ({e}); re-download the file") from None
-    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _DTYPES:
-        raise PrunetuneError(f"{path}: not an IDX file (bad magic number); give the original IDX file")
-    ndim = raw[3]
-    header = 4 + 4 * ndim
-    if len(raw) < header:
-        raise PrunetuneError(f"{path}: truncated IDX header; re-download the file")
-    dims = struct.unpack(f">{ndim}I", raw[4:header])
-    dtype = np.dtype(_DTYPES[raw[2]])
-    expected = int(np.prod(dims)) * dtype.itemsize
-    if len(raw) - header != expected:
-        raise PrunetuneError(
-            f"{path}: truncated or corrupt IDX file ({len(raw) - header} data bytes, header says {expected}); "
-            "re-download the file"
-        )
-    return np.frombuffer(raw, dtype=dtype, offset=header).reshape(dims)
 
 
 def _find(folder: Path, stem: str) -> Path:
@@ -68,16 +37,9 @@ def fashion_mnist(spec, seed: int) -> DataBundle:
         )
     arrays = {}
     for split, prefix in (("train", "train"), ("test", "t10k")):
-        images = read_idx(_find(folder, f"{prefix}-images-idx3-ubyte"))
-        labels = read_idx(_find(folder, f"{prefix}-labels-idx1-ubyte"))
-        if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
-            raise PrunetuneError(
-                f"{folder}: {prefix} images {images.shape} and labels {labels.shape} do not match; check the files"
-            )
-        x = torch.from_numpy(images.astype(np.float32) / 255.0).unsqueeze(1)
-        arrays[split] = ((x - MEAN) / STD, torch.from_numpy(labels.astype(np.int64)))
-    return finish_bundle(
-        spec, seed, *arrays["train"], *arrays["test"], class_names=list(CLASSES),
-        preprocess={"kind": "image", "mean": [MEAN], "std": [STD], "size": [28, 28], "channels": 1},
-        where=str(folder),
-    )
+        images, labels = _find(folder, f"{prefix}-images-idx3-ubyte"), _find(folder, f"{prefix}-labels-idx1-ubyte")
+        x, y = idx_pair(images, labels, str(folder))
+        if x.shape[1] != 1:
+            raise PrunetuneError(f"{images}: images {tuple(x.shape)} are not [N, H, W]; check the files")
+        arrays[split] = (x, torch.from_numpy(y))
+    return image_bundle(spec, seed, arrays["train"], arrays["test"], list(CLASSES), [MEAN], [STD], str(folder))

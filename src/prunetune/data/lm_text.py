@@ -38,8 +38,8 @@ from pydantic import Field
 
 from ..errors import PrunetuneError
 from .base import DataBundle, FileOptions, TensorData, data_source, default_val_size, file_format, find_file, holdout
-from .text import (FORMATS, TokenOptions, cached_tokens, data_folder, decode_file, json_lines, lazy_tokenizer,
-                   tokenizer_id, tokenizer_source)
+from .tables import decode_file, json_lines
+from .text import FORMATS, TokenOptions, cached_tokens, data_folder, lazy_tokenizer, tokenizer_id, tokenizer_source
 
 CACHE_VERSION = 1
 IGNORE = -100

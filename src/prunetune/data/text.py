@@ -17,12 +17,8 @@ Example recipe `data:` section (the tokenizer defaults to the model's, e.g. `mod
 
 from __future__ import annotations
 
-import csv
 import hashlib
-import io
-import json
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -35,7 +31,9 @@ from ..data_spec import SourceOptions
 from ..errors import PrunetuneError
 from ..files import cache_root, cache_tensors
 from ..models.hf import is_hf, load_tokenizer, pretrained_source
-from .base import DataBundle, FileOptions, TensorData, data_source, file_format, find_file, finish_bundle, label_names
+from .base import (DataBundle, FileOptions, HoldoutOptions, TensorData, data_source, file_format, find_file, finish_bundle,
+                   hold_out_test, label_names)
+from .tables import Column, Rows, decode_file, make_rows, read_table  # noqa: F401  (read_table: re-exported)
 
 CACHE_VERSION = 1
 TOKENIZE_CALLS = 0  # files tokenised (cache misses) in this process; tests check the cache with it
@@ -57,119 +55,19 @@ class TrecOptions(TokenOptions):
     encoding: str | None = Field(None, description="file encoding (default latin-1)")
 
 
-class TextOptions(TokenOptions, FileOptions):
+class TextOptions(TokenOptions, FileOptions, HoldoutOptions):
     """text's own `data:` keys."""
 
     format: Literal["auto", "tsv", "csv", "jsonl"] = Field("auto", description="file format (auto: by extension)")
-    text_column: str | None = Field(None, description="column with the text (default: sentence or text)")
-    label_column: str | None = Field(None, description="column with the label (default: label)")
-
-
-@dataclass
-class Rows:
-    """One parsed file: texts, label strings and the line each row ends on."""
-
-    path: Path
-    texts: list[str]
-    labels: list[str]
-    lines: list[int]
-    digest: str  # sha256 of the file's bytes and how it was parsed (the tokens' cache key)
-
-
-def decode_file(path: Path, encoding: str | None, default: str = "utf-8") -> tuple[str, bytes]:
-    """A data file's text (in `encoding`, else `default`) and its bytes; errors name the file, the line and the fix."""
-    if not path.is_file():
-        raise PrunetuneError(f"{path}: file not found; check data.path and the data.*_file fields")
-    raw = path.read_bytes()
-    enc = encoding or default
-    try:
-        text = raw.decode("utf-8-sig" if enc.lower().replace("_", "-") in ("utf-8", "utf8") else enc)
-    except UnicodeDecodeError as e:
-        line = raw[: e.start].count(b"\n") + 1
-        raise PrunetuneError(f"{path}:{line}: bytes not valid {enc}; set data.encoding (e.g. latin-1)") from None
-    except LookupError:
-        raise PrunetuneError(f"data.encoding: unknown encoding {enc!r}; use e.g. utf-8 or latin-1") from None
-    return text, raw
-
-
-def _rows(path: Path, raw: bytes, how: dict[str, Any], records: list[tuple[int, str, str]]) -> Rows:
-    if not records:
-        raise PrunetuneError(f"{path}: no rows; put data in the file or point data.path elsewhere")
-    for line, text, label in records:
-        if not text:
-            raise PrunetuneError(f"{path}:{line}: empty text; remove the row or fill in its text")
-        if not label:
-            raise PrunetuneError(f"{path}:{line}: empty label; remove the row or give it a label")
-    digest = hashlib.sha256(hashlib.sha256(raw).digest() + json.dumps(how, sort_keys=True).encode()).hexdigest()
-    return Rows(path, [r[1] for r in records], [r[2] for r in records], [r[0] for r in records], digest)
-
-
-def _pick_text_column(path: Path, columns: list[str], text_col: str | None) -> str:
-    if text_col:
-        return text_col
-    for name in ("sentence", "text"):
-        if name in columns:
-            return name
-    raise PrunetuneError(f"{path}: no 'sentence' or 'text' column (columns: {', '.join(columns)}); set data.text_column")
-
-
-def json_lines(path: Path, content: str) -> Iterator[tuple[int, dict[str, Any]]]:
-    """(line number, object) for every non-blank line of a JSON Lines file; a line that is not one JSON
-    object is refused naming path:line."""
-    for i, line in enumerate(content.split("\n"), 1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise PrunetuneError(f"{path}:{i}: malformed JSON ({e.msg}); write one JSON object per line") from None
-        except (ValueError, RecursionError) as e:  # a number of over 4300 digits; nesting too deep
-            raise PrunetuneError(f"{path}:{i}: unreadable JSON ({str(e).split(':')[0][:80]}); "
-                                 "write one flat JSON object per line") from None
-        if not isinstance(obj, dict):
-            raise PrunetuneError(f"{path}:{i}: expected a JSON object per line, got {type(obj).__name__}")
-        yield i, obj
-
-
-def read_table(path: Path, fmt: str, text_col: str | None = None, label_col: str | None = None,
-               encoding: str | None = None) -> Rows:
-    """Read a TSV / CSV (header row) or JSON Lines file into checked rows."""
-    content, raw = decode_file(path, encoding)
-    label_col = label_col or "label"
-    records: list[tuple[int, str, str]] = []
-    if fmt == "jsonl":
-        for i, obj in json_lines(path, content):
-            text_col = _pick_text_column(path, list(obj), text_col)
-            for col in (text_col, label_col):
-                if col not in obj:
-                    raise PrunetuneError(f"{path}:{i}: no field {col!r} (fields: {', '.join(obj)}); "
-                                         "set data.text_column / data.label_column")
-            try:
-                records.append((i, str(obj[text_col]).strip(), str(obj[label_col]).strip()))
-            except ValueError:  # str() of an integer of over 4300 digits
-                raise PrunetuneError(f"{path}:{i}: a number too long to read as text or label; quote it or shorten it") from None
-    else:
-        quoting = {"quoting": csv.QUOTE_NONE} if fmt == "tsv" else {}
-        reader = csv.reader(io.StringIO(content, newline=""), delimiter="\t" if fmt == "tsv" else ",", **quoting)
-        try:
-            header = [h.strip() for h in next(reader)]
-            text_col = _pick_text_column(path, header, text_col)
-            for col, field in ((text_col, "text_column"), (label_col, "label_column")):
-                if col not in header:
-                    raise PrunetuneError(f"{path}: no column {col!r} (columns: {', '.join(header)}); set data.{field}")
-            ti, li = header.index(text_col), header.index(label_col)
-            for row in reader:
-                if not row:
-                    continue
-                if len(row) != len(header):
-                    raise PrunetuneError(f"{path}:{reader.line_num}: {len(row)} fields but the header has "
-                                         f"{len(header)}; fix the row (stray {'tab' if fmt == 'tsv' else 'comma or quote'}?)")
-                records.append((reader.line_num, row[ti].strip(), row[li].strip()))
-        except StopIteration:
-            pass  # empty file: reported below
-        except csv.Error as e:
-            raise PrunetuneError(f"{path}:{reader.line_num}: unreadable {fmt.upper()} ({e}); fix the quoting") from None
-    return _rows(path, raw, {"fmt": fmt, "text": text_col, "label": label_col, "enc": encoding}, records)
+    header: bool = Field(True, description="TSV / CSV: the first row names the columns (false: columns are positions)")
+    text_column: Column | None = Field(
+        None, description="column with the text: a name, or a position (0 = the first column; default: sentence or text)")
+    text_columns: list[Column] | None = Field(
+        None, min_length=1, description="several text columns (names or positions), joined with a space "
+        "(text_pair: two segments)")
+    text_pair: bool = Field(False, description="the two text_columns are the tokenizer's two segments (a sentence "
+                            "pair: [CLS] first [SEP] second [SEP]) instead of one joined text")
+    label_column: Column | None = Field(None, description="column with the label: a name or a position (default: label)")
 
 
 def read_trec(path: Path, labels: str, encoding: str | None = None) -> Rows:
@@ -183,7 +81,7 @@ def read_trec(path: Path, labels: str, encoding: str | None = None) -> Rows:
         if ":" not in head:
             raise PrunetuneError(f"{path}:{i}: expected 'COARSE:fine question text'; fix the line")
         records.append((i, text.strip(), head.split(":")[0] if labels == "coarse" else head))
-    return _rows(path, raw, {"fmt": "trec", "labels": labels, "enc": encoding}, records)
+    return make_rows(path, raw, {"fmt": "trec", "labels": labels, "enc": encoding}, records)
 
 
 def encode_labels(rows: Rows, names: list[str]) -> torch.Tensor:
@@ -242,7 +140,8 @@ def tokenize(rows: Rows, src: str, max_length: int, get_tok: Callable[[], Any]) 
         global TOKENIZE_CALLS
         tok = get_tok()
         try:
-            enc = tok(rows.texts, truncation=True, max_length=max_length, padding="longest", return_tensors="pt")
+            segments = (rows.texts,) if rows.pairs is None else (rows.texts, rows.pairs)  # a pair: two segments
+            enc = tok(*segments, truncation=True, max_length=max_length, padding="longest", return_tensors="pt")
         except (ValueError, TypeError) as e:
             raise PrunetuneError(f"data.tokenizer: {src} cannot tokenise {rows.path} ({str(e).splitlines()[0][:120]})") from None
         TOKENIZE_CALLS += 1
@@ -266,17 +165,34 @@ def lazy_tokenizer(src: str) -> Callable[[], Any]:
     return get
 
 
-def build_text(spec, seed: int, model, where: str, train: Rows, test: Rows, val: Rows | None,
+def label_note(names: list[str]) -> str:
+    """The run's data summary line of how labels map to class indices (the manifest's class_names)."""
+    shown = ", ".join(f"{n!r}={i}" for i, n in enumerate(names[:12])) + (", ..." if len(names) > 12 else "")
+    return f"labels -> classes 0..{len(names) - 1} (sorted; saved with the model as class_names): {shown}"
+
+
+def build_text(spec, seed: int, model, where: str, train: Rows, test: Rows | None, val: Rows | None,
                names: list[str]) -> DataBundle:
-    """Tokenise (or load cached tokens), encode labels and split: the common tail of every text source."""
+    """Tokenise (or load cached tokens), encode labels and split: the common tail of every text source.
+
+    Without `test` rows a seeded, stratified part of `train` (data.test_size, default 20 %) is the test set."""
     opts: TokenOptions = spec.options
     src = tokenizer_source(opts.tokenizer, model)
     get_tok = lazy_tokenizer(src)
+    notes = [label_note(names)]
+    if test is None:
+        keep, held, note = hold_out_test(encode_labels(train, names), getattr(opts, "test_size", None), seed,
+                                         train.path.name)
+        part = f"seed {seed}, test_size {getattr(opts, 'test_size', None)}"
+        train, test = train.subset(keep.tolist(), f"train|{part}"), train.subset(held.tolist(), f"test|{part}")
+        notes.insert(0, note)
     ys = [encode_labels(r, names) if r else None for r in (train, test, val)]  # label errors before slow work
     (tr_x, tr_y), (te_x, te_y), val_xy = [(tokenize(r, src, opts.max_length, get_tok), y) if r else None
                                           for r, y in zip((train, test, val), ys)]
-    bundle = finish_bundle(spec, seed, tr_x, tr_y, te_x, te_y, names,
-                           {"kind": "text", "max_length": opts.max_length, "tokenizer": src}, where, val=val_xy)
+    pre = {"kind": "text", "max_length": opts.max_length, "tokenizer": src}
+    if train.pairs is not None:
+        pre["text_pair"] = True  # predict reads each input line as two tab-separated segments
+    bundle = finish_bundle(spec, seed, tr_x, tr_y, te_x, te_y, names, pre, where, val=val_xy, notes=notes)
     # Each split pads to its own longest example (limits and splits may have removed the longest).
     trim = lambda d: TensorData(d.take(slice(None)), d.y)  # noqa: E731
     bundle.train, bundle.val, bundle.test = trim(bundle.train), trim(bundle.val), trim(bundle.test)
@@ -317,13 +233,26 @@ def trec(spec, seed: int, model=None) -> DataBundle:
     return build_text(spec, seed, model, f"trec {root}", train, test, None, sorted(set(train.labels)))
 
 
-@data_source("text", TextOptions, "TSV / CSV / JSON Lines files with a text and a label column")
+@data_source("text", TextOptions, "TSV / CSV / JSON Lines files with a text and a label column "
+             "(one labelled file is split into train / validation / test)")
 def text(spec, seed: int, model=None) -> DataBundle:
     opts: TextOptions = spec.options
-    root = data_folder(spec, "text") if spec.path else None
-    files = [find_file(root, opts.train_file, ("train",), "train_file", True, FORMATS, "train.tsv/.csv/.jsonl"),
-             find_file(root, opts.test_file, ("test",), "test_file", True, FORMATS, "test.tsv/.csv/.jsonl"),
-             find_file(root, opts.val_file, ("dev", "val"), "val_file", False, FORMATS, "dev.tsv/.csv/.jsonl")]
+    if opts.text_column is not None and opts.text_columns:
+        raise PrunetuneError("data.text_columns: set data.text_column (one column) or data.text_columns (several), "
+                             "not both; remove one")
+    one_file = spec.path and Path(spec.path).expanduser().is_file()  # data.path: ./reviews.csv
+    root = Path(spec.path).expanduser().parent if one_file else data_folder(spec, "text") if spec.path else None
+    train_file = opts.train_file or (Path(spec.path).expanduser().name if one_file else None)
+    files = [find_file(root, train_file, ("train",), "train_file", True, FORMATS, "train.tsv/.csv/.jsonl"),
+             find_file(root, opts.test_file, ("test",), "test_file", False, FORMATS, "test.tsv/.csv/.jsonl")
+             if not one_file or opts.test_file else None,
+             find_file(root, opts.val_file, ("dev", "val"), "val_file", False, FORMATS, "dev.tsv/.csv/.jsonl")
+             if not one_file or opts.val_file else None]
     train, test, val = (read_table(p, file_format(opts.format, p, FORMATS), opts.text_column, opts.label_column,
-                                   opts.encoding) if p else None for p in files)
-    return build_text(spec, seed, model, f"text {files[0]}", train, test, val, label_names(train.labels))
+                                   opts.encoding, header=opts.header, text_cols=opts.text_columns, pair=opts.text_pair)
+                        if p else None for p in files)
+    names = label_names(train.labels)
+    if len(names) < 2:
+        raise PrunetuneError(f"data.label_column: every label in {files[0]} is {names[0]!r}; a classifier needs two or "
+                             "more classes: check data.label_column (and data.header) or add examples of other labels")
+    return build_text(spec, seed, model, f"text {files[0]}", train, test, val, names)
