@@ -83,6 +83,12 @@ def test_list_shows_every_registry(tmp_path):
     for name in ("fashion_mnist", "image_folder", "small_cnn", "lenet5", "lenet300", "taylor", "random",
                  "structured", "unstructured", "nm", "oneshot", "iterative", "gradual", "full", "sgd", "cosine"):
         assert f"  {name} " in out, name
+    for prefix in ("minilm", "hf:<id|folder>", "torchvision:NAME", "timm:NAME", "pkg.module:fn"):  # not registered one by one
+        assert f"\n  {prefix} " in out, prefix
+    # A description is the docstring's whole first paragraph, not its first line.
+    assert "roll back to the last good step and stop when it does not recover" in out
+    assert "`prune.sparsity` is the ceiling." in out
+    assert "on transformer models (minilm, hf:) importance taylor" in out and "defaults: importance lamp, scope global" in out
 
 
 def _bad_cases(tmp_path):

@@ -14,6 +14,7 @@ from . import registry as R
 from .checkpointer import refuse_stale
 from .errors import PrunetuneError, one_line
 from .evaluation import evaluate_model
+from .models.factory import PREFIXES as MODEL_PREFIXES
 from .pipeline import resume_run
 from .pipeline import run as run_recipe
 from .predict import predict as run_predict
@@ -232,11 +233,27 @@ def predict(
 
 @app.command("list")
 def list_() -> None:
-    """Print every registered data source, model, task, importance, pruner, schedule and method."""
+    """Print every registered data source, model (and model-name prefix), task, importance, pruner
+    (with its default importance and scope per model family), schedule and method."""
     for title, reg in R.ALL.items():
         print(f"{title}:")
         for name, doc in reg.describe().items():
             print(f"  {name:<16} {doc}")
+            if reg is R.PRUNERS:
+                print(" " * 19 + pruner_defaults(R.PRUNERS.get(name)))
+        if reg is R.MODELS:
+            for prefix, doc in MODEL_PREFIXES.items():
+                print(f"  {prefix:<16} {doc}")
+
+
+def pruner_defaults(pruner) -> str:
+    """A pruner's defaults as `prunetune list` prints them: importance / scope, then per model family
+    with the evidence (`Pruner.family_defaults`)."""
+    imp, scope = pruner.defaults_for(None)
+    text = f"defaults: importance {imp}, scope {scope}"
+    for family, (fimp, fscope, why) in pruner.family_defaults.items():
+        text += f"; on {family} models (minilm, hf:) importance {fimp}, scope {fscope}: {why}"
+    return text
 
 
 @app.command("refine")

@@ -59,7 +59,7 @@ def format_plan(plan: list[dict[str, Any]]) -> str:
     width = max(len(r["layer"]) for r in plan)
     lines = ["plan:"]
     for r in plan:
-        mark = "" if r["target"] else "  (kept)"
+        mark = "" if r.get("pruned", r["target"]) else ("  (target, left whole)" if r["target"] else "  (kept)")
         lines.append(f"  {r['layer']:<{width}}  {str(r['shape_before']):>18} -> {str(r['shape_after']):<18} "
                      f"sparsity {r['sparsity']:.3f}{mark}")
     return "\n".join(lines)

@@ -11,10 +11,11 @@ from __future__ import annotations
 import math
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationInfo, field_validator, model_validator
 
 from ..data_spec import DataSpec
 from ..finetune.options import DROP_FOREIGN, method_options
+from ..models.hf import model_family
 from .. import registry as R
 from ..registry import FINETUNE_METHODS
 
@@ -118,8 +119,8 @@ class PruneSpec(_Section):
 
     method: str = Field("structured", description="registered pruner: structured, unstructured, nm")
     importance: str | None = Field(
-        None, description="registered importance (default: the method's best known: structured l2, unstructured lamp, "
-        "nm l2)")
+        None, description="registered importance (default: the method's best known for the model: structured l2, "
+        "structured on transformers taylor, unstructured lamp, nm l2; `prunetune list` shows them)")
     sparsity: float = Field(0.5, ge=0, lt=1, description="fraction removed: channels (structured) or weights")
     scope: Literal["global", "layer"] | None = Field(
         None, description="rank globally or per layer (default: the method's; unstructured: global)")
@@ -141,6 +142,7 @@ class PruneSpec(_Section):
     order: Literal["finetune_first", "prune_first"] = Field(
         "finetune_first", description="finetune_first: prune the trained dense model; prune_first: prune the "
         "untrained starting model (dense.epochs is taken as 0), then fine-tune")
+    _defaulted: set[str] = PrivateAttr(default_factory=set)  # importance / scope not given: the method's defaults
 
     @field_validator("layer_sparsity")
     @classmethod
@@ -154,12 +156,19 @@ class PruneSpec(_Section):
     @model_validator(mode="after")
     def _method_defaults(self) -> "PruneSpec":
         """importance and scope default to the chosen method's (Pruner.default_importance / default_scope)."""
-        pruner = R.PRUNERS.get(self.method) if self.method in R.PRUNERS else None
-        if self.importance is None:
-            self.importance = getattr(pruner, "default_importance", "l2")
-        if self.scope is None:  # per-layer amounts are a per-layer ranking
-            self.scope = "layer" if self.layer_sparsity else getattr(pruner, "default_scope", "layer")
+        self._defaulted = {f for f in ("importance", "scope") if getattr(self, f) is None}
+        self.fill_defaults(None)
         return self
+
+    def fill_defaults(self, family: str | None) -> None:
+        """Give the importance and scope the recipe left out the method's best known for model `family`
+        (`Pruner.defaults_for`); what the recipe gave stays."""
+        pruner = R.PRUNERS.get(self.method) if self.method in R.PRUNERS else None
+        imp, scope = pruner.defaults_for(family) if pruner is not None else ("l2", "layer")
+        if "importance" in self._defaulted:
+            self.importance = imp
+        if "scope" in self._defaulted:  # per-layer amounts are a per-layer ranking
+            self.scope = "layer" if self.layer_sparsity else scope
 
     @model_validator(mode="after")
     def _nm(self) -> "PruneSpec":
@@ -315,6 +324,7 @@ class Recipe(_Section):
 
     @model_validator(mode="after")
     def _registered(self) -> "Recipe":
+        self.prune.fill_defaults(model_family(self.model.name))
         for field, reg, value in [
             ("task", R.TASKS, self.task),
             ("prune.method", R.PRUNERS, self.prune.method),

@@ -4,6 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
+
+def pruned_text(row: dict[str, Any]) -> str:
+    """A plan row's "pruned" cell: yes only for a layer actually pruned; a target left whole says so.
+    Reports written before rows carried `pruned` fall back to `target`."""
+    if row.get("pruned", row["target"]):
+        return "yes"
+    return "no (target, left whole)" if row["target"] else "no"
+
 STAGES = ("dense", "pruned", "finetuned")
 
 
