@@ -143,3 +143,56 @@ def test_dense_cache_key_ignores_new_default_options():
                                                           "finetune.epochs=7", "data.test_limit=100"]))
     for change in ("dense.epochs=9", "seed=1", "data.limit=100", "model.kwargs.hidden=512", "dense.augment.hflip=true"):
         assert dense_key(load_recipe(None, ["dense.epochs=10", change])) != dense_key(base), change
+
+
+def test_check_shows_data_model_and_plan_of_the_default_recipe_without_training(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from prunetune.cli import app
+
+    monkeypatch.setenv("PRUNETUNE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.chdir(tmp_path)
+    res = CliRunner().invoke(app, ["check"])
+    assert res.exit_code == 0, res.output[-2000:]
+    out = res.stdout
+    assert "recipe default: valid (task classification)" in out
+    assert "55,000 train / 5,000 val / 10,000 test" in out  # Fashion-MNIST, 5,000 held out of train for validation
+    assert "  T-shirt/top     5,500       500     1,000" in out and out.count("5,500       500     1,000") == 10
+    assert "model: small_cnn, 1,477,802 parameters, 30,626,442 MACs per example" in out
+    assert "weights: initial (untrained): no cached dense model yet" in out  # an empty cache: nothing was trained
+    assert "prune: structured to 0.500 (l2, scope layer, schedule oneshot), 7 target layers" in out
+    assert "features.0        [32, 1, 3, 3] -> [16, 1, 3, 3]" in out
+    assert "classifier           [10, 1024] -> [10, 512]          sparsity 0.500  (pruned: inputs only (not a target))" in out
+    assert "after pruning: 372,570 parameters (" in out and "7,792,970 MACs (÷3.93)" in out
+    assert list(tmp_path.iterdir()) == []  # no run folder, no dense model trained or cached
+
+
+def test_check_uses_the_dense_file_and_reports_masked_pruning(tmp_path):
+    """dense.source file: the check ranks the user's weights and says so; unstructured LAMP (the default)
+    at 90 % leaves a tenth of the target weights, shapes unchanged."""
+    import torch
+
+    from prunetune.check import check_recipe, check_text
+    from prunetune.models import build_model
+    from prunetune.recipe import ModelSpec, Recipe
+
+    torch.manual_seed(0)
+    w = tmp_path / "lenet.safetensors"
+    save_file(build_model(ModelSpec(name="lenet300"), 10, (1, 28, 28)).state_dict(), str(w))
+    fm = make_idx_folder(tmp_path / "fm")
+    r = Recipe.model_validate({"model": {"name": "lenet300"}, "data": {"path": str(fm)},
+                               "dense": {"source": "file", "path": str(w)},
+                               "prune": {"method": "unstructured", "sparsity": 0.9}})
+    doc = check_recipe(r, log=lambda m: None)
+    assert doc["model"]["weights"] == f"trained, from dense.path {w}"
+    assert (doc["prune"]["importance"], doc["prune"]["scope"]) == ("lamp", "global")
+    split = doc["data"]["splits"]
+    assert sum(split[k]["examples"] for k in split) == sum(sum(split[k]["per_class"].values()) for k in split)
+    plan = {row["layer"]: row for row in doc["plan"]}
+    assert all(row["shape_before"] == row["shape_after"] for row in plan.values())
+    targets = [row for row in doc["plan"] if row["target"]]
+    kept = sum(round((1 - row["sparsity"]) * torch.tensor(row["shape_before"]).prod().item()) for row in targets)
+    assert kept == pytest.approx(0.1 * doc["prune"]["target_params"], abs=len(targets))
+    assert doc["pruned"]["params"] == doc["model"]["params"] and doc["pruned"]["nonzero_params"] < 0.2 * doc["model"]["params"]
+    assert "weights: trained, from dense.path" in check_text(doc)
+

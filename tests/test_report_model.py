@@ -114,4 +114,5 @@ def test_plan_marks_pruned_only_the_layers_actually_pruned():
     assert rows[names[1]]["target"] is True and rows[names[1]]["pruned"] is False and rows[names[1]]["sparsity"] == 0
     assert rows[names[2]]["target"] is False and rows[names[2]]["pruned"] is False
     assert [pruned_text(rows[n]) for n in names] == ["yes", "no (target, left whole)", "no"]
+    assert pruned_text({"target": False, "pruned": True}) == "inputs only (not a target)"  # the classifier
     assert pruned_text({"target": True}) == "yes"  # a report written before rows carried `pruned`

@@ -11,6 +11,7 @@ from typing import List, Optional
 import typer
 
 from . import registry as R
+from .check import check_recipe, check_text
 from .checkpointer import refuse_stale
 from .errors import PrunetuneError, one_line
 from .evaluation import evaluate_model
@@ -97,6 +98,19 @@ def run(
         m = task.metric
         print(f"{task.headline}dense {task.show(s['dense'][m])} -> pruned {task.show(s['pruned'][m])} -> fine-tuned "
               f"{task.show(s['finetuned'][m])}; MACs ÷{sp['macs_ratio']:.2f}{lat}")
+
+    _guard(go)
+
+
+@app.command("check")
+def check(
+    recipe: Optional[Path] = typer.Argument(None, help="YAML recipe; the built-in default when omitted"),
+    set_: List[str] = typer.Option([], "--set", help="override a field: section.key=value (repeatable)"),
+) -> None:
+    """Validate the recipe, data, model and pruning plan and print them; train, time and write nothing."""
+
+    def go():
+        print(check_text(check_recipe(load_recipe(recipe, set_), log=_log)))
 
     _guard(go)
 

@@ -35,7 +35,7 @@ from .finetune.distill import Distiller, load_teacher
 from .registry import FINETUNE_METHODS
 from .tasks import to_device
 from .files import cache_root, staged_folder
-from .reporting.format import speedups
+from .reporting.format import pruned_text, speedups
 from .reporting.write import write_reports
 from .session import kernel_settings, open_session
 from .timing import stage_speedup
@@ -59,7 +59,8 @@ def format_plan(plan: list[dict[str, Any]]) -> str:
     width = max(len(r["layer"]) for r in plan)
     lines = ["plan:"]
     for r in plan:
-        mark = "" if r.get("pruned", r["target"]) else ("  (target, left whole)" if r["target"] else "  (kept)")
+        text = pruned_text(r)
+        mark = "" if text == "yes" else "  (kept)" if text == "no" else f"  (pruned: {text})"
         lines.append(f"  {r['layer']:<{width}}  {str(r['shape_before']):>18} -> {str(r['shape_after']):<18} "
                      f"sparsity {r['sparsity']:.3f}{mark}")
     return "\n".join(lines)
