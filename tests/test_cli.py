@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from safetensors.torch import save_file
@@ -58,6 +59,11 @@ def test_run_writes_a_complete_folder_and_report(quick_run):
     assert "fine-tuned" in proc.stdout and "MACs" in proc.stdout
     md = (out / "report.md").read_text()
     assert "measured speedup" in md and "features.0" in md
+    # dense/: the run's dense model (the cache's files hard-linked: same inode) and its measured stage.
+    cache = Path(rep["dense"]["cache"])
+    assert (out / "dense" / "model" / "model.safetensors").stat().st_ino == (cache / "model.safetensors").stat().st_ino
+    measured = json.loads((out / "dense" / "measured.json").read_text())
+    assert measured["stage"] == rep["stages"]["dense"] and measured["obtained"]["cache"] == str(cache)
 
 
 def test_eval_reproduces_reported_accuracy(quick_run):
@@ -196,3 +202,24 @@ def test_check_uses_the_dense_file_and_reports_masked_pruning(tmp_path):
     assert doc["pruned"]["params"] == doc["model"]["params"] and doc["pruned"]["nonzero_params"] < 0.2 * doc["model"]["params"]
     assert "weights: trained, from dense.path" in check_text(doc)
 
+
+
+def test_run_dense_folder_saves_a_model_that_was_not_cached(tmp_path):
+    import torch
+
+    from prunetune.artifacts import load_model
+    from prunetune.dense import write_run_dense
+    from prunetune.models import build_model
+    from prunetune.recipe import ModelSpec, Recipe
+
+    model = build_model(ModelSpec(name="lenet300"), 10, (1, 28, 28))
+    meta = {"task": "classification", "model": {"name": "lenet300"}, "num_classes": 10, "class_names": [str(i) for i in range(10)],
+            "input_shape": [1, 28, 28], "preprocess": {"kind": "image"}, "model_kwargs": {},
+            "recipe": Recipe.model_validate({"model": {"name": "lenet300"}}).model_dump(mode="json")}
+    write_run_dense(tmp_path / "dense", model, {"source": "file", "path": "w.safetensors", "history": []}, {"accuracy": 12.5}, meta)
+    back, _ = load_model(tmp_path / "dense" / "model")
+    x = torch.randn(3, 1, 28, 28)
+    with torch.no_grad():
+        assert torch.equal(back(x), model(x))
+    assert json.loads((tmp_path / "dense" / "model" / "manifest.json").read_text())["dense"] == {"source": "file", "path": "w.safetensors"}
+    assert json.loads((tmp_path / "dense" / "measured.json").read_text())["stage"] == {"accuracy": 12.5}

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import shutil
 from pathlib import Path
 from typing import Any, Callable
 
@@ -114,6 +116,28 @@ def untrained_dense(recipe, bundle, task) -> tuple[nn.Module, str]:
     start = "pretrained, before task training" if is_hf(recipe.model.name) else "initial (untrained)"
     return model, (f"{start}: no cached dense model yet (the run trains it for {recipe.dense.epochs} epochs first; "
                    "the plan ranks these weights)")
+
+
+def _link_or_copy(src: str, dst: str) -> None:
+    try:
+        os.link(src, dst)  # the cache's file itself: no second copy on disk
+    except OSError:
+        shutil.copy2(src, dst)  # another file system (or no hard links): a copy
+
+
+def write_run_dense(folder: Path, dense: nn.Module, info: dict[str, Any], stage: dict[str, Any],
+                    meta: dict[str, Any]) -> None:
+    """A run folder's `dense/`: `model/`, the run's dense model (the cached folder's files hard-linked, or
+    copied across file systems; else saved from `dense`, with `meta` as the manifest's model info), and
+    `measured.json`: how it was obtained (`info`, the report's `dense`) and its measured stage."""
+    folder.mkdir(parents=True, exist_ok=True)
+    cached = Path(info["cache"]) if info.get("cache") else None
+    if cached is not None and (cached / "manifest.json").is_file():
+        shutil.copytree(cached, folder / "model", copy_function=_link_or_copy)
+    else:
+        save_model(dense, folder / "model", {**meta, "dense": {k: v for k, v in info.items() if k != "history"}})
+    doc = {"obtained": info, "stage": stage, "model": "model/"}
+    (folder / "measured.json").write_text(json.dumps(doc, indent=2) + "\n")
 
 
 def obtain_dense(recipe, bundle, task, device: torch.device, log: Callable[[str], None],

@@ -152,8 +152,9 @@ def _dense_comparison(model_dir: Path, threads: int | None, min_run_time: float,
     `feeds` ({"batch_<b>": inputs}): `ort_latency_ms` is the dense model's p50 there and `measured` the
     speedup records (ratio dense / this, interval, verdict, noise flag)."""
     run_report = model_dir.resolve().parent / "report.json"
+    kept = run_report.parent / "dense" / "model"  # the run folder's own copy (runs since dense/ was added)
     try:
-        dense_dir = Path(json.loads(run_report.read_text())["dense"]["cache"])
+        dense_dir = kept if (kept / "manifest.json").is_file() else Path(json.loads(run_report.read_text())["dense"]["cache"])
     except (OSError, ValueError, KeyError, TypeError):
         return None
     if not (dense_dir / "manifest.json").is_file() or dense_dir.resolve() == model_dir.resolve():
@@ -191,8 +192,8 @@ def export_onnx(model_dir: str | Path, out_file: str | Path | None = None, opset
 
     `out_file` defaults to `model.onnx` beside the model folder (the run folder), so the model folder
     stays exactly as saved. `threads` None leaves onnxruntime's thread settings at its defaults.
-    With `compare_dense`, a run's model whose dense model is still cached (report.json beside the
-    model folder names it) is compared with the dense model exported the same way: the report gives
+    With `compare_dense`, a run's model whose dense model is in the run folder (`dense/model`) or still
+    cached (report.json beside the model folder names it) is compared with the dense model exported the same way: the report gives
     both files' bytes and onnxruntime latencies, the size ratio and the measured speedup: `ort_speedup`
     (dense / this, ratio of medians) from the two timed alternately for `rounds` rounds, and
     `ort_speedup_measured` with each one's 95 % interval, verdict and noise flag (see timing.py).

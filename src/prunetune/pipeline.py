@@ -23,7 +23,7 @@ from . import __version__, distributed
 from .artifacts import save_model
 from .checkpoint import Resume
 from .checkpointer import Checkpointer
-from .dense import dense_key, model_info
+from .dense import dense_key, model_info, write_run_dense
 from .errors import PrunetuneError
 from .measure import measure_stage, plan_rows, process_peak_rss_bytes, reference_counts, training_memory
 from .models import classifier_name
@@ -200,6 +200,7 @@ def run(recipe: Recipe, out: str | Path | None = None, log: Callable[[str], None
         }
         if save:
             save_model(model, tmp / "model", {**model_info(recipe, bundle), "modules": method.structure()})
+            write_run_dense(tmp / "dense", dense, dense_info, stages["dense"], model_info(recipe, bundle))
         write_reports(report, tmp)
         tracker.finish(report, tmp)  # before the rename: tensorboard/ is inside tmp, mlflow copies the reports
     log(f"done: {out}")
