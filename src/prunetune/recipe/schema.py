@@ -157,18 +157,21 @@ class PruneSpec(_Section):
     def _method_defaults(self) -> "PruneSpec":
         """importance and scope default to the chosen method's (Pruner.default_importance / default_scope)."""
         self._defaulted = {f for f in ("importance", "scope") if getattr(self, f) is None}
-        self.fill_defaults(None)
+        self.fill_defaults(None, final=False)
         return self
 
-    def fill_defaults(self, family: str | None) -> None:
+    def fill_defaults(self, family: str | None, final: bool = True) -> None:
         """Give the importance and scope the recipe left out the method's best known for model `family`
-        (`Pruner.defaults_for`); what the recipe gave stays."""
+        (`Pruner.defaults_for`); what the recipe gave stays. `final` (the whole recipe's check, which
+        knows the model) settles them: the spec then equals one read back from its dump."""
         pruner = R.PRUNERS.get(self.method) if self.method in R.PRUNERS else None
         imp, scope = pruner.defaults_for(family) if pruner is not None else ("l2", "layer")
         if "importance" in self._defaulted:
             self.importance = imp
         if "scope" in self._defaulted:  # per-layer amounts are a per-layer ranking
             self.scope = "layer" if self.layer_sparsity else scope
+        if final:
+            self._defaulted = set()
 
     @model_validator(mode="after")
     def _nm(self) -> "PruneSpec":
