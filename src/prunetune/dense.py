@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 from pathlib import Path
 from typing import Any, Callable
@@ -23,6 +24,7 @@ from .artifacts import FORMAT, load_model, save_model
 from .errors import PrunetuneError
 from .files import cache_root
 from .models import build_model, classifier_name
+from .models.hf import is_hf
 from .registry import TASKS
 from .tasks import Task
 from .training import Trainer
@@ -104,6 +106,47 @@ def _load_user_file(model: nn.Module, path: Path, bundle) -> None:
                   f"shape of {bad[0]} is {list(state[bad[0]].shape)}, model wants {list(own[bad[0]].shape)}")
         raise PrunetuneError(f"dense.path: {path} does not fit model {model.__class__.__name__} ({detail}); check model.name")
     model.load_state_dict(state)
+
+
+def untrained_dense(recipe, bundle, task) -> tuple[nn.Module, str]:
+    """The dense model as far as it exists without training (what `prunetune check` inspects), and which
+    weights it has: the dense.path file, the cached trained model, or the initial (untrained) weights."""
+    folder = cache_root() / "dense" / dense_key(recipe)
+    if recipe.dense.source == "file":
+        model = build_model(recipe.model, bundle.num_classes, bundle.input_shape, bundle.model_kwargs)
+        check_outputs(model, task, bundle, "model")
+        _load_user_file(model, Path(recipe.dense.path), bundle)
+        return model, f"trained, from dense.path {recipe.dense.path}"
+    if recipe.dense.cache and (folder / "manifest.json").exists():
+        return load_model(folder, trust_code=recipe.model.trust_code)[0], f"trained, the cached dense model {folder}"
+    torch.manual_seed(recipe.seed)
+    model = build_model(recipe.model, bundle.num_classes, bundle.input_shape, bundle.model_kwargs)
+    check_outputs(model, task, bundle, "model")
+    start = "pretrained, before task training" if is_hf(recipe.model.name) else "initial (untrained)"
+    return model, (f"{start}: no cached dense model yet (the run trains it for {recipe.dense.epochs} epochs first; "
+                   "the plan ranks these weights)")
+
+
+def _link_or_copy(src: str, dst: str) -> None:
+    try:
+        os.link(src, dst)  # the cache's file itself: no second copy on disk
+    except OSError:
+        shutil.copy2(src, dst)  # another file system (or no hard links): a copy
+
+
+def write_run_dense(folder: Path, dense: nn.Module, info: dict[str, Any], stage: dict[str, Any],
+                    meta: dict[str, Any]) -> None:
+    """A run folder's `dense/`: `model/`, the run's dense model (the cached folder's files hard-linked, or
+    copied across file systems; else saved from `dense`, with `meta` as the manifest's model info), and
+    `measured.json`: how it was obtained (`info`, the report's `dense`) and its measured stage."""
+    folder.mkdir(parents=True, exist_ok=True)
+    cached = Path(info["cache"]) if info.get("cache") else None
+    if cached is not None and (cached / "manifest.json").is_file():
+        shutil.copytree(cached, folder / "model", copy_function=_link_or_copy)
+    else:
+        save_model(dense, folder / "model", {**meta, "dense": {k: v for k, v in info.items() if k != "history"}})
+    doc = {"obtained": info, "stage": stage, "model": "model/"}
+    (folder / "measured.json").write_text(json.dumps(doc, indent=2) + "\n")
 
 
 def obtain_dense(recipe, bundle, task, device: torch.device, log: Callable[[str], None],

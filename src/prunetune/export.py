@@ -11,8 +11,12 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
+import importlib.util
 import json
+import logging
 import os
+import sys
 import tempfile
 import time
 import warnings
@@ -22,6 +26,7 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
+from torch.export import Dim
 
 from .artifacts import load_model, read_manifest
 from .errors import PrunetuneError, RuntimeFault
@@ -33,6 +38,10 @@ from .timing import compare_callables
 
 TOLERANCE = 1e-4  # max abs difference allowed between onnxruntime and PyTorch logits
 SEED = 20240607
+# The exporter: torch.export-based (`dynamo=True`, PyTorch's supported path; the TorchScript-based one is
+# deprecated), which writes opsets from torchlib's (18) up. It needs `onnxscript` (the `export` extra).
+EXPORTER = "torch.onnx.export(dynamo=True)"
+MIN_OPSET = 18
 
 
 def _check_batches(n: int) -> list[int]:
@@ -88,7 +97,7 @@ class _TextLogits(torch.nn.Module):
 
 def _text_io(plain: torch.nn.Module, manifest, g: torch.Generator) -> _IO:
     if hasattr(plain, "set_attn_implementation"):
-        plain.set_attn_implementation("eager")  # the TorchScript exporter traces eager attention reliably
+        plain.set_attn_implementation("eager")  # plain matmul + softmax: one graph for every batch and length
     vocab = int(getattr(plain.config, "vocab_size", 1000))
     longest = int(manifest.preprocess.get("max_length") or manifest.input_shape[0])
     seq = min(64, longest)
@@ -108,6 +117,34 @@ def _text_io(plain: torch.nn.Module, manifest, g: torch.Generator) -> _IO:
                f"random token ids, sequence length {seq}, all attended")
 
 
+def _dynamic_shapes(io: _IO) -> tuple[dict[int, Any], ...]:
+    """`io.axes` ({input: {axis: label}}) as torch.export dynamic shapes, one Dim per label (the batch
+    and sequence axes of several inputs are the same symbol), in input order."""
+    dims: dict[str, Any] = {}
+    return tuple({axis: dims.setdefault(label, Dim(label)) for axis, label in io.axes.get(name, {}).items()}
+                 for name in io.names)
+
+
+def _export_file(io: _IO, path: Path, opset: int | None) -> None:
+    """Write `io.module` to the single ONNX file `path` (weights inside: no external data file) with the
+    torch.export-based exporter; its progress lines and log warnings stay off stdout, which carries the
+    CLI's JSON."""
+    if importlib.util.find_spec("onnxscript") is None:
+        raise PrunetuneError("export needs the onnxscript package (the ONNX exporter's); install the extra: "
+                             "pip install 'prunetune[export]'")
+    quiet = logging.getLogger("torch.onnx")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)  # e.g. "torchvision is not installed. Skipping torchvision::nms"
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(sys.stderr):
+            warnings.simplefilter("ignore")
+            torch.onnx.export(io.module, tuple(io.make(2).values()), str(path), input_names=list(io.names),
+                              output_names=["logits"], dynamic_shapes=_dynamic_shapes(io), opset_version=opset,
+                              dynamo=True, external_data=False, verbose=False)
+    finally:
+        quiet.setLevel(level)
+
+
 def _dense_comparison(model_dir: Path, threads: int | None, min_run_time: float, trust_code: bool, sess,
                       feeds: dict[str, dict[str, np.ndarray]], rounds: int) -> dict[str, Any] | None:
     """The dense model of the run `model_dir` belongs to, exported to a temporary file and timed against
@@ -115,8 +152,9 @@ def _dense_comparison(model_dir: Path, threads: int | None, min_run_time: float,
     `feeds` ({"batch_<b>": inputs}): `ort_latency_ms` is the dense model's p50 there and `measured` the
     speedup records (ratio dense / this, interval, verdict, noise flag)."""
     run_report = model_dir.resolve().parent / "report.json"
+    kept = run_report.parent / "dense" / "model"  # the run folder's own copy (runs since dense/ was added)
     try:
-        dense_dir = Path(json.loads(run_report.read_text())["dense"]["cache"])
+        dense_dir = kept if (kept / "manifest.json").is_file() else Path(json.loads(run_report.read_text())["dense"]["cache"])
     except (OSError, ValueError, KeyError, TypeError):
         return None
     if not (dense_dir / "manifest.json").is_file() or dense_dir.resolve() == model_dir.resolve():
@@ -154,8 +192,8 @@ def export_onnx(model_dir: str | Path, out_file: str | Path | None = None, opset
 
     `out_file` defaults to `model.onnx` beside the model folder (the run folder), so the model folder
     stays exactly as saved. `threads` None leaves onnxruntime's thread settings at its defaults.
-    With `compare_dense`, a run's model whose dense model is still cached (report.json beside the
-    model folder names it) is compared with the dense model exported the same way: the report gives
+    With `compare_dense`, a run's model whose dense model is in the run folder (`dense/model`) or still
+    cached (report.json beside the model folder names it) is compared with the dense model exported the same way: the report gives
     both files' bytes and onnxruntime latencies, the size ratio and the measured speedup: `ort_speedup`
     (dense / this, ratio of medians) from the two timed alternately for `rounds` rounds, and
     `ort_speedup_measured` with each one's 95 % interval, verdict and noise flag (see timing.py).
@@ -165,8 +203,7 @@ def export_onnx(model_dir: str | Path, out_file: str | Path | None = None, opset
     if opset is not None:
         from torch.onnx import _constants as C  # private, but the only place torch states the range
 
-        lo = getattr(C, "ONNX_MIN_OPSET", 7)
-        hi = getattr(C, "ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET", getattr(C, "ONNX_MAX_OPSET", 20))
+        lo, hi = MIN_OPSET, getattr(C, "ONNX_MAX_OPSET", 23)
         if not lo <= opset <= hi:
             raise PrunetuneError(f"--opset {opset}: the exporter supports opsets {lo} to {hi}")
     if check_inputs < 1:
@@ -196,25 +233,16 @@ def export_onnx(model_dir: str | Path, out_file: str | Path | None = None, opset
     tmp = temp_beside(out, ".onnx")
     tmp_report = temp_beside(report_path, ".json")
     try:
-        # Exporter choice: the TorchScript-based exporter (dynamo=False). The torch.export-based
-        # exporter (dynamo=True, the default since torch 2.9) needs the `onnxscript` package, which
-        # is not a prunetune dependency and is absent offline; the TorchScript exporter needs only
-        # torch and `onnx`, handles every built-in model with a dynamic batch axis, and its
-        # deprecation warning is silenced here.
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            try:
-                torch.onnx.export(
-                    io.module, tuple(io.make(2).values()), str(tmp),
-                    input_names=list(io.names), output_names=["logits"],
-                    dynamic_axes={**io.axes, "logits": {0: "batch"}},
-                    opset_version=opset, do_constant_folding=True, dynamo=False,
-                )
-            except OSError:
-                raise  # writing the file failed (disk full, no permission): reported as such, naming --out
-            except Exception as e:  # the exporter raises many types for unsupported ops
-                line = (str(e).strip().splitlines() or [e.__class__.__name__])[0][:200]
-                raise RuntimeFault(f"{model_dir}: ONNX export failed ({line})") from None
+        # The torch.export-based exporter exports every family export takes (image CNNs and MLPs,
+        # LSTM / GRU / 1-D CNN sequence models, BERT-family classifiers, pruned or not) with dynamic
+        # batch (and sequence) axes; no family falls back to the deprecated TorchScript exporter.
+        try:
+            _export_file(io, tmp, opset)
+        except (OSError, PrunetuneError):
+            raise  # writing the file failed (disk full, no permission), or onnxscript is missing
+        except Exception as e:  # the exporter raises many types for unsupported ops
+            line = (str(e).strip().splitlines() or [e.__class__.__name__])[0][:200]
+            raise RuntimeFault(f"{model_dir}: ONNX export failed ({line})") from None
         import onnx
 
         opset_used = next((o.version for o in onnx.load(str(tmp), load_external_data=False).opset_import
@@ -246,7 +274,7 @@ def export_onnx(model_dir: str | Path, out_file: str | Path | None = None, opset
             "inputs_checked": check_inputs,
             "batch_sizes_checked": sizes,
             "opset": opset_used,
-            "exporter": "torch.onnx.export(dynamo=False)",
+            "exporter": EXPORTER,
             "inputs": {k: list(v.shape[1:]) if k == "input" else ["sequence"] for k, v in io.make(1).items()},
             "latency_inputs": io.timing_note,
             "ort_latency_ms": latency,

@@ -236,7 +236,9 @@ def reference_counts(model: nn.Module, targets: list[str]) -> dict[str, Any]:
 
 
 def plan_rows(before: nn.Module, after: nn.Module, targets: list[str]) -> list[dict[str, Any]]:
-    """Per-layer plan: shape before/after and sparsity relative to the dense layer."""
+    """Per-layer plan: shape before/after, sparsity relative to the dense layer, whether the layer was a
+    target, and whether it was actually pruned (a smaller shape or zeros the dense layer did not have:
+    a target the method leaves whole, such as a transformer's pooler, is not)."""
     plain = realise(after)
     after_mods = dict(plain.named_modules())
     moved = renames(plain)  # depth pruning renumbers the remaining blocks; a removed block's layers are gone
@@ -247,12 +249,14 @@ def plan_rows(before: nn.Module, after: nn.Module, targets: list[str]) -> list[d
         wb = layer_weight(mod)
         wa = after_w.get(now[name]) if now[name] is not None else None
         nz = int(torch.count_nonzero(wa)) if wa is not None else 0
+        shape_after = layer_shape(after_mods[now[name]]) if wa is not None else []
         rows.append({
             "layer": name,
             "type": type(mod).__name__,
             "shape_before": layer_shape(mod),
-            "shape_after": layer_shape(after_mods[now[name]]) if wa is not None else [],
+            "shape_after": shape_after,
             "sparsity": round(1.0 - nz / wb.numel(), 6),
             "target": name in targets,
+            "pruned": shape_after != layer_shape(mod) or nz < int(torch.count_nonzero(wb)),
         })
     return rows

@@ -23,7 +23,7 @@ from . import __version__, distributed
 from .artifacts import loading_entry, save_model
 from .checkpoint import Resume
 from .checkpointer import Checkpointer
-from .dense import dense_key, model_info
+from .dense import dense_key, model_info, write_run_dense
 from .errors import PrunetuneError
 from .measure import measure_stage, plan_rows, process_peak_rss_bytes, reference_counts, training_memory
 from .models import classifier_name
@@ -36,7 +36,7 @@ from .finetune.distill import Distiller, load_teacher
 from .registry import FINETUNE_METHODS
 from .tasks import to_device
 from .files import cache_root, staged_folder
-from .reporting.format import speedups
+from .reporting.format import pruned_text, speedups
 from .reporting.write import write_reports
 from .session import kernel_settings, open_session
 from .timing import stage_speedup
@@ -60,7 +60,8 @@ def format_plan(plan: list[dict[str, Any]]) -> str:
     width = max(len(r["layer"]) for r in plan)
     lines = ["plan:"]
     for r in plan:
-        mark = "" if r["target"] else "  (kept)"
+        text = pruned_text(r)
+        mark = "" if text == "yes" else "  (kept)" if text == "no" else f"  (pruned: {text})"
         lines.append(f"  {r['layer']:<{width}}  {str(r['shape_before']):>18} -> {str(r['shape_after']):<18} "
                      f"sparsity {r['sparsity']:.3f}{mark}")
     return "\n".join(lines)
@@ -204,6 +205,7 @@ def run(recipe: Recipe, out: str | Path | None = None, log: Callable[[str], None
         if save:
             save_model(model, tmp / "model", {**model_info(recipe, bundle), "modules": method.structure()})
             report.update(loading_entry(tmp / "model"))
+            write_run_dense(tmp / "dense", dense, dense_info, stages["dense"], model_info(recipe, bundle))
         write_reports(report, tmp)
         tracker.finish(report, tmp)  # before the rename: tensorboard/ is inside tmp, mlflow copies the reports
     log(f"done: {out}")

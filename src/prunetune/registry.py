@@ -36,8 +36,7 @@ class Registry(Generic[T]):
             if name in self._items:
                 raise ValueError(f"{self.kind} {name!r} registered twice")
             self._items[name] = obj
-            text = doc or (getattr(obj, "__doc__", None) or "").strip().splitlines()
-            self._docs[name] = text if isinstance(text, str) else (text[0] if text else "")
+            self._docs[name] = doc or first_paragraph(getattr(obj, "__doc__", None))
             return obj
 
         return deco
@@ -61,6 +60,12 @@ class Registry(Generic[T]):
     def __contains__(self, name: Any) -> bool:
         load_builtins()
         return name in self._items
+
+
+def first_paragraph(doc: str | None) -> str:
+    """A docstring's first paragraph as one line (what `prunetune list` shows)."""
+    para = (doc or "").strip().split("\n\n", 1)[0]
+    return " ".join(para.split())
 
 
 # The project's registries, in one place so `prunetune list` can show them all.

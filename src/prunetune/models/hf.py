@@ -36,6 +36,12 @@ def is_hf(name: str) -> bool:
     return name.startswith("hf:") or name in ALIASES
 
 
+def model_family(name: str) -> str | None:
+    """The family whose best known pruning settings a model takes (`Pruner.family_defaults`):
+    "transformer" for `minilm` and `hf:` models (encoder classifiers and causal LMs), None otherwise."""
+    return "transformer" if is_hf(name) else None
+
+
 def pretrained_source(name: str) -> str:
     """The folder (or hub id) `from_pretrained` should read for model name `name`."""
     if name in ALIASES:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
 from .. import registry as R
 
@@ -54,8 +54,8 @@ class PruneSpec(_Section):
 
     method: str = Field("structured", description="registered pruner: structured, unstructured, nm, depth")
     importance: str | None = Field(
-        None, description="registered importance (default: the method's best known: structured l2, unstructured lamp, "
-        "nm l2)")
+        None, description="registered importance (default: the method's best known for the model: structured l2, "
+        "structured on transformers taylor, unstructured lamp, nm l2; `prunetune list` shows them)")
     sparsity: float = Field(0.5, ge=0, lt=1, description="fraction removed: channels (structured) or weights")
     scope: Literal["global", "layer"] | None = Field(
         None, description="rank globally or per layer (default: the method's; unstructured: global)")
@@ -83,6 +83,7 @@ class PruneSpec(_Section):
     order: Literal["finetune_first", "prune_first"] = Field(
         "finetune_first", description="finetune_first: prune the trained dense model; prune_first: prune the "
         "untrained starting model (dense.epochs is taken as 0), then fine-tune")
+    _defaulted: set[str] = PrivateAttr(default_factory=set)  # importance / scope not given: the method's defaults
 
     @field_validator("layer_sparsity")
     @classmethod
@@ -96,12 +97,22 @@ class PruneSpec(_Section):
     @model_validator(mode="after")
     def _method_defaults(self) -> "PruneSpec":
         """importance and scope default to the chosen method's (Pruner.default_importance / default_scope)."""
-        pruner = R.PRUNERS.get(self.method) if self.method in R.PRUNERS else None
-        if self.importance is None:
-            self.importance = getattr(pruner, "default_importance", "l2")
-        if self.scope is None:  # per-layer amounts are a per-layer ranking
-            self.scope = "layer" if self.layer_sparsity else getattr(pruner, "default_scope", "layer")
+        self._defaulted = {f for f in ("importance", "scope") if getattr(self, f) is None}
+        self.fill_defaults(None, final=False)
         return self
+
+    def fill_defaults(self, family: str | None, final: bool = True) -> None:
+        """Give the importance and scope the recipe left out the method's best known for model `family`
+        (`Pruner.defaults_for`); what the recipe gave stays. `final` (the whole recipe's check, which
+        knows the model) settles them: the spec then equals one read back from its dump."""
+        pruner = R.PRUNERS.get(self.method) if self.method in R.PRUNERS else None
+        imp, scope = pruner.defaults_for(family) if pruner is not None else ("l2", "layer")
+        if "importance" in self._defaulted:
+            self.importance = imp
+        if "scope" in self._defaulted:  # per-layer amounts are a per-layer ranking
+            self.scope = "layer" if self.layer_sparsity else scope
+        if final:
+            self._defaulted = set()
 
     @model_validator(mode="after")
     def _depth(self) -> "PruneSpec":

@@ -15,6 +15,7 @@ from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from ..data_spec import DataSpec
 from ..finetune.options import DROP_FOREIGN, method_options
+from ..models.hf import model_family
 from .. import registry as R
 from ..registry import FINETUNE_METHODS
 from .prune_spec import DepthSpec, PruneSpec, ScheduleSpec, _Section  # noqa: F401  (re-exported)
@@ -239,6 +240,7 @@ class Recipe(_Section):
 
     @model_validator(mode="after")
     def _registered(self) -> "Recipe":
+        self.prune.fill_defaults(model_family(self.model.name))
         for field, reg, value in [
             ("task", R.TASKS, self.task),
             ("prune.method", R.PRUNERS, self.prune.method),

@@ -4,6 +4,16 @@ from __future__ import annotations
 
 from typing import Any
 
+
+def pruned_text(row: dict[str, Any]) -> str:
+    """A plan row's "pruned" cell: yes only for a layer actually pruned; a target left whole, and a layer
+    kept whose inputs shrank with the layer before it (the classifier), say so. Reports written before
+    rows carried `pruned` fall back to `target`."""
+    pruned = row.get("pruned", row["target"])
+    if row["target"]:
+        return "yes" if pruned else "no (target, left whole)"
+    return "inputs only (not a target)" if pruned else "no"
+
 STAGES = ("dense", "pruned", "finetuned")
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from ..errors import PrunetuneError
 from ..robustness import floor_accuracy, floor_label
 from . import classes
-from .format import (STAGES, compute_line, fmt_bytes, interval_text, row_speedup, short, size_cells, speedup_notes,
+from .format import (STAGES, pruned_text, compute_line, fmt_bytes, interval_text, row_speedup, short, size_cells, speedup_notes,
                      speedups, stage_speedup_text)
 from .model import RefineReport, RunReport, SweepReport
 from .robustness import markdown_lines as robustness_lines
@@ -96,7 +96,7 @@ def run_markdown(report: RunReport) -> str:
     lines += ["## Per-layer plan", "", "| layer | type | shape before | shape after | sparsity | pruned |", "|---|---|---|---|---:|---|"]
     for p in report.plan:
         lines.append(f"| {p['layer']} | {p['type']} | {p['shape_before']} | {p['shape_after']} | {p['sparsity']:.3f} | "
-                     f"{'yes' if p['target'] else 'no'} |")
+                     f"{pruned_text(p)} |")
     if "per_class_accuracy" in stages["dense"]:
         lines += ["", "## Per-class test accuracy", "", "| class | " + " | ".join(STAGES) + " |", "|---|" + "---:|" * len(STAGES)]
     for cls in stages["dense"].get("per_class_accuracy", {}):

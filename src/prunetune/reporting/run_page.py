@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from . import classes, robustness, samples
-from .format import STAGES, fmt_bytes, size_cells, speedup_notes, speedups, stage_speedup_text
+from .format import STAGES, pruned_text, fmt_bytes, size_cells, speedup_notes, speedups, stage_speedup_text
 from .html import cell, esc, img, lat, notes_and_curves, page, per_class, table
 from ..tasks import Task
 from .model import RunReport
@@ -97,7 +97,7 @@ def render_run(report: RunReport, folder: Path | None, images: dict[str, bytes])
         body.append(img(images["sparsity.png"], "per-layer sparsity"))
     body.append(table(["layer", "type", "shape before", "shape after", "sparsity", "pruned"],
                       [[p["layer"], p["type"], p["shape_before"], p["shape_after"], f"{p['sparsity']:.3f}",
-                        "yes" if p["target"] else "no"] for p in report.plan], numeric={4}))
+                        pruned_text(p)] for p in report.plan], numeric={4}))
     body.append("</section>")
     if "per_class_accuracy" in stages["dense"]:
         body += ['<section id="per-class">', "<h2>Per-class test accuracy (%)</h2>",
