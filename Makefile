@@ -56,8 +56,11 @@ demo: setup data
 	$(VENV)/bin/prunetune run
 
 # The main suite (tests/vision is skipped there: no torchvision), then the torchvision / timm tests.
+# Two workers, one thread each (files kept whole on a worker), then the timing-sensitive tests alone:
+# a speedup measured while the other worker runs would be noise.
 test: setup data browser postgres
-	PRUNETUNE_TEST_PG_URL=$(PG_URL) $(PY) -m pytest
+	PRUNETUNE_TEST_PG_URL=$(PG_URL) OMP_NUM_THREADS=1 $(PY) -m pytest -n 2 --dist loadfile -m "not serial"
+	PRUNETUNE_TEST_PG_URL=$(PG_URL) $(PY) -m pytest -m serial
 	$(MAKE) test-vision
 
 test-vision: vision-setup

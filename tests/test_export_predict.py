@@ -300,6 +300,7 @@ def test_cli_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path):
         assert not out.exists() and not list(outs.iterdir()), args
 
 
+@pytest.mark.serial
 def test_export_times_the_dense_model_alternately_with_an_interval(tmp_path):
     """A run's export is compared with its cached dense model, both sessions timed alternately: every
     batch size gets a ratio with a 95 % interval, a verdict and the noise flag; the old keys stay."""

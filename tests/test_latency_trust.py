@@ -25,6 +25,8 @@ from prunetune.timing import (MASKED_NOTE, ROUNDS_LIMIT, SPREAD_LIMIT, bootstrap
                               verdict)
 from prunetune.tracking import report_metrics
 
+pytestmark = pytest.mark.serial  # measures speed: run alone (`make test` runs serial tests after the parallel pass)
+
 
 def _fwd(m, x):
     return m(x[..., : m.in_features])
