@@ -157,8 +157,17 @@ class PruneSpec(_Section):
         pruner = R.PRUNERS.get(self.method) if self.method in R.PRUNERS else None
         if self.importance is None:
             self.importance = getattr(pruner, "default_importance", "l2")
+        importance = R.IMPORTANCES.get(self.importance) if self.importance in R.IMPORTANCES else None
+        per_layer = getattr(importance, "reconstructs", False)  # sparsegpt prunes each layer to its own amount
         if self.scope is None:  # per-layer amounts are a per-layer ranking
-            self.scope = "layer" if self.layer_sparsity else getattr(pruner, "default_scope", "layer")
+            self.scope = "layer" if self.layer_sparsity or per_layer else getattr(pruner, "default_scope", "layer")
+        methods = getattr(importance, "methods", None)
+        if methods and self.method not in methods:
+            raise ValueError(f"prune.importance: {self.importance} works with prune.method {' or '.join(methods)}, not "
+                             f"{self.method}; change prune.method or choose another importance")
+        if per_layer and self.scope == "global":
+            raise ValueError(f"prune.scope: {self.importance} reconstructs each layer to its own sparsity and cannot rank "
+                             "weights across layers; use prune.scope layer")
         return self
 
     @model_validator(mode="after")
