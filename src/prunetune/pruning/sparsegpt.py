@@ -75,9 +75,9 @@ def reconstruct(weight: torch.Tensor, hessian: torch.Tensor, sparsity: float = 0
                              f"them and {blocksize}); choose another M or exclude {name}")
     if not m and not (0 <= sparsity < 1):
         raise PrunetuneError(f"prune.sparsity: sparsegpt cannot prune {name} to {sparsity}; give a fraction in [0, 1)")
-    W = weight.detach().float().clone()
+    W = weight.detach().float().clone().contiguous()
     H = hessian.detach().float().clone()
-    forced = torch.zeros_like(W, dtype=torch.bool) if pruned is None else pruned.to(W.device).bool()
+    forced = torch.zeros_like(W, dtype=torch.bool) if pruned is None else pruned.to(W.device).bool().contiguous()
     dead = torch.diag(H) == 0
     H[dead, dead] = 1
     W[:, dead] = 0
@@ -94,7 +94,7 @@ def reconstruct(weight: torch.Tensor, hessian: torch.Tensor, sparsity: float = 0
         f1 = forced[:, i1:i2]
         if not m:  # adaptive mask selection: this block's lowest w^2 / d^2 (earlier masks first)
             score = (W1 ** 2 / d1.reshape(1, -1) ** 2).masked_fill(f1, float("-inf"))
-            mask1 = torch.zeros_like(f1)
+            mask1 = torch.zeros(f1.shape, dtype=torch.bool, device=f1.device)
             mask1.view(-1)[torch.argsort(score.flatten(), stable=True)[:counts[b]]] = True
             mask1 |= f1
         else:
