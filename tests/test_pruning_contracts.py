@@ -34,7 +34,8 @@ CASES = [(m, p, i, s) for m in ("tiny_mlp", "tiny_cnn") for p in PRUNERS.names()
 def _recipe(model: str, method: str, importance: str, schedule: str) -> Recipe:
     return Recipe.model_validate({
         "model": {"name": model},
-        "prune": {"method": method, "importance": importance, "sparsity": 0.5, "calibration_batches": 2,
+        "prune": {"method": method, "importance": importance, "sparsity": 0.5,
+                  "calibration_batches": 1 if importance == "sparsegpt" else 2,  # the tiny training split is one batch
                   "schedule": {"kind": schedule, "steps": 2, "epochs_per_step": 1}},
         "finetune": {"epochs": 2, "batch_size": 16, "lr": 1e-2},
     })
@@ -82,8 +83,16 @@ def test_contract(model_name, method, importance, schedule):
         with pytest.raises(PrunetuneError, match="prune.method: depth pruning needs repeated residual blocks"):
             _prune_and_finetune(_recipe(model_name, method, importance, schedule), make_bundle(), lambda m: None)
         return
+    if method == "structured" and importance == "sparsegpt":  # SparseGPT masks weights and reconstructs the rest
+        with pytest.raises(ValueError, match="sparsegpt works with prune.method unstructured or nm, not structured"):
+            _recipe(model_name, method, importance, schedule)
+        return
     recipe = _recipe(model_name, method, importance, schedule)
     bundle = make_bundle()
+    if importance == "sparsegpt" and model_name == "tiny_cnn":  # reconstruction of linear layers only
+        with pytest.raises(PrunetuneError, match=r"sparsegpt reconstructs linear layers .* not features.0 \(Conv2d\)"):
+            _prune_and_finetune(recipe, bundle, _check_masks)
+        return
     dense, model, pruner, targets = _prune_and_finetune(recipe, bundle, _check_masks)
 
     x = bundle.test.x[:5]
@@ -141,7 +150,8 @@ def test_round_to_keeps_channel_multiples():
 
 from sequence_fixtures import BUNDLES, SEQ_MODELS  # noqa: E402  (registers the tiny sequence models)
 
-SEQ_IMPORTANCES = [i for i in IMPORTANCES.names() if i != "wanda"]  # wanda: input norms of linear / conv layers only
+# wanda: input norms of linear / conv layers only; sparsegpt: reconstruction of linear layers only
+SEQ_IMPORTANCES = [i for i in IMPORTANCES.names() if i not in ("wanda", "sparsegpt")]
 SEQ_CASES = [(m, p, i, s) for m in SEQ_MODELS for p in PRUNERS.names() for i in SEQ_IMPORTANCES for s in SCHEDULES.names()
              if s in PRUNERS.get(p).schedules and p != "depth"]  # no repeated blocks in the sequence models
 

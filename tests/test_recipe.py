@@ -36,7 +36,7 @@ def test_resolved_recipe_round_trips(tmp_path):
     (["prune.sparsity=1.0"], "prune.sparsity"),
     (["prune.sparsity=-0.1"], "prune.sparsity"),
     (["prune.method=nm", "prune.n=4", "prune.m=4"], "n < m"),
-    (["prune.importance=magic"], "recipe: prune.importance: unknown importance 'magic'; choose one of: l1, l2, lamp, random, taylor"),
+    (["prune.importance=magic"], "recipe: prune.importance: unknown importance 'magic'; choose one of: l1, l2, lamp, random, sparsegpt, taylor"),
     (["prune.method=nm", "prune.schedule.kind=gradual"], "not supported by prune.method 'nm'"),
     (["dense.source=file"], "dense.path"),
     (["finetune.epochs=-1"], "finetune.epochs"),

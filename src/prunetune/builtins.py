@@ -14,3 +14,4 @@ from .models import builtin, external, resnet_cifar  # noqa: F401
 from .models import sequence as sequence_models  # noqa: F401
 from .pruning import importance, layers, pruners, schedules, sequence  # noqa: F401
 from .pruning import hf_conv1d  # noqa: F401  (transformers' Conv1D, GPT-2)
+from .pruning import sparsegpt  # noqa: F401  (SparseGPT importance: masks with weight reconstruction)

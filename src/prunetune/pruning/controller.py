@@ -15,9 +15,11 @@ from ..data.base import batches
 from ..files import cache_tensors
 from ..registry import IMPORTANCES, PRUNERS, SCHEDULES
 from ..tasks import to_device
+from ..errors import PrunetuneError
 from .activations import input_norms
 from .batchnorm import recalibrate_bn
 from .depth import prune_depth, renamed, renames
+from .layerwise import reconstruct_model
 from .pruners import Pruner, target_modules
 from .schedules import Phase, all_sparsities
 from .targets import layer_amounts
@@ -38,6 +40,14 @@ class PruningController:
         self._position: dict[str, Any] | None = None
         self._resume_from: dict[str, Any] | None = None
         self.bn_recalibrations = 0  # pruning steps after which BatchNorm statistics were re-estimated
+        if getattr(self.importance, "reconstructs", False):  # sparsegpt: fewer batches than asked would be a silent guess
+            size = getattr(task, "calibration_batch_size", 64)
+            have = -(-len(bundle.train) // size)
+            if have < spec.calibration_batches:
+                raise PrunetuneError(
+                    f"prune.calibration_batches: {spec.importance} asks for {spec.calibration_batches} calibration batches of "
+                    f"{size} training examples but the training split has {len(bundle.train)} ({have} batch"
+                    f"{'es' if have != 1 else ''}); lower prune.calibration_batches to {have} or give more training data")
 
     def state_dict(self) -> dict[str, Any]:
         """Where `finetune` is (JSON-able): the phase, where its rows start in the Trainer's history,
@@ -112,17 +122,12 @@ class PruningController:
         if cache is not None:  # a failed write is only a lost cache
             cache_tensors({n: p.grad.detach().cpu() for n, p in model.named_parameters() if p.grad is not None}, cache)
 
-    def _activations(self, model: nn.Module, pruner: Pruner) -> None:
-        """Input norms of the pruner's target layers over `calibration_batches` training batches (wanda)."""
-        was = model.training
-        model.eval()
+    def _calibration_inputs(self) -> list:
+        """`calibration_batches` seeded training batches (inputs only) for activation-based importance."""
         g = torch.Generator().manual_seed(self.seed + 31)
         size = getattr(self.task, "calibration_batch_size", 64)
-        chosen = [x for i, (x, _) in zip(range(self.spec.calibration_batches),
-                                         batches(self.bundle.train, size, shuffle=True, generator=g))]
-        mods = dict(target_modules(model, list(pruner.targets)))
-        self.importance.norms = input_norms(lambda x: self.task.forward(model, to_device(x, self.device)), mods, chosen)
-        model.train(was)
+        return [x for _, (x, _) in zip(range(self.spec.calibration_batches),
+                                       batches(self.bundle.train, size, shuffle=True, generator=g))]
 
     def _recalibrate_bn(self, model: nn.Module) -> None:
         """BatchNorm statistics of the pruned network from `prune.recalibrate_bn` training batches
@@ -137,9 +142,9 @@ class PruningController:
         torch.manual_seed(self.seed + int(sparsity * 1e6))  # random importance repeats run to run
         if self.importance.needs_grad:
             self._calibrate(model, self.grad_cache if from_dense else None)
-        if getattr(self.importance, "needs_activations", False):
-            self._activations(model, pruner)
-        changed = pruner.prune_to(model, sparsity)
+        calibrated = getattr(self.importance, "needs_activations", False) or getattr(self.importance, "reconstructs", False)
+        inputs = self._calibration_inputs() if calibrated else []
+        changed = prune_calibrated(pruner, model, sparsity, inputs, lambda x: self.task.forward(model, to_device(x, self.device)))
         distributed.sync_masks(model)  # torchrun: every rank keeps rank 0's masks
         if changed and self.spec.recalibrate_bn:
             self._recalibrate_bn(model)
@@ -226,3 +231,29 @@ class PruningController:
                                  "rolled_back": rolled_back}
         return history
 
+
+
+def prune_calibrated(pruner: Pruner, model: nn.Module, sparsity: float, inputs: list, forward: Callable[[Any], Any]) -> bool:
+    """Prune `model` to `sparsity` with a set-up `pruner`, its importance calibrated on `inputs` (each run by
+    `forward(x)`) when it needs them: input norms (wanda), or layer-by-layer reconstruction (sparsegpt, which
+    writes the pruner's masks and the reconstructed weights itself). True when parameters were replaced.
+
+    Example (a decoder pruned to 2:4 by SparseGPT, no recipe needed):
+        >>> spec = PruneSpec(method="nm", importance="sparsegpt")            # doctest: +SKIP
+        >>> pruner = PRUNERS.get("nm")(spec, IMPORTANCES.get("sparsegpt")(), targets)  # doctest: +SKIP
+        >>> pruner.setup(model, None, [0.5])                                  # doctest: +SKIP
+        >>> prune_calibrated(pruner, model, 0.5, batches, lambda x: model(**x))  # doctest: +SKIP
+    """
+    importance = pruner.importance
+    reconstructs = getattr(importance, "reconstructs", False)
+    if reconstructs or getattr(importance, "needs_activations", False):
+        was = model.training
+        model.eval()
+        try:
+            if reconstructs:
+                reconstruct_model(model, forward, inputs, pruner.reconstruction_plan(model, sparsity))
+                return False
+            importance.norms = input_norms(forward, dict(target_modules(model, list(pruner.targets))), inputs)
+        finally:
+            model.train(was)
+    return pruner.prune_to(model, sparsity)

@@ -21,6 +21,7 @@ from .decoder import DecoderPruner, decoder_blocks, is_causal_lm
 from .depth import Calibration, check_depth, prune_depth
 from .importance import Importance
 from .layers import layer_type_of, prunable_layers
+from .layerwise import Target, check_layer
 from .masks import attach_mask, get_mask
 from .sequence import structured_options
 from .targets import layer_amounts
@@ -95,7 +96,13 @@ def _tensors(model: nn.Module, names: list[str]) -> list[tuple[str, nn.Module, s
 
 
 class _MaskPruner(Pruner):
+    def _check_reconstructable(self, model: nn.Module) -> None:
+        if getattr(self.importance, "reconstructs", False):
+            for name, mod in target_modules(model, self.targets):
+                check_layer(name, mod)
+
     def setup(self, model, example_inputs, sparsities):
+        self._check_reconstructable(model)
         self.final = sparsities[-1]
         for _, mod, t in _tensors(model, self.targets):
             attach_mask(mod, t)
@@ -106,6 +113,10 @@ class _MaskPruner(Pruner):
         s = self.importance.module_scores(mod, orig * mask, orig.grad).float().cpu()
         # Pruning is monotone: what is already masked stays masked.
         return s.masked_fill(~mask.cpu(), float("-inf"))
+
+    def reconstruction_plan(self, model: nn.Module, sparsity: float) -> dict[str, tuple[nn.Module, Target]]:
+        """{layer: (module, what it is pruned to)} for an importance that reconstructs weights (sparsegpt)."""
+        raise NotImplementedError
 
 
 @PRUNERS.register("unstructured")
@@ -143,6 +154,9 @@ class Unstructured(_MaskPruner):
             mask.copy_((~d).view_as(mask).to(mask.device))
         return False
 
+    def reconstruction_plan(self, model, sparsity):
+        return {name: (mod, Target(amount=self.layer_amount(name, sparsity))) for name, mod in target_modules(model, self.targets)}
+
 
 @PRUNERS.register("nm")
 class NM(_MaskPruner):
@@ -151,11 +165,15 @@ class NM(_MaskPruner):
     schedules = ("oneshot",)
 
     def setup(self, model, example_inputs, sparsities):
+        self._check_reconstructable(model)
         m = self.spec.m
         usable = []
         for name, mod, t in _tensors(model, self.targets):
             rows = layer_type_of(mod).to_rows(getattr(mod, t))
             where = name if t == "weight" else f"{name}.{t}"
+            if rows.shape[1] % m and getattr(self.importance, "reconstructs", False):
+                raise PrunetuneError(f"prune.m: {where} has {rows.shape[1]} inputs, not divisible by M={m}, which "
+                                     "sparsegpt cannot prune N:M; exclude it (prune.exclude) or choose an M that divides it")
             if rows.shape[1] % m:
                 self.notes.append(f"{where}: {rows.shape[1]} inputs not divisible by M={m}; left dense")
             else:
@@ -184,6 +202,11 @@ class NM(_MaskPruner):
             new = lt.from_rows(keep.reshape(rows.shape).float(), mask.shape).bool()
             mask.copy_(new.to(mask.device) & mask)
         return False
+
+    def reconstruction_plan(self, model, sparsity):
+        n, m = self.spec.n, self.spec.m
+        return {name: (mod, Target(n=n, m=m)) for name, mod in target_modules(model, self.targets)
+                if (name, "weight") in self._usable}
 
 
 @PRUNERS.register("structured")

@@ -109,8 +109,8 @@ class PruneSpec(_Section):
         imp, scope = pruner.defaults_for(family) if pruner is not None else ("l2", "layer")
         if "importance" in self._defaulted:
             self.importance = imp
-        if "scope" in self._defaulted:  # per-layer amounts are a per-layer ranking
-            self.scope = "layer" if self.layer_sparsity else scope
+        if "scope" in self._defaulted:  # per-layer amounts (and sparsegpt's per-layer reconstruction) rank per layer
+            self.scope = "layer" if self.layer_sparsity or _reconstructs(self.importance) else scope
         if final:
             self._defaulted = set()
 
@@ -140,7 +140,25 @@ class PruneSpec(_Section):
         return self
 
     @model_validator(mode="after")
+    def _importance_fits(self) -> "PruneSpec":
+        importance = R.IMPORTANCES.get(self.importance) if self.importance in R.IMPORTANCES else None
+        methods = getattr(importance, "methods", None)
+        if methods and self.method not in methods:
+            raise ValueError(f"prune.importance: {self.importance} works with prune.method {' or '.join(methods)}, not "
+                             f"{self.method}; change prune.method or choose another importance")
+        if _reconstructs(self.importance) and self.scope == "global":
+            raise ValueError(f"prune.scope: {self.importance} reconstructs each layer to its own sparsity and cannot rank "
+                             "weights across layers; use prune.scope layer")
+        return self
+
+    @model_validator(mode="after")
     def _nm(self) -> "PruneSpec":
         if self.method == "nm" and self.n >= self.m:
             raise ValueError(f"N:M needs n < m (got n={self.n}, m={self.m}); e.g. n=2, m=4")
         return self
+
+
+def _reconstructs(importance: str | None) -> bool:
+    """True for an importance that prunes each layer to its own amount while rebuilding it (sparsegpt)."""
+    imp = R.IMPORTANCES.get(importance) if importance in R.IMPORTANCES else None
+    return bool(getattr(imp, "reconstructs", False))
