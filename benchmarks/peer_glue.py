@@ -292,8 +292,15 @@ NOTES = """## Notes
   batch 64, where the AMD EPYC of `fashion_mnist.md` measured 2.68× and 5.96×: the ≥ 2.5× / ≥ 5× targets
   were set on that machine. Masked models show no measurable change, as they should on dense kernels.
   No timing was flagged noisy (1-minute load 1.3–1.9 on 2 cores: the benchmark's own two threads).
-- Not run within this session's CPU time: the MiniLM heads+FFN −50 % row, iterative rounds, and
-  per-layer amounts from `prunetune sensitivity`.""".split("\n")
+- Later ablation rows (iterative, gradual, sensitivity) ran at one torch thread on a machine busy with
+  other jobs (accuracy only; nothing here is timed). Iterative pruning (3 rounds of 1 epoch: 37 %,
+  60 %, then 75 % of channels, the same 3 epochs) ends 0.78 pt val below one-shot: the final, most
+  pruned model gets one epoch instead of three. Cubic gradual pruning over the first half of
+  fine-tuning is level with one-shot (−0.06 val). Neither earns a place at this epoch budget.
+- Per-layer amounts from `prunetune sensitivity` at a parameter-weighted 0.75 put 90 % on the large
+  fully connected `head.0` and leave the convolutions whole (features.17: 25 %): +2.04 pt val, but
+  MACs ÷1.11 against ÷15.19 for the uniform plan, so it is not the same compression. The allocator
+  weights layers by parameters; a speed budget needs it to weight them by MACs (not done).""".split("\n")
 
 
 def main() -> None:

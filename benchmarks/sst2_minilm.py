@@ -35,8 +35,9 @@ BASE = {
     "seed": 0,
     "model": {"name": "minilm"},
     "data": {"source": "sst2", "path": str(DATA), "limit": 8000, "max_length": 64, "eval_batch_size": 256},
-    # Dense: 3 epochs, AdamW with warm-up and linear decay (the obvious steps past ANCHORS' plain 2 epochs).
-    "dense": {"epochs": 3, "lr": 8e-5, "batch_size": 32, "weight_decay": 0.01, "lr_schedule": "linear", "warmup_epochs": 0.3},
+    # Dense: AdamW with warm-up and linear decay, chosen on dev by benchmarks/sst2_dense.py (88.14 % test;
+    # the pruned rows of results/sst2_minilm.md were measured from the previous 3-epoch 8e-5 model, 87.37 %).
+    "dense": {"epochs": 5, "lr": 5e-5, "batch_size": 32, "weight_decay": 0.01, "lr_schedule": "linear", "warmup_epochs": 0.5},
     "finetune": {"epochs": 2, "lr": 8e-5, "batch_size": 32, "weight_decay": 0.01, "lr_schedule": "linear", "warmup_epochs": 0.1},
     "evaluate": {"latency_batch": 32, "sequence_length": 64, "min_run_time": 1.0},
 }
