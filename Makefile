@@ -66,10 +66,17 @@ test: setup data browser postgres
 test-vision: vision-setup
 	$(VPY) -m pytest tests/vision
 
+# Hours on 2 CPU cores; one at a time (timings are only meaningful on an otherwise idle machine).
 bench: setup data
 	$(PY) benchmarks/fashion_mnist.py
+	$(PY) benchmarks/sst2_dense.py
 	$(PY) benchmarks/sst2_minilm.py
 	$(PY) benchmarks/peer_glue.py
+	$(PY) benchmarks/peer_glue_minilm.py
+	$(PY) benchmarks/sweep_fashion_mnist.py
+	$(PY) benchmarks/sst2_oneshot.py
+	$(PY) benchmarks/decoder_scale.py
+	$(PY) benchmarks/cifar10_resnet.py
 
 clean:
 	rm -rf $(VENV) $(VISION) runs .pytest_cache

@@ -44,7 +44,7 @@ BASE = {**CORE, "name": "sweep-fmnist", "finetune": {"epochs": 3},
         "evaluate": {"latency_batch": 64, "min_run_time": 0.5, "memory": False}}
 SCAN_AMOUNTS = [0.2, 0.4, 0.6, 0.8]
 SEARCH = {
-    "tolerance": 0.5, "objective": "latency", "sampler": "tpe", "trials": 40, "early_stop_slack": 1.5,
+    "tolerance": 0.5, "objective": "latency", "sampler": "tpe", "trials": 14, "early_stop_slack": 1.5,
     "fidelity": "halving", "budget_dense_epochs": 10.0,
     "space": {
         "prune.sparsity": [0.3, 0.8],

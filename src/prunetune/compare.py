@@ -49,7 +49,7 @@ def compare_runs(a: str | Path, b: str | Path, atol: float = 1e-6) -> list[str]:
     ra, rb = (json.loads((p / "report.json").read_text()) for p in (a, b))
     for r in (ra, rb):
         r.pop("checkpoint", None)
-        for key in ("source", "cache"):
+        for key in ("source", "cache", "split"):  # how the dense model was obtained; its weights are compared
             (r.get("dense") or {}).pop(key, None)
     out: list[str] = []
     _diff(ra, rb, "", out)
