@@ -63,9 +63,10 @@ def glue_prune(model, example: dict) -> None:
             heads[p] = att.num_attention_heads
     pruner = tp.pruner.MetaPruner(
         model, example, importance=tp.importance.MagnitudeImportance(p=2), pruning_ratio=AMOUNT,
-        num_heads=heads, prune_num_heads=True, prune_head_dims=False,
+        # head_pruning_ratio: Torch-Pruning's default (0.0) removes no head at all, only FFN neurons.
+        num_heads=heads, prune_num_heads=True, prune_head_dims=False, head_pruning_ratio=AMOUNT,
         ignored_layers=[bert.embeddings, bert.pooler, model.classifier],
-        output_transform=lambda out: out.logits.sum(), forward_fn=logits)
+        output_transform=lambda out: out.sum(), forward_fn=logits)
     pruner.step()
     for layer in bert.encoder.layer:
         att = layer.attention.self
@@ -112,6 +113,7 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="400 sentences, 1 epoch: a smoke test")
     ap.add_argument("--no-latency", action="store_true")
     ap.add_argument("--runs", default="runs/peer_glue")
+    ap.add_argument("--glue-only", action="store_true", help="re-run the glue row; keep the prunetune row already saved")
     args = ap.parse_args()
     base = merge(SST2, {"data": {"limit": 400}, "dense": {"epochs": 1}, "finetune": {"epochs": 1}}) if args.quick else SST2
     recipe = Recipe.model_validate(base)
@@ -138,6 +140,8 @@ def main() -> None:
 
     t0 = time.perf_counter()
     name = "minilm-heads-ffn-50-prunetune"
+    if args.glue_only:
+        return finish(rows, dense, dense_acc, info, bundle, args, done, doc, json_path)
     out = runs / name
     shutil.rmtree(out, ignore_errors=True)
     r = Recipe.model_validate(merge(merge(base, DEFAULT), {"name": name, "evaluate": {"latency": False, "memory": False}}))
@@ -147,6 +151,10 @@ def main() -> None:
                         "best_val": max(h["val_accuracy"] for h in hist), "val_history": [h["val_accuracy"] for h in hist],
                         "wall_s": rep["finetune"]["wall_s"], "recipe": DEFAULT,
                         "importance": r.prune.importance}, load_shipped(out / "model"), t0))
+    finish(rows, dense, dense_acc, info, bundle, args, done, doc, json_path)
+
+
+def finish(rows, dense, dense_acc, info, bundle, args, done, doc, json_path) -> None:
     for name, row, model, t0 in rows:
         row = measured({"name": name, "kind": "heads-ffn", "amount": AMOUNT, "dense": round(dense_acc, 2), **row},
                        dense, model, bundle, latency=not args.no_latency)
