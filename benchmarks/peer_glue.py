@@ -34,6 +34,7 @@ from fashion_mnist import BASE, merge  # noqa: E402
 from machine import describe  # noqa: E402
 
 from prunetune.artifacts import load_model  # noqa: E402
+from prunetune.data.base import indexed_batches  # noqa: E402
 from prunetune.measure import macs, serialized_sizes  # noqa: E402
 from prunetune.pruning.masks import realise  # noqa: E402
 from prunetune.pipeline import run  # noqa: E402
@@ -96,35 +97,37 @@ def rows_wanted() -> list[tuple[str, str, float, dict | None]]:
 
 
 # ----------------------------------------------------------------------------------------- the glue
+def plain_forward(model: nn.Module, x):
+    return model(x)
+
+
 @torch.no_grad()
-def accuracy(model: nn.Module, data, batch: int = 512) -> float:
+def accuracy(model: nn.Module, data, batch: int = 512, forward=plain_forward) -> float:
+    """Test-style accuracy in percent; `forward` maps (model, batch inputs) to logits (text: keyword inputs)."""
     model.eval()
-    correct = 0
-    for i in range(0, len(data), batch):
-        correct += int((model(data.x[i:i + batch]).argmax(1) == data.y[i:i + batch]).sum())
+    correct = sum(int((forward(model, x).argmax(1) == y).sum()) for x, y, _ in indexed_batches(data, batch))
     return 100.0 * correct / len(data)
 
 
-def glue_finetune(model: nn.Module, bundle, epochs: int, lr: float, wd: float, bs: int, seed: int) -> dict:
+def glue_finetune(model: nn.Module, bundle, epochs: int, lr: float, wd: float, bs: int, seed: int,
+                  forward=plain_forward) -> dict:
     """Plain AdamW + OneCycleLR, best validation epoch restored: the forty lines users write."""
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=wd)
-    n = len(bundle.train)
-    steps = epochs * math.ceil(n / bs)
+    steps = epochs * math.ceil(len(bundle.train) / bs)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps)
     g = torch.Generator().manual_seed(seed)
     best, best_state, history = -1.0, None, []
     t0 = time.perf_counter()
     for _ in range(epochs):
         model.train()
-        perm = torch.randperm(n, generator=g)
-        for i in range(0, n, bs):
-            idx = perm[i:i + bs]
-            loss = F.cross_entropy(model(bundle.train.x[idx]), bundle.train.y[idx])
+        # Images: one random permutation cut into batches; text: length-grouped batches (padding trimmed).
+        for x, y, _ in indexed_batches(bundle.train, bs, shuffle=True, generator=g):
+            loss = F.cross_entropy(forward(model, x), y)
             opt.zero_grad()
             loss.backward()
             opt.step()
             sched.step()
-        val = accuracy(model, bundle.val)
+        val = accuracy(model, bundle.val, forward=forward)
         history.append(round(val, 2))
         if val > best:
             best, best_state = val, copy.deepcopy(model.state_dict())

@@ -15,23 +15,21 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import math
 import shutil
 import sys
 import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 import torch_pruning as tp
 
 sys.path.insert(0, str(Path(__file__).parent))
 from fashion_mnist import merge  # noqa: E402
 from machine import describe  # noqa: E402
-from peer_glue import RESULTS, load_shipped, table  # noqa: E402
+from peer_glue import RESULTS, glue_finetune, load_shipped, table  # noqa: E402
+from peer_glue import accuracy as glue_accuracy  # noqa: E402
 from sst2_minilm import BASE as SST2  # noqa: E402
 
-from prunetune.data.base import indexed_batches  # noqa: E402
 from prunetune.measure import macs, serialized_sizes  # noqa: E402
 from prunetune.pipeline import run  # noqa: E402
 from prunetune.recipe import Recipe  # noqa: E402
@@ -46,11 +44,8 @@ def logits(model, inputs):
     return model(**inputs).logits
 
 
-@torch.no_grad()
 def accuracy(model, data, batch: int = 256) -> float:
-    model.eval()
-    correct = sum(int((logits(model, x).argmax(1) == y).sum()) for x, y, _ in indexed_batches(data, batch))
-    return 100.0 * correct / len(data)
+    return glue_accuracy(model, data, batch, forward=logits)
 
 
 def glue_prune(model, example: dict) -> None:
@@ -72,28 +67,6 @@ def glue_prune(model, example: dict) -> None:
         att = layer.attention.self
         att.num_attention_heads = att.query.out_features // att.attention_head_size
         att.all_head_size = att.query.out_features
-
-
-def glue_finetune(model, bundle, epochs: int, lr: float, wd: float, bs: int, seed: int = 1) -> dict:
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=wd)
-    steps = epochs * math.ceil(len(bundle.train) / bs)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps)
-    g = torch.Generator().manual_seed(seed)
-    best, best_state, history, t0 = -1.0, None, [], time.perf_counter()
-    for _ in range(epochs):
-        model.train()
-        for x, y, _ in indexed_batches(bundle.train, bs, shuffle=True, generator=g):
-            loss = F.cross_entropy(logits(model, x), y)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            sched.step()
-        val = accuracy(model, bundle.val)
-        history.append(round(val, 2))
-        if val > best:
-            best, best_state = val, copy.deepcopy(model.state_dict())
-    model.load_state_dict(best_state)
-    return {"best_val": round(best, 2), "val_history": history, "wall_s": round(time.perf_counter() - t0, 1)}
 
 
 def measured(row: dict, dense, model, bundle, latency: bool) -> dict:
@@ -134,7 +107,8 @@ def main() -> None:
     glue = copy.deepcopy(dense)
     glue_prune(glue, bundle.train.take(slice(0, 2)))
     before = accuracy(glue, bundle.test)
-    info_g = glue_finetune(glue, bundle, ft["epochs"], ft["lr"], ft["weight_decay"], ft["batch_size"])
+    info_g = glue_finetune(glue, bundle, ft["epochs"], ft["lr"], ft["weight_decay"], ft["batch_size"], seed=1,
+                           forward=logits)
     rows = [("minilm-heads-ffn-50-glue", {"before_ft": round(before, 2), "after_ft": round(accuracy(glue, bundle.test), 2),
                                           **info_g}, glue, t0)]
 
