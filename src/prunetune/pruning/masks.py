@@ -122,3 +122,28 @@ def realise(model: nn.Module, inplace: bool = False) -> nn.Module:
         if parametrize.is_parametrized(mod):
             _strip(mod)
     return target
+
+
+@torch.no_grad()
+def baked_state(model: nn.Module) -> dict[str, torch.Tensor] | None:
+    """The state dict `realise(model)` would have, without a copy of the model: each masked tensor's
+    original is multiplied by its mask in place and stands under the plain name. The model computes
+    the same outputs (its forward multiplies by the mask anyway, and pruning never unmasks). None when
+    a parametrization is not a lone WeightMask: realise a copy then."""
+    plain: dict[str, str] = {}
+    for prefix, mod in model.named_modules():
+        if not parametrize.is_parametrized(mod):
+            continue
+        for t, plist in mod.parametrizations.items():
+            if len(plist) != 1 or not isinstance(plist[0], WeightMask):
+                return None
+            plist.original.mul_(plist[0].mask)
+            at = f"{prefix}." if prefix else ""
+            plain[f"{at}parametrizations.{t}.original"] = f"{at}{t}"
+    state = {}
+    for k, v in model.state_dict().items():
+        if k in plain:
+            state[plain[k]] = v
+        elif not (k.startswith("parametrizations.") or ".parametrizations." in k):  # the masks are not weights
+            state[k] = v
+    return state
