@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -25,6 +26,8 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).parent
+sys.path.insert(0, str(HERE))
+from machine import describe  # noqa: E402
 RESULTS = HERE / "results"
 FULL = {"hidden_size": 1024, "num_hidden_layers": 24, "intermediate_size": 2816, "num_attention_heads": 16,
         "num_key_value_heads": 4, "vocab_size": 32000, "max_position_embeddings": 512, "tie_word_embeddings": False}
@@ -118,9 +121,13 @@ def main() -> None:
         return
     RESULTS.mkdir(parents=True, exist_ok=True)
     json_path = RESULTS / ("decoder_scale_quick.json" if args.quick else "decoder_scale.json")
+    # --only re-runs some rows and keeps the others of the last full run.
+    kept = {r["name"]: r for r in json.loads(json_path.read_text())["rows"]} if args.only and json_path.exists() else {}
     rows = []
     for name in ROWS:
         if args.only and name not in args.only:
+            if name in kept:
+                rows.append(kept[name])
             continue
         cmd = [sys.executable, __file__, "--row", name] + (["--quick"] if args.quick else [])
         p = subprocess.run(cmd, capture_output=True, text=True)
@@ -132,7 +139,8 @@ def main() -> None:
         print(f"[{name}] {r['params'] / 1e6:.1f} M params, sparsity {r['sparsity']:.3f}: prune {r['prune_s']} s, "
               f"peak {r['peak_mb_pruned']:.0f} MB ({r['prune_peak_x_fp32']}x fp32), after save {r['peak_mb_saved']:.0f} MB "
               f"({r['saved_peak_x_fp32']}x)", flush=True)
-        json_path.write_text(json.dumps({"config": QUICK if args.quick else FULL, "rows": rows}, indent=2))
+        json_path.write_text(json.dumps({"machine": describe(), "load_average_at_write": os.getloadavg(),
+                                         "config": QUICK if args.quick else FULL, "rows": rows}, indent=2))
         json_path.with_suffix(".md").write_text(table(rows, args.quick))
 
 
