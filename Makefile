@@ -75,8 +75,11 @@ bench: setup data
 	$(PY) benchmarks/peer_glue_minilm.py
 	$(PY) benchmarks/sweep_fashion_mnist.py
 	$(PY) benchmarks/sst2_oneshot.py
+	$(PY) benchmarks/sst2_uniform.py
+	$(PY) benchmarks/sst2_uniform.py --latency
 	$(PY) benchmarks/decoder_scale.py
 	$(PY) benchmarks/cifar10_resnet.py
+# decoder_gpu.py needs a CUDA GPU (benchmarks/device/decoder_gpu.sh on a lent machine).
 
 clean:
 	rm -rf $(VENV) $(VISION) runs .pytest_cache
