@@ -10,7 +10,12 @@ and 128 timed alternately against the dense model (ratio of medians with a 95 % 
 
 Writes benchmarks/results/cifar10_resnet.json and .md (a --quick smoke test writes under runs/).
 
-    python benchmarks/cifar10_resnet.py [--quick] [--dense-epochs N] [--epochs N] [--only NAME ...] [--no-latency]
+    python benchmarks/cifar10_resnet.py [--model resnet20|resnet56] [--quick] [--dense-epochs N] [--epochs N]
+        [--only NAME ...] [--no-latency | --latency-only]
+
+Training may run on a GPU (prunetune picks CUDA when there is one; bf16 autocast) with `--no-latency`;
+every model is saved under benchmarks/runs/, and `--latency-only` later times those same models on
+the CPU they are meant for, filling in the speedup columns of the same JSON.
 """
 
 from __future__ import annotations
@@ -31,15 +36,19 @@ from fashion_mnist import merge  # noqa: E402
 from machine import describe  # noqa: E402
 from peer_glue import accuracy, fmt_speed, glue_finetune, load_shipped  # noqa: E402
 
+from prunetune.artifacts import save_model  # noqa: E402
+from prunetune.data.augment import augment  # noqa: E402
+from prunetune.dense import model_info  # noqa: E402
 from prunetune.measure import macs, serialized_sizes  # noqa: E402
 from prunetune.pipeline import run  # noqa: E402
-from prunetune.recipe import Recipe  # noqa: E402
+from prunetune.recipe import AugmentSpec, Recipe  # noqa: E402
 from prunetune.session import open_session  # noqa: E402
 from prunetune.timing import compare_models  # noqa: E402
 
 HERE = Path(__file__).parent
 RESULTS = HERE / "results"
 AUG = {"crop_padding": 4, "hflip": True}
+MIN_RUN = 2.0  # seconds of each timing block (--quick: 0.2)
 BASE = {
     "name": "cifar10-resnet20", "seed": 0, "model": {"name": "resnet20"},
     "data": {"source": "cifar10"},
@@ -49,14 +58,14 @@ BASE = {
     "finetune": {"epochs": 5, "augment": AUG},  # prunetune's default rate and schedule; only the budget is set
     "evaluate": {"latency_batch": 128, "min_run_time": 1.0, "latency": False, "memory": False},
 }
-ROWS = {
+ROWS = {  # in order of importance, so a run cut short by its time limit still has the peer row
     "channels-50": {"prune": {"method": "structured", "sparsity": 0.5}},
-    "channels-60": {"prune": {"method": "structured", "sparsity": 0.6}},
+    "channels-50-glue": "glue",
     "depth-4-blocks": {"prune": {"method": "depth", "sparsity": 0.5}},  # 4 of the 7 removable blocks
     "channels-same-macs-as-depth": None,  # sparsity found below so MACs equal the depth row's
     "width-depth": {"prune": {"method": "structured", "sparsity": 0.3, "depth": {"amount": 0.25}}},
+    "channels-60": {"prune": {"method": "structured", "sparsity": 0.6}},
     "unstructured-90": {"prune": {"method": "unstructured", "sparsity": 0.9}},
-    "channels-50-glue": "glue",
 }
 
 
@@ -87,62 +96,103 @@ def measure(row: dict, dense, model, bundle, latency: bool) -> dict:
     if latency:
         for key, n in (("speedup_b1", 1), ("speedup_b128", 128)):
             row[key] = compare_models(dense, model, lambda m, x: m(x), bundle.test.x[:n], threads=torch.get_num_threads(),
-                                      rounds=7, min_run_time=2.0, masked=row["name"].startswith("unstructured"))
+                                      rounds=7, min_run_time=MIN_RUN, masked=row["name"].startswith("unstructured"))
     return row
 
 
 def table(doc: dict) -> str:
-    m = doc["machine"]
-    lines = ["# CIFAR-10 / ResNet-20: width, depth and both, against the glue", "",
-             f"Machine: {m['cpu']}, {m['cores']} cores, torch {m['torch']}. Dense ResNet-20: {doc['dense_epochs']} epochs "
+    m, t = doc["machine"], doc.get("timing_machine")
+    name = {"resnet20": "ResNet-20", "resnet56": "ResNet-56"}[doc.get("model", "resnet20")]
+    where = f"{m['gpu']} (bf16 autocast)" if doc.get("trained_on", "cpu").startswith("cuda") else f"{m['cpu']}, {m['cores']} cores"
+    timed = (f"timed on {t['cpu']}, {t['torch_threads']} threads, torch {t['torch']}" if t else
+             "timed on the training machine" if any("speedup_b1" in r for r in doc["rows"]) else "not timed yet")
+    lines = [f"# CIFAR-10 / {name}: width, depth and both, against the glue", "",
+             f"Trained on {where}, torch {m['torch']}; speedups {timed}. Dense {name}: {doc['dense_epochs']} epochs "
              f"(SGD 0.1, cosine, crop + flip), **{doc['dense_test']:.2f} % test**. Every row: {doc['epochs']} fine-tuning "
              "epochs, best validation epoch kept. Speedups: dense and pruned timed alternately, ratio of medians with a 95 % "
-             "interval; \"no measurable change\" when it contains 1.0.", "",
+             "interval; \"no measurable change\" when it contains 1.0. FT s: fine-tuning seconds where it was trained.", "",
              "| row | test (drop) | MACs ÷ | params | file ÷ | FT s | speedup b1 | speedup b128 |",
              "|---|---|---:|---:|---:|---:|---|---|"]
     for r in doc["rows"]:
-        lines.append(f"| {r['name']} | {r['after_ft']:.2f} ({r['drop']:+.2f}) | {r['macs_ratio']:.2f} | {r['params']:,} | "
+        lines.append(f"| {r['name']} | {r['after_ft']:.2f} ({-r['drop']:+.2f}) | {r['macs_ratio']:.2f} | {r['params']:,} | "
                      f"{r['size_ratio']:.1f} | {r['wall_s']:.0f} | {fmt_speed(r.get('speedup_b1'))} | "
                      f"{fmt_speed(r.get('speedup_b128'))} |")
     return "\n".join(lines) + "\n"
 
 
+def document(doc: dict, path: Path) -> None:
+    path.write_text(json.dumps(doc, indent=2))
+    path.with_suffix(".md").write_text(table(doc))
+
+
+def latency_only(path: Path, runs: Path, bundle) -> None:
+    """Time the saved dense model and every saved row on this machine; keep the accuracy columns."""
+    doc = json.loads(path.read_text())
+    dense = load_shipped(runs / "dense" / "model")
+    for row in doc["rows"]:
+        model = load_shipped(runs / row["name"] / "model")
+        measure(row, dense, model, bundle, latency=True)
+        print(f"{row['name']}: b1 {fmt_speed(row['speedup_b1'])}, b128 {fmt_speed(row['speedup_b128'])}", flush=True)
+        doc["timing_machine"] = describe()
+        document(doc, path)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="resnet20", choices=["resnet20", "resnet56"])
     ap.add_argument("--quick", action="store_true", help="2,000 training images, 1 + 1 epochs: a smoke test")
     ap.add_argument("--dense-epochs", type=int)
     ap.add_argument("--epochs", type=int, help="fine-tuning epochs of every row")
     ap.add_argument("--only", nargs="*")
     ap.add_argument("--no-latency", action="store_true")
+    ap.add_argument("--latency-only", action="store_true", help="time the models a previous run saved")
+    ap.add_argument("--reuse-dense", action="store_true",
+                    help="start from the dense model a previous run saved under benchmarks/runs (no training)")
     args = ap.parse_args()
-    base = BASE
+    global MIN_RUN
+    MIN_RUN = 0.2 if args.quick else MIN_RUN
+    base = merge(BASE, {"name": f"cifar10-{args.model}", "model": {"name": args.model}})
     if args.quick:
         base = merge(base, {"data": {"limit": 2000, "val_size": 500}, "dense": {"epochs": 1}, "finetune": {"epochs": 1}})
     if args.dense_epochs:
         base = merge(base, {"dense": {"epochs": args.dense_epochs}})
     if args.epochs:
         base = merge(base, {"finetune": {"epochs": args.epochs}})
+    stem = "cifar10_resnet" if args.model == "resnet20" else f"cifar10_{args.model}"
+    runs = HERE / "runs" / (stem + "_quick" if args.quick else stem)
+    if args.reuse_dense:
+        base = merge(base, {"dense": {"source": "file", "path": str(runs / "dense" / "model" / "model.safetensors")}})
     recipe = Recipe.model_validate(base)
     session = open_session(recipe, log=lambda m: print(m, flush=True))
     bundle = session.load_data(recipe.data, recipe.model, announce=True)
+    path = (runs if args.quick else RESULTS) / f"{stem}.json"
+    if args.latency_only:
+        return latency_only(path, runs, bundle)
     dense, _ = session.obtain_dense(recipe)
-    dense.eval()
+    dense = dense.cpu().eval()
     dense_acc = accuracy(dense, bundle.test)
-    runs = HERE / "runs" / ("cifar10_resnet_quick" if args.quick else "cifar10_resnet")
     runs.mkdir(parents=True, exist_ok=True)
-    path = (runs if args.quick else RESULTS) / "cifar10_resnet.json"
+    if not args.reuse_dense:
+        shutil.rmtree(runs / "dense", ignore_errors=True)
+        save_model(dense, runs / "dense" / "model", model_info(recipe, bundle))
     done = {r["name"]: r for r in json.loads(path.read_text())["rows"]} if path.exists() else {}
     example = bundle.test.x[:1]
     for name, extra in ROWS.items():
         if args.only and not any(name.startswith(o) for o in args.only):
             continue
         t0 = time.perf_counter()
+        out = runs / name
+        shutil.rmtree(out, ignore_errors=True)
         if extra == "glue":
             torch.manual_seed(1)
-            model = glue_prune(copy.deepcopy(dense), 0.5, example)
-            ft = recipe.finetune
-            row = glue_finetune(model, bundle, ft.epochs, ft.lr, ft.weight_decay, ft.batch_size, seed=1)
+            model = glue_prune(copy.deepcopy(dense), 0.5, example).to(session.device)
+            ft, gen = recipe.finetune, torch.Generator().manual_seed(1)
+            # The glue augments as prunetune does (torchvision's RandomCrop(32, 4) + RandomHorizontalFlip).
+            row = glue_finetune(model, bundle, ft.epochs, ft.lr, ft.weight_decay, ft.batch_size, seed=1,
+                                transform=lambda x: augment(x, AugmentSpec(**AUG), gen))
+            model = model.cpu().eval()
             row["after_ft"] = round(accuracy(model, bundle.test), 2)
+            save_model(model, out / "model", model_info(recipe, bundle))
         else:
             if extra is None:  # as many MACs as the depth row
                 depth = done.get("depth-4-blocks")
@@ -150,8 +200,6 @@ def main() -> None:
                     continue
                 s = matching_sparsity(dense, macs(dense, example) / depth["macs_ratio"], example)
                 extra = {"prune": {"method": "structured", "sparsity": s}}
-            out = runs / name
-            shutil.rmtree(out, ignore_errors=True)
             rep = run(Recipe.model_validate(merge(merge(base, extra), {"name": name})), out, log=lambda m: None,
                       checkpoint=False)
             model = load_shipped(out / "model")
@@ -159,13 +207,14 @@ def main() -> None:
                    "wall_s": rep["finetune"]["wall_s"], "recipe": extra}
         row = measure({"name": name, "dense": round(dense_acc, 2), **row}, dense, model, bundle, not args.no_latency)
         row["drop"] = round(row["dense"] - row["after_ft"], 2)
+        row["trained_on"] = torch.cuda.get_device_name(0) if session.device.type == "cuda" else "cpu"
         row["row_s"] = round(time.perf_counter() - t0, 1)
         done[name] = row
         print(f"{name}: {row['after_ft']} (drop {row['drop']}), MACs ÷{row['macs_ratio']}", flush=True)
-        doc = {"machine": describe(), "dense_test": round(dense_acc, 2), "dense_epochs": recipe.dense.epochs,
+        doc = {"machine": describe(), "trained_on": str(session.device), "model": args.model,
+               "dense_test": round(dense_acc, 2), "dense_epochs": recipe.dense.epochs,
                "epochs": recipe.finetune.epochs, "base_recipe": base, "rows": list(done.values())}
-        path.write_text(json.dumps(doc, indent=2))
-        path.with_suffix(".md").write_text(table(doc))
+        document(doc, path)
 
 
 if __name__ == "__main__":
