@@ -48,8 +48,8 @@ def build(cfg: dict, device: torch.device, dtype: torch.dtype):
     return LlamaForCausalLM(LlamaConfig(**cfg)).to(device, dtype).eval().requires_grad_(False)
 
 
-def prune(model, importance: str, prune: dict, inputs: list, example: dict) -> None:
-    spec = PruneSpec(importance=importance, scope="layer", calibration_batches=max(len(inputs), 1), **prune)
+def prune(model, importance: str, how: dict, inputs: list, example: dict) -> None:
+    spec = PruneSpec(importance=importance, scope="layer", calibration_batches=max(len(inputs), 1), **how)
     targets = select_targets(model, ["model.layers.*"], [], ["lm_head"])
     pruner = PRUNERS.get(spec.method)(spec, IMPORTANCES.get(importance)(), targets)
     pruner.setup(model, example, [spec.sparsity])
@@ -82,7 +82,7 @@ def timed(dense, model, ids: torch.Tensor) -> dict:
 def table(doc: dict) -> str:
     m = doc["machine"]
     lines = [f"# A {doc['params'] / 1e6:.0f} M-parameter Llama-style decoder on {m['gpu'] or m['cpu']}", "",
-             f"bf16 on the device; calibration {doc['calibration']}; torch {m['torch']}. Latency: dense and pruned timed "
+             f"{doc['dtype']} on the device; calibration {doc['calibration']}; torch {m['torch']}. Latency: dense and pruned timed "
              "alternately, ratio of medians with a 95 % interval, sequence length 256.", "",
              "| row | sparsity | prune s | peak GPU memory GB (x bf16 size) |", "|---|---:|---:|---:|"]
     for r in doc["rows"]:
@@ -109,7 +109,7 @@ def main() -> None:
     dense = build(cfg, device, dtype)
     params = sum(p.numel() for p in dense.parameters())
     size_gb = params * dense.dtype.itemsize / 1e9
-    doc = {"machine": describe(), "params": params, "calibration": f"{n} x {length} random tokens", "config": cfg,
+    doc = {"machine": describe(), "dtype": str(dtype).removeprefix("torch."), "params": params, "calibration": f"{n} x {length} random tokens", "config": cfg,
            "rows": [], "latency": []}
     path = HERE / ("runs" if args.quick else "results") / ("decoder_gpu_quick.json" if args.quick else "decoder_gpu.json")
     path.parent.mkdir(parents=True, exist_ok=True)
