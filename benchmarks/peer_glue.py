@@ -39,7 +39,7 @@ from prunetune.measure import macs, serialized_sizes  # noqa: E402
 from prunetune.pruning.masks import realise  # noqa: E402
 from prunetune.pipeline import run  # noqa: E402
 from prunetune.recipe import Recipe  # noqa: E402
-from prunetune.sensitivity import allocated_recipe, scan  # noqa: E402
+from prunetune.sensitivity import allocated_recipe, scan, scan_and_plan  # noqa: E402
 from prunetune.session import open_session  # noqa: E402
 from prunetune.timing import compare_models  # noqa: E402
 
@@ -70,6 +70,7 @@ ABLATION_CH = {
     "sensitivity": {"prune": {"layer_sparsity": "scan"}},
 }
 SCAN_AMOUNTS = [0.25, 0.5, 0.75, 0.9]
+MACS_RATIO: dict[str, float] = {}  # row name -> its dense/pruned MACs ratio (the rows already measured)
 PLAIN_UN = {"prune": {"method": "unstructured", "importance": "l1", "scope": "global", "recalibrate_bn": 0},
             "finetune": {"lr": 1e-3, "warmup_epochs": 0.0, "lr_schedule": "cosine"}}
 ABLATION_UN = {
@@ -86,6 +87,10 @@ def rows_wanted() -> list[tuple[str, str, float, dict | None]]:
     for s in (0.5, 0.75):
         out.append((f"channels-{int(s * 100)}-glue", "channels", s, None))
         out.append((f"channels-{int(s * 100)}-prunetune", "channels", s, DEFAULT_CHANNELS))
+    for s in (0.5, 0.75):  # the default recipe, per-layer amounts for the same MACs from a sensitivity scan
+        same = f"channels-{int(s * 100)}-prunetune"
+        out.append((f"channels-{int(s * 100)}-macs-budget", "channels", s,
+                    merge(DEFAULT_CHANNELS, {"prune": {"layer_sparsity": f"macs-of:{same}"}})))
     for k, extra in ABLATION_CH.items():
         out.append((f"channels-75-ablation-{k}", "channels", 0.75, merge(PLAIN_CH, extra)))
     for s in (0.95, 0.98):
@@ -164,13 +169,18 @@ def glue_row(dense: nn.Module, bundle, kind: str, amount: float) -> tuple[dict, 
 
 # ------------------------------------------------------------------------------------- the rows
 def prunetune_row(name: str, kind: str, amount: float, overrides: dict, runs: Path) -> tuple[dict, nn.Module]:
-    base = {**BASE, "finetune": {"epochs": EPOCHS}} if overrides in (DEFAULT_CHANNELS, DEFAULT_UNSTRUCTURED) else BASE
+    # prunetune's defaults (no finetune section given): only the epoch budget is set; ablations set their own.
+    base = {**BASE, "finetune": {"epochs": EPOCHS}} if "finetune" not in overrides else BASE
     wanted = merge(merge(base, overrides), {"name": name, "prune": {"sparsity": amount},
                                             "evaluate": {"latency": False, "memory": False}})
-    allocation = None
-    if wanted["prune"].get("layer_sparsity") == "scan":  # per-layer amounts from a sensitivity scan of this recipe
-        plain = Recipe.model_validate({**wanted, "prune": {k: v for k, v in wanted["prune"].items() if k != "layer_sparsity"}})
+    allocation, ls = None, wanted["prune"].get("layer_sparsity")
+    plain = Recipe.model_validate({**wanted, "prune": {k: v for k, v in wanted["prune"].items() if k != "layer_sparsity"}})
+    if ls == "scan":  # per-layer amounts from a sensitivity scan of this recipe
         recipe, allocation = allocated_recipe(plain, scan(plain, SCAN_AMOUNTS, log=lambda m: None), amount)
+    elif isinstance(ls, str) and ls.startswith("macs-of:"):  # a MACs budget: as many MACs as that row's model
+        doc, plan_macs = scan_and_plan(plain, SCAN_AMOUNTS, log=lambda m: None)
+        target = 1 - 1 / MACS_RATIO[ls.split(":", 1)[1]]
+        recipe, allocation = allocated_recipe(plain, doc, target, "macs", plan_macs)
     else:
         recipe = Recipe.model_validate(wanted)
     out = runs / name
@@ -261,6 +271,20 @@ def table(doc: dict) -> str:
         for side, r in (("glue", g), ("prunetune default", p)):
             lines.append(f"| {side} | {r['before_ft']:.2f} | {r['best_val']:.2f} | {r['after_ft']:.2f} ({r['drop']:+.2f}) | "
                          f"{r['macs_ratio']:.2f} | {fmt_speed(r.get('speedup_b1'))} | {fmt_speed(r.get('speedup_b32'))} |")
+    budget = [(rows[f"{k}-prunetune"], rows[f"{k}-macs-budget"]) for k in ("channels-50", "channels-75")
+              if f"{k}-prunetune" in rows and f"{k}-macs-budget" in rows]
+    if budget:
+        lines += ["", "## Per-layer amounts for a MACs budget (`prunetune sensitivity --budget macs`)", "",
+                  "prunetune's default recipe, the same 3 epochs; per-layer amounts from a scan of the dense model "
+                  f"(each layer alone at {', '.join(map(str, SCAN_AMOUNTS))}, validation only) allocated so the real "
+                  "plan has the uniform row's MACs.", "",
+                  "| plan | best val | test (drop) | MACs ÷ | parameters kept | speedup b1 | speedup b64 | per-layer amounts |",
+                  "|---|---:|---|---:|---:|---|---|---|"]
+        for u, m in budget:
+            for label, r in ((u["name"] + " (uniform)", u), (m["name"], m)):
+                alloc = ", ".join(f"{k} {v:.2f}" for k, v in (r.get("allocation") or {}).items()) or f"all {r['amount']}"
+                lines.append(f"| {label} | {r['best_val']:.2f} | {r['after_ft']:.2f} ({r['drop']:+.2f}) | {r['macs_ratio']:.2f} | "
+                             f"{r['nonzero']:,} | {fmt_speed(r.get('speedup_b1'))} | {fmt_speed(r.get('speedup_b64'))} | {alloc} |")
     lines += ["", "## Ablation: one recovery ingredient at a time (defaults are chosen on validation)", "",
               "| row | before FT (test) | best val | test | Δ val vs plain | Δ test vs plain | MACs ÷ | FT s |",
               "|---|---:|---:|---:|---:|---:|---:|---:|"]
@@ -321,6 +345,8 @@ def main() -> None:
     ap.add_argument("--only", nargs="*", help="row names (prefix match)")
     ap.add_argument("--no-latency", action="store_true")
     ap.add_argument("--table", action="store_true", help="only rewrite the .md from the .json")
+    ap.add_argument("--latency-only", action="store_true",
+                    help="time the saved models of the --only rows already in the results (accuracy kept)")
     ap.add_argument("--runs", default="runs/peer_glue")
     ap.add_argument("--json", help="results file (default benchmarks/results/peer_glue.json); rows already in it are kept")
     args = ap.parse_args()
@@ -342,9 +368,17 @@ def main() -> None:
     runs.mkdir(parents=True, exist_ok=True)
     json_path = Path(args.json) if args.json else (  # a smoke test is not a result
         runs / "peer_glue_quick.json" if args.quick else RESULTS / "peer_glue.json")
-    done = {r["name"]: r for r in json.loads(json_path.read_text())["rows"]} if json_path.exists() else {}
+    old = json.loads(json_path.read_text()) if json_path.exists() else {"rows": []}
+    done = {r["name"]: r for r in old["rows"]}  # rows (and the MiniLM rows' keys) already there are kept
+    MACS_RATIO.update({n: r["macs_ratio"] for n, r in done.items()})
     for name, kind, amount, overrides in rows_wanted():
         if args.only and not any(name.startswith(o) for o in args.only):
+            continue
+        if args.latency_only:  # a row run with --no-latency (its model saved under --runs), timed now
+            if name in done and (runs / name / "model").exists():
+                measured(done[name], dense, load_shipped(runs / name / "model"), bundle, latency=True)
+                print(f"{name}: b1 {fmt_speed(done[name]['speedup_b1'])}, b64 {fmt_speed(done[name]['speedup_b64'])}", flush=True)
+                write(json_path, {**old, "machine": describe(), "rows": list(done.values())})
             continue
         t0 = time.perf_counter()
         if overrides is None:
@@ -356,12 +390,17 @@ def main() -> None:
         row["drop"] = round(row["dense"] - row["after_ft"], 2)
         row["row_s"] = round(time.perf_counter() - t0, 1)
         done[name] = row
+        MACS_RATIO[name] = row["macs_ratio"]
         print(f"{name}: val {row['best_val']} test {row['before_ft']} -> {row['after_ft']} (drop {row['drop']}) "
               f"{row['row_s']:.0f}s", flush=True)
-        doc = {"machine": describe(), "dense": {"test": dense_acc, **{k: v for k, v in info.items() if k != "history"}},
-               "base_recipe": BASE, "rows": list(done.values())}
-        json_path.write_text(json.dumps(doc, indent=2))
-        json_path.with_suffix(".md").write_text(table(doc))
+        write(json_path, {**old, "machine": describe(), "dense": {"test": dense_acc, **{k: v for k, v in info.items()
+                                                                                if k != "history"}},
+                          "base_recipe": BASE, "rows": list(done.values())})
+
+
+def write(path: Path, doc: dict) -> None:
+    path.write_text(json.dumps(doc, indent=2))
+    path.with_suffix(".md").write_text(table(doc))
 
 
 if __name__ == "__main__":

@@ -53,15 +53,22 @@ def scanned(tmp_path_factory):
 
 def test_scan_file_has_the_agreed_format(scanned):
     doc = json.loads((scanned / "scan" / "sensitivity.json").read_text())
-    assert list(doc) == ["kind", "metric", "higher_is_better", "dense", "method", "importance", "amounts", "layers"]
+    assert list(doc) == ["kind", "metric", "higher_is_better", "dense", "method", "importance", "amounts", "layers",
+                         "dense_macs"]
     assert (doc["kind"], doc["metric"], doc["higher_is_better"], doc["method"], doc["importance"]) == (
         "sensitivity", "accuracy", True, "structured", "l2")
     assert doc["amounts"] == AMOUNTS
     # The layers a run would prune (the classifier is kept), with their weights' sizes.
     assert [(r["layer"], r["params"]) for r in doc["layers"]] == [("features.0", 72), ("features.4", 1152), ("head.0", 2048)]
     for r in doc["layers"]:
-        assert list(r) == ["layer", "params", "scores"] and list(r["scores"]) == ["0.25", "0.5", "0.75", "0.9"]
-        assert all(0 <= v <= 100 for v in r["scores"].values())
+        assert list(r) == ["layer", "params", "scores", "macs"] and list(r["scores"]) == ["0.25", "0.5", "0.75", "0.9"]
+        assert all(0 <= v <= 100 for v in r["scores"].values() if v is not None)
+        # The MACs of the model with this layer alone pruned: fewer as the amount grows, never more than dense.
+        # An amount that would empty the layer (features.0 has 8 channels: 0.9 leaves none) is unreachable.
+        m = [r["macs"][k] for k in ("0.25", "0.5", "0.75", "0.9") if r["macs"][k] is not None]
+        assert m == sorted(m, reverse=True) and m[0] < doc["dense_macs"], r
+        assert [k for k, v in r["scores"].items() if v is None] == [k for k, v in r["macs"].items() if v is None]
+    assert doc["layers"][0]["scores"]["0.9"] is None and doc["layers"][0]["scores"]["0.75"] is not None
     png = (scanned / "scan" / "sensitivity.png").read_bytes()
     assert png.startswith(b"\x89PNG") and len(png) > 5000
     assert sorted(p.name for p in (scanned / "scan").iterdir()) == ["sensitivity.json", "sensitivity.png"]
@@ -70,7 +77,7 @@ def test_scan_file_has_the_agreed_format(scanned):
 def test_scan_measures_a_real_drop(scanned):
     doc = json.loads((scanned / "scan" / "sensitivity.json").read_text())
     assert doc["dense"] > 90  # trained: the drop below is pruning, not an untrained model
-    worst = min(doc["layers"], key=lambda r: r["scores"]["0.9"])
+    worst = min((r for r in doc["layers"] if r["scores"]["0.9"] is not None), key=lambda r: r["scores"]["0.9"])
     assert worst["scores"]["0.9"] < doc["dense"] - 10
     # A light cut of one layer costs little somewhere (the scan is not just noise).
     assert max(r["scores"]["0.25"] for r in doc["layers"]) >= doc["dense"] - 5
@@ -132,6 +139,73 @@ def test_allocation_follows_the_metric_direction():
                        {"layer": "b", "params": 100, "scores": {"0.25": 10.5, "0.5": 11.0, "0.75": 12.0, "0.9": 15.0}}]}
     a = allocate(scan, 0.4)
     assert a == {"a": 0.0, "b": 0.8}
+
+
+# A conv whose channels hold most of the MACs, a fully connected layer holding most of the parameters.
+MACS_SCAN = {**SCAN, "dense_macs": 1000,
+             "layers": [{"layer": "conv", "params": 100, "scores": {"0.25": 89.5, "0.5": 88.0, "0.75": 85.0, "0.9": 80.0},
+                         "macs": {"0.25": 800, "0.5": 600, "0.75": 400, "0.9": 280}},
+                        {"layer": "fc", "params": 10000, "scores": {"0.25": 89.8, "0.5": 89.5, "0.75": 89.0, "0.9": 88.5},
+                         "macs": {"0.25": 975, "0.5": 950, "0.75": 925, "0.9": 910}}]}
+
+
+def test_a_macs_budget_spends_where_the_macs_are():
+    by_params = allocate(MACS_SCAN, 0.5)
+    assert by_params["fc"] > 0.49 and by_params["conv"] == 0.0  # cheapest per parameter: the fc layer
+    by_macs = allocate(MACS_SCAN, 0.3, "macs")  # 30 % of the MACs removed: 300 of 1,000
+    # Per MAC removed the conv's first two steps cost less (0.5 / 200, 1.5 / 200) than the fc's first (0.2 / 25).
+    assert by_macs == {"conv": 0.375, "fc": 0.0}
+    # Interpolated between the measured points, the layers' savings add up to the target exactly.
+    saved = {"conv": {0.25: 200, 0.5: 400, 0.75: 600}, "fc": {0.25: 25, 0.5: 50, 0.75: 75, 0.9: 90}}
+
+    def interp(layer, a):
+        pts = sorted([(0.0, 0)] + list(saved[layer].items()))
+        for (a0, s0), (a1, s1) in zip(pts, pts[1:]):
+            if a0 <= a <= a1:
+                return s0 + (s1 - s0) * (a - a0) / (a1 - a0)
+    assert interp("conv", by_macs["conv"]) + interp("fc", by_macs["fc"]) == pytest.approx(300, abs=0.01)
+    with pytest.raises(PrunetuneError, match=r"^--target: 0.9 is above what the scanned amounts remove \(0.810 of the MACs"):
+        allocate(MACS_SCAN, 0.9, "macs")
+    with pytest.raises(PrunetuneError, match=r"^--budget macs: this sensitivity scan has no MACs"):
+        allocate(SCAN, 0.3, "macs")
+
+
+@pytest.fixture(scope="module")
+def macs_scanned(tmp_path_factory):
+    """The tiny CNN scanned again, with a recipe allocated for half of its MACs removed."""
+    root = tmp_path_factory.mktemp("sens_macs")
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(sys, "argv", ["prunetune", "sensitivity", *SETS, "--out", root / "scan", "--write-recipe",
+                                root / "alloc.yaml", "--target", "0.5", "--budget", "macs"])
+        with pytest.raises(SystemExit) as e:
+            cli.main()
+    assert e.value.code == 0
+    return root
+
+
+def test_a_macs_budget_recipe_runs_to_the_macs_it_was_given(macs_scanned, capsys):
+    """The plan, not the layers' added savings, removes the target: a run of the written recipe
+    reports MACs at most half of dense (within 1 % of the MACs kept)."""
+    r = load_recipe(macs_scanned / "alloc.yaml")
+    assert r.prune.scope == "layer" and set(r.prune.layer_sparsity) == {"features.0", "features.4", "head.0"}
+    assert r.prune.sparsity == pytest.approx(weighted_amount(json.loads(
+        (macs_scanned / "scan" / "sensitivity.json").read_text()), r.prune.layer_sparsity), abs=1e-4)
+    rc, out, err = _cli(["run", macs_scanned / "alloc.yaml", "--out", macs_scanned / "run"], capsys)
+    assert rc == 0, err
+    stages = json.loads((macs_scanned / "run" / "report.json").read_text())["stages"]
+    removed = 1 - stages["finetuned"]["macs"] / stages["dense"]["macs"]
+    assert 0.5 - 0.005 <= removed < 0.6, removed
+
+
+def test_an_unreachable_amount_caps_that_layer():
+    # "small" could not be cut to 0.75 or 0.9 (it would have emptied the layer): it stops at 0.5, and a
+    # score of null is never read as "no drop".
+    scan = {**SCAN, "layers": [dict(SCAN["layers"][1]), {**SCAN["layers"][2], "scores": {
+        "0.25": 89.9, "0.5": 89.8, "0.75": None, "0.9": None}}]}
+    a = allocate(scan, 0.85)
+    assert a["small"] == 0.5 and weighted_amount(scan, a) == pytest.approx(0.85, abs=1e-4)
+    with pytest.raises(PrunetuneError, match=r"^--target: 0.89 is above what the scanned amounts remove \(0.864 of the parameters"):
+        allocate(scan, 0.89)
 
 
 def test_allocation_refuses_a_target_beyond_the_scan():
@@ -214,6 +288,12 @@ BAD = [
     (["sensitivity", *SETS, "--set", "prune.method=nm"], "prune.method 'nm' has no per-layer amount to scan"),
     (["sensitivity", *SETS, "--write-recipe", "r.yaml", "--target", "0.95"], "--target: 0.95 is above the largest of --amounts"),
     (["sensitivity", *SETS, "--target", "0.5"], "--target: only used with --write-recipe"),
+    (["sensitivity", *SETS, "--budget", "macs"], "--budget: only used with --write-recipe"),
+    (["sensitivity", *SETS, "--write-recipe", "r.yaml", "--budget", "flops"], "--budget: 'flops' is not one of params, macs"),
+    (["sensitivity", *SETS, "--amounts", "0.25", "--write-recipe", "r.yaml", "--budget", "macs", "--target", "0.9"],
+     "--target: 0.9 is above what the scanned amounts remove"),
+    (["sensitivity", *SETS, "--amounts", "0.5", "--set", "prune.method=unstructured", "--write-recipe", "r.yaml",
+      "--budget", "macs"], "--budget macs: prune.method 'unstructured' removes no MACs"),
 ]
 
 

@@ -211,3 +211,12 @@ def test_load_scan_accepts_the_documented_format(tmp_path):
     (tmp_path / "s.json").write_text(json.dumps(doc))
     scan = load_scan(tmp_path / "s.json")
     assert predicted_drop(scan, 0.5) == pytest.approx(91.2 - 88.0)
+
+
+def test_an_unreachable_amount_keeps_the_last_reachable_drop(tmp_path):
+    # A layer the pruner could not cut to 0.9 (it would have emptied it) is scanned as null there.
+    scan = _scan(layers=[{"layer": "features.0", "params": 72, "scores": {"0.25": 89.5, "0.5": 89.0, "0.75": 86.0, "0.9": None}}])
+    (tmp_path / "s.json").write_text(json.dumps(scan))
+    loaded = load_scan(tmp_path / "s.json")
+    assert predicted_drop(loaded, 0.9) == pytest.approx(4.0) and predicted_drop(loaded, 0.8) == pytest.approx(4.0)
+    assert predicted_drop(loaded, 0.625) == pytest.approx(2.5)

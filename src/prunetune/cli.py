@@ -125,15 +125,19 @@ def sensitivity_(
     write_recipe: Optional[Path] = typer.Option(None, "--write-recipe", metavar="FILE",
                                                 help="also write the recipe with per-layer amounts (prune.layer_sparsity) "
                                                 "allocated from the scan; must not exist"),
-    target: Optional[float] = typer.Option(None, "--target", help="with --write-recipe: the overall (parameter-weighted) "
-                                           "amount to allocate (default prune.sparsity)"),
+    target: Optional[float] = typer.Option(None, "--target", help="with --write-recipe: the overall amount to allocate "
+                                           "(default prune.sparsity): the parameter-weighted amount, or with --budget "
+                                           "macs the fraction of the dense MACs removed"),
+    budget: Optional[str] = typer.Option(None, "--budget", help="with --write-recipe: params (default) spends a "
+                                         "parameter budget, macs a compute budget (more from the layers that cost "
+                                         "the most MACs)"),
 ) -> None:
     """Prune each target layer alone at a few amounts, score validation with no fine-tuning; write the scan."""
 
     def go():
         grid = parse_amounts(amounts)  # refused before the recipe is read
         r = load_recipe(recipe, set_)
-        doc = run_sensitivity(r, out, grid, write_recipe=write_recipe, target=target, log=_log)
+        doc = run_sensitivity(r, out, grid, write_recipe=write_recipe, target=target, budget=budget, log=_log)
         print(table(doc))
 
     _guard(go)

@@ -133,8 +133,9 @@ def sensitivity_figure(doc: dict) -> bytes:
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
     xs = [0.0] + [float(a) for a in doc["amounts"]]
     for row in doc["layers"]:
-        ys = [doc["dense"]] + [row["scores"][str(float(a))] for a in doc["amounts"]]
-        ax.plot(xs, ys, "-o", ms=4, label=f"{row['layer']} ({row['params']:,})")
+        pts = [(x, y) for x, y in zip(xs, [doc["dense"]] + [row["scores"][str(float(a))] for a in doc["amounts"]])
+               if y is not None]  # None: an amount that would empty the layer
+        ax.plot(*zip(*pts), "-o", ms=4, label=f"{row['layer']} ({row['params']:,})")
     ax.axhline(doc["dense"], ls="--", color="black", lw=1, label="dense")
     ax.set(xlabel="amount pruned in that layer alone", xlim=(0, 1),
            ylabel=f"validation {doc['metric']} ({'higher' if doc['higher_is_better'] else 'lower'} is better)",

@@ -41,7 +41,9 @@ def load_scan(path: str | Path) -> dict[str, Any]:
         float(scan["dense"])
         for layer in scan["layers"]:
             for a in scan["amounts"]:
-                float(_score(layer, a))
+                v = _score(layer, a)
+                if v is not None:  # None: an amount that would have emptied the layer (unreachable)
+                    float(v)
         ok = bool(amounts) and bool(scan["layers"]) and all(0 < a < 1 for a in amounts)
     except (KeyError, TypeError, ValueError):
         ok = False
@@ -60,12 +62,16 @@ def _score(layer: dict[str, Any], amount: Any) -> float:
 
 
 def predicted_drop(scan: dict[str, Any], amount: float) -> float:
-    """The predicted drop versus dense of pruning every scanned layer to `amount` (additive, linear in between)."""
+    """The predicted drop versus dense of pruning every scanned layer to `amount` (additive, linear in
+    between; past a layer's last reachable amount, that amount's drop)."""
     knots = [0.0] + sorted(float(a) for a in scan["amounts"])
     sign = 1.0 if scan.get("higher_is_better", True) else -1.0
     total = 0.0
     for layer in scan["layers"]:
-        drops = [0.0] + [sign * (float(scan["dense"]) - float(_score(layer, a))) for a in sorted(scan["amounts"], key=float)]
+        drops = [0.0]
+        for a in sorted(scan["amounts"], key=float):  # an unreachable amount keeps the last reachable drop
+            v = _score(layer, a)
+            drops.append(drops[-1] if v is None else sign * (float(scan["dense"]) - float(v)))
         a = min(max(amount, 0.0), knots[-1])
         i = max(j for j in range(len(knots) - 1) if knots[j] <= a) if a < knots[-1] else len(knots) - 2
         k0, k1 = knots[i], knots[i + 1]
