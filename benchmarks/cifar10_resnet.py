@@ -101,23 +101,38 @@ def measure(row: dict, dense, model, bundle, latency: bool) -> dict:
 
 
 def table(doc: dict) -> str:
-    m, t = doc["machine"], doc.get("timing_machine")
+    t = doc.get("timing_machine")
     name = {"resnet20": "ResNet-20", "resnet56": "ResNet-56"}[doc.get("model", "resnet20")]
-    where = f"{m['gpu']} (bf16 autocast)" if doc.get("trained_on", "cpu").startswith("cuda") else f"{m['cpu']}, {m['cores']} cores"
+    where = "; ".join(f"{short(k)}: {m['gpu'] + ' (bf16 autocast)' if k != 'cpu' else m['cpu'] + ', ' + str(m['cores']) + ' cores'}"
+                      f", torch {m['torch']}" for k, m in training_machines(doc).items())
     timed = (f"timed on {t['cpu']}, {t['torch_threads']} threads, torch {t['torch']}" if t else
              "timed on the training machine" if any("speedup_b1" in r for r in doc["rows"]) else "not timed yet")
     lines = [f"# CIFAR-10 / {name}: width, depth and both, against the glue", "",
-             f"Trained on {where}, torch {m['torch']}; speedups {timed}. Dense {name}: {doc['dense_epochs']} epochs "
-             f"(SGD 0.1, cosine, crop + flip), **{doc['dense_test']:.2f} % test**. Every row: {doc['epochs']} fine-tuning "
-             "epochs, best validation epoch kept. Speedups: dense and pruned timed alternately, ratio of medians with a 95 % "
+             f"Trained on {where}. Speedups {timed}. Dense {name}: {doc['dense_epochs']} epochs "
+             f"(SGD 0.1, cosine, crop + flip), **{doc['dense_test']:.2f} % test**. FT ep: fine-tuning epochs of the row, "
+             "best validation epoch kept. Speedups: dense and pruned timed alternately, ratio of medians with a 95 % "
              "interval; \"no measurable change\" when it contains 1.0. FT s: fine-tuning seconds where it was trained.", "",
-             "| row | test (drop) | MACs ÷ | params | file ÷ | FT s | speedup b1 | speedup b128 |",
-             "|---|---|---:|---:|---:|---:|---|---|"]
+             "| row | test (drop) | MACs ÷ | params | file ÷ | trained on | FT ep | FT s | speedup b1 | speedup b128 |",
+             "|---|---|---:|---:|---:|---|---:|---:|---|---|"]
     for r in doc["rows"]:
         lines.append(f"| {r['name']} | {r['after_ft']:.2f} ({-r['drop']:+.2f}) | {r['macs_ratio']:.2f} | {r['params']:,} | "
-                     f"{r['size_ratio']:.1f} | {r['wall_s']:.0f} | {fmt_speed(r.get('speedup_b1'))} | "
-                     f"{fmt_speed(r.get('speedup_b128'))} |")
+                     f"{r['size_ratio']:.1f} | {short(r.get('trained_on', 'cpu'))} | {r.get('epochs', doc['epochs'])} | "
+                     f"{r['wall_s']:.0f} | {fmt_speed(r.get('speedup_b1'))} | {fmt_speed(r.get('speedup_b128'))} |")
+    if doc.get("notes"):  # what the numbers alone do not say (load while training, schedules), kept in the JSON
+        lines += ["", "## Notes", ""] + [f"- {n}" for n in doc["notes"]]
     return "\n".join(lines) + "\n"
+
+
+def short(trained_on: str) -> str:
+    return "CPU" if trained_on == "cpu" else trained_on.split()[-1]
+
+
+def training_machines(doc: dict) -> dict:
+    """Each machine the rows were trained on (older documents kept one `machine` for a GPU run)."""
+    found = dict(doc.get("training_machines", {}))
+    if not found and "machine" in doc:
+        found[doc["rows"][0].get("trained_on", "cpu") if doc["rows"] else "cpu"] = doc["machine"]
+    return found
 
 
 def document(doc: dict, path: Path) -> None:
@@ -125,11 +140,14 @@ def document(doc: dict, path: Path) -> None:
     path.with_suffix(".md").write_text(table(doc))
 
 
-def latency_only(path: Path, runs: Path, bundle) -> None:
-    """Time the saved dense model and every saved row on this machine; keep the accuracy columns."""
+def latency_only(path: Path, runs: Path, bundle, only: list[str] | None = None) -> None:
+    """Time the saved dense model and every saved row (or those named in `only`) on this machine;
+    keep the accuracy columns."""
     doc = json.loads(path.read_text())
     dense = load_shipped(runs / "dense" / "model")
     for row in doc["rows"]:
+        if only and row["name"] not in only:
+            continue
         model = load_shipped(runs / row["name"] / "model")
         measure(row, dense, model, bundle, latency=True)
         print(f"{row['name']}: b1 {fmt_speed(row['speedup_b1'])}, b128 {fmt_speed(row['speedup_b128'])}", flush=True)
@@ -143,7 +161,9 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="2,000 training images, 1 + 1 epochs: a smoke test")
     ap.add_argument("--dense-epochs", type=int)
     ap.add_argument("--epochs", type=int, help="fine-tuning epochs of every row")
-    ap.add_argument("--only", nargs="*")
+    ap.add_argument("--only", nargs="*", help="row names (prefix match)")
+    ap.add_argument("--exact", action="store_true", help="--only names whole rows (channels-50 without its glue row)")
+    ap.add_argument("--tag", default="", help="suffix of the row names (e.g. -ft60 for a longer fine-tuning budget)")
     ap.add_argument("--no-latency", action="store_true")
     ap.add_argument("--latency-only", action="store_true", help="time the models a previous run saved")
     ap.add_argument("--reuse-dense", action="store_true",
@@ -167,7 +187,7 @@ def main() -> None:
     bundle = session.load_data(recipe.data, recipe.model, announce=True)
     path = (runs if args.quick else RESULTS) / f"{stem}.json"
     if args.latency_only:
-        return latency_only(path, runs, bundle)
+        return latency_only(path, runs, bundle, args.only)
     dense, _ = session.obtain_dense(recipe)
     dense = dense.cpu().eval()
     dense_acc = accuracy(dense, bundle.test)
@@ -175,12 +195,15 @@ def main() -> None:
     if not args.reuse_dense:
         shutil.rmtree(runs / "dense", ignore_errors=True)
         save_model(dense, runs / "dense" / "model", model_info(recipe, bundle))
-    done = {r["name"]: r for r in json.loads(path.read_text())["rows"]} if path.exists() else {}
+    old = json.loads(path.read_text()) if path.exists() else {"rows": []}
+    done = {r["name"]: {"epochs": old.get("epochs"), **r} for r in old["rows"]}
+    machines = training_machines(old)
     example = bundle.test.x[:1]
     for name, extra in ROWS.items():
-        if args.only and not any(name.startswith(o) for o in args.only):
+        if args.only and not any(name == o if args.exact else name.startswith(o) for o in args.only):
             continue
         t0 = time.perf_counter()
+        name += args.tag
         out = runs / name
         shutil.rmtree(out, ignore_errors=True)
         if extra == "glue":
@@ -208,11 +231,14 @@ def main() -> None:
         row = measure({"name": name, "dense": round(dense_acc, 2), **row}, dense, model, bundle, not args.no_latency)
         row["drop"] = round(row["dense"] - row["after_ft"], 2)
         row["trained_on"] = torch.cuda.get_device_name(0) if session.device.type == "cuda" else "cpu"
+        row["epochs"] = recipe.finetune.epochs
+        machines[row["trained_on"]] = describe()
         row["row_s"] = round(time.perf_counter() - t0, 1)
         done[name] = row
         print(f"{name}: {row['after_ft']} (drop {row['drop']}), MACs ÷{row['macs_ratio']}", flush=True)
-        doc = {"machine": describe(), "trained_on": str(session.device), "model": args.model,
-               "dense_test": round(dense_acc, 2), "dense_epochs": recipe.dense.epochs,
+        doc = {**{k: v for k, v in old.items() if k not in ("machine", "trained_on")},
+               "training_machines": machines, "model": args.model,
+               "dense_test": round(dense_acc, 2), "dense_epochs": old.get("dense_epochs", recipe.dense.epochs) if args.reuse_dense else recipe.dense.epochs,
                "epochs": recipe.finetune.epochs, "base_recipe": base, "rows": list(done.values())}
         document(doc, path)
 

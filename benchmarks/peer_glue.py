@@ -328,8 +328,12 @@ NOTES = """## Notes
   fine-tuning is level with one-shot (−0.06 val). Neither earns a place at this epoch budget.
 - Per-layer amounts from `prunetune sensitivity` at a parameter-weighted 0.75 put 90 % on the large
   fully connected `head.0` and leave the convolutions whole (features.17: 25 %): +2.04 pt val, but
-  MACs ÷1.11 against ÷15.19 for the uniform plan, so it is not the same compression. The allocator
-  weights layers by parameters; a speed budget needs it to weight them by MACs (not done).
+  MACs ÷1.11 against ÷15.19 for the uniform plan, so it is not the same compression. The MACs-budget
+  rows above are that comparison at the same MACs (the real plan within 1 % of the uniform plan's
+  kept MACs): the scan's amounts keep about a third of the parameters, but no more accuracy than
+  uniform amounts (−0.12 and −0.64 pt val at −50 % and −75 %, inside two standard errors): a layer's
+  drop with no fine-tuning, alone, does not predict what three epochs recover when all are pruned.
+  The scans ran on a machine busy with another benchmark (accuracy only).
 - MiniLM row, the same compression: the glue now removes heads too (Torch-Pruning's
   `head_pruning_ratio` set to the amount; the first glue run left it at 0.0 and pruned FFN neurons
   only: 86.22 % at MACs ÷1.50). Both sides end with the same architecture (17,397,506 parameters, 6 of

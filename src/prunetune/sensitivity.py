@@ -119,8 +119,9 @@ def scan_and_plan(recipe: Recipe, amounts: list[float], log: Callable[[str], Non
         key = str(float(a))
         kept = sum(int(torch.count_nonzero(t)) for _, t in layer_tensors(_base(dict(pruned.named_modules())[layer])))
         if 1 - kept / max(1, rows[layer]["params"]) < a / 2:
-            # The pruner left this layer (nearly) whole: at this amount it would empty it (Torch-Pruning
-            # never removes every channel). Recorded as unreachable, not as the dense model's score.
+            # The pruner left this layer (nearly) whole at this amount: it would have emptied it
+            # (Torch-Pruning never removes every channel), or round_to kept it. Recorded as
+            # unreachable (null), not as the dense model's score, which would read as a free cut.
             rows[layer]["scores"][key] = rows[layer]["macs"][key] = None
         else:
             # MACs as shipped: masks baked in (a masked layer costs its dense MACs).

@@ -30,13 +30,8 @@ from ..errors import PrunetuneError
 
 
 def _grid(scan: dict[str, Any], layer: dict[str, Any]) -> list[float]:
-    """0, then the scanned amounts this layer reached (up to the first one recorded unreachable)."""
-    grid = [0.0]
-    for a in sorted(float(a) for a in scan["amounts"]):
-        if layer["scores"].get(str(a)) is None:
-            break
-        grid.append(a)
-    return grid
+    """0, then the scanned amounts this layer reached (those recorded unreachable, null, left out)."""
+    return [0.0] + [a for a in sorted(float(a) for a in scan["amounts"]) if layer["scores"].get(str(a)) is not None]
 
 
 def _drops(scan: dict[str, Any], layer: dict[str, Any], grid: list[float]) -> list[float]:
