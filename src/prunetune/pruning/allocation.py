@@ -64,7 +64,7 @@ def _check_budget(scan: dict[str, Any], budget: str) -> None:
 
 
 def most_removable(scan: dict[str, Any], budget: str = "params") -> float:
-    """The largest target `allocate` accepts: every layer at the largest scanned amount."""
+    """The largest target `allocate` accepts: every layer at the largest amount it reached in the scan."""
     layers = [row for row in scan["layers"] if row["params"] > 0]
     total = float(sum(row["params"] for row in layers)) if budget == "params" else float(scan["dense_macs"])
     return sum(_removed(scan, row, _grid(scan, row), budget)[-1] for row in layers) / total
