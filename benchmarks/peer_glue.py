@@ -70,7 +70,6 @@ ABLATION_CH = {
     "sensitivity": {"prune": {"layer_sparsity": "scan"}},
 }
 SCAN_AMOUNTS = [0.25, 0.5, 0.75, 0.9]
-MACS_RATIO: dict[str, float] = {}  # row name -> its dense/pruned MACs ratio (the rows already measured)
 PLAIN_UN = {"prune": {"method": "unstructured", "importance": "l1", "scope": "global", "recalibrate_bn": 0},
             "finetune": {"lr": 1e-3, "warmup_epochs": 0.0, "lr_schedule": "cosine"}}
 ABLATION_UN = {
@@ -168,7 +167,9 @@ def glue_row(dense: nn.Module, bundle, kind: str, amount: float) -> tuple[dict, 
 
 
 # ------------------------------------------------------------------------------------- the rows
-def prunetune_row(name: str, kind: str, amount: float, overrides: dict, runs: Path) -> tuple[dict, nn.Module]:
+def prunetune_row(name: str, kind: str, amount: float, overrides: dict, runs: Path,
+                  done: dict[str, dict]) -> tuple[dict, nn.Module]:
+    """prunetune with `overrides`; a "macs-of:ROW" layer_sparsity takes ROW's MACs ratio from `done`."""
     # prunetune's defaults (no finetune section given): only the epoch budget is set; ablations set their own.
     base = {**BASE, "finetune": {"epochs": EPOCHS}} if "finetune" not in overrides else BASE
     wanted = merge(merge(base, overrides), {"name": name, "prune": {"sparsity": amount},
@@ -179,7 +180,7 @@ def prunetune_row(name: str, kind: str, amount: float, overrides: dict, runs: Pa
         recipe, allocation = allocated_recipe(plain, scan(plain, SCAN_AMOUNTS, log=lambda m: None), amount)
     elif isinstance(ls, str) and ls.startswith("macs-of:"):  # a MACs budget: as many MACs as that row's model
         doc, plan_macs = scan_and_plan(plain, SCAN_AMOUNTS, log=lambda m: None)
-        target = 1 - 1 / MACS_RATIO[ls.split(":", 1)[1]]
+        target = 1 - 1 / done[ls.split(":", 1)[1]]["macs_ratio"]
         recipe, allocation = allocated_recipe(plain, doc, target, "macs", plan_macs)
     else:
         recipe = Recipe.model_validate(wanted)
@@ -377,7 +378,6 @@ def main() -> None:
         runs / "peer_glue_quick.json" if args.quick else RESULTS / "peer_glue.json")
     old = json.loads(json_path.read_text()) if json_path.exists() else {"rows": []}
     done = {r["name"]: r for r in old["rows"]}  # rows (and the MiniLM rows' keys) already there are kept
-    MACS_RATIO.update({n: r["macs_ratio"] for n, r in done.items()})
     for name, kind, amount, overrides in rows_wanted():
         if args.only and not any(name.startswith(o) for o in args.only):
             continue
@@ -391,13 +391,12 @@ def main() -> None:
         if overrides is None:
             row, model = glue_row(dense, bundle, kind, amount)
         else:
-            row, model = prunetune_row(name, kind, amount, overrides, runs)
+            row, model = prunetune_row(name, kind, amount, overrides, runs, done)
         row = measured({"name": name, "kind": kind, "amount": amount, "dense": round(dense_acc, 2), **row},
                        dense, model, bundle, latency=not args.no_latency and "ablation" not in name)
         row["drop"] = round(row["dense"] - row["after_ft"], 2)
         row["row_s"] = round(time.perf_counter() - t0, 1)
         done[name] = row
-        MACS_RATIO[name] = row["macs_ratio"]
         print(f"{name}: val {row['best_val']} test {row['before_ft']} -> {row['after_ft']} (drop {row['drop']}) "
               f"{row['row_s']:.0f}s", flush=True)
         write(json_path, {**old, "machine": describe(), "dense": {"test": dense_acc, **{k: v for k, v in info.items()

@@ -134,7 +134,7 @@ def sensitivity_figure(doc: dict) -> bytes:
     xs = [0.0] + [float(a) for a in doc["amounts"]]
     for row in doc["layers"]:
         pts = [(x, y) for x, y in zip(xs, [doc["dense"]] + [row["scores"][str(float(a))] for a in doc["amounts"]])
-               if y is not None]  # None: an amount that would empty the layer
+               if y is not None]  # None: an amount the pruner could not reach in that layer
         ax.plot(*zip(*pts), "-o", ms=4, label=f"{row['layer']} ({row['params']:,})")
     ax.axhline(doc["dense"], ls="--", color="black", lw=1, label="dense")
     ax.set(xlabel="amount pruned in that layer alone", xlim=(0, 1),

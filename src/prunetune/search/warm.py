@@ -42,7 +42,7 @@ def load_scan(path: str | Path) -> dict[str, Any]:
         for layer in scan["layers"]:
             for a in scan["amounts"]:
                 v = _score(layer, a)
-                if v is not None:  # None: an amount that would have emptied the layer (unreachable)
+                if v is not None:  # None: an amount the pruner could not reach in that layer
                     float(v)
         ok = bool(amounts) and bool(scan["layers"]) and all(0 < a < 1 for a in amounts)
     except (KeyError, TypeError, ValueError):
