@@ -40,6 +40,23 @@ def test_same_seed_same_result(tmp_path, extra):
     assert other["recipe"]["seed"] == 1
 
 
+def test_finetune_seed_repeats_only_the_fine_tuning(tmp_path):
+    """finetune.seed reorders fine-tuning's batches: same dense model, split and plan, different weights;
+    its default is the recipe's seed + 1, so setting it to that changes nothing."""
+    extra = ["prune.method=structured", "prune.sparsity=0.5"]
+    a = run(load_recipe(None, [*TINY, *extra]), tmp_path / "a", log=lambda m: None)
+    same = run(load_recipe(None, [*TINY, *extra, "finetune.seed=1"]), tmp_path / "s", log=lambda m: None)
+    assert [h["train_loss"] for h in same["finetune"]["history"]] == [h["train_loss"] for h in a["finetune"]["history"]]
+    b = run(load_recipe(None, [*TINY, *extra, "finetune.seed=1001"]), tmp_path / "b", log=lambda m: None)
+    weights = {k: (tmp_path / k / "model" / "model.safetensors").read_bytes() for k in "asb"}
+    assert weights["a"] == weights["s"] and weights["a"] != weights["b"]
+    assert [h["train_loss"] for h in a["finetune"]["history"]] != [h["train_loss"] for h in b["finetune"]["history"]]
+    for key in ("accuracy", "loss"):  # the dense model and the one-shot plan do not depend on it
+        assert a["stages"]["dense"][key] == b["stages"]["dense"][key]
+        assert a["stages"]["pruned"][key] == b["stages"]["pruned"][key]
+    assert a["plan"] == b["plan"] and b["recipe"]["finetune"]["seed"] == 1001
+
+
 def test_diverging_loss_is_a_runtime_fault(tmp_path):
     recipe = load_recipe(None, [*TINY, "finetune.lr=1e30", "finetune.optimizer=sgd", "finetune.lr_schedule=constant"])
     with pytest.raises(RuntimeFault, match=r"finetune: non-finite loss at step \d+ \(epoch 1, lr 1e\+30\)"):
