@@ -33,7 +33,7 @@ BASE = {
     # The peer's dense recipe: 10 epochs AdamW + a decaying schedule, best epoch on a 5,000 split.
     "dense": {"epochs": 10, "lr": 2e-3, "weight_decay": 0.05, "lr_schedule": "cosine", "warmup_epochs": 0.5},
     # Same fine-tuning budget as the peer: 3 epochs of AdamW (ours decays the rate: cosine).
-    "finetune": {"epochs": 3, "lr": 1e-3, "weight_decay": 0.01, "lr_schedule": "cosine"},
+    "finetune": {"epochs": 3, "lr": 1e-3, "batch_size": 128, "weight_decay": 0.01, "lr_schedule": "cosine"},
     "evaluate": {"latency_batch": 64, "min_run_time": 2.0},
 }
 

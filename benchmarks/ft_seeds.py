@@ -1,0 +1,127 @@
+"""Fine-tuning choices repeated over fine-tuning seeds, on the glue benchmark's dense small CNN.
+
+A single fine-tuning run moves by about one validation standard error (0.35 pt) with nothing but the
+order of its batches changed, so a default is chosen here on the mean best-validation accuracy of
+several `finetune.seed` values (same dense model, same split, same one-shot plan). Test accuracy is
+recorded beside it and never chooses. Every config is prunetune's default recipe (lr 2e-3, 0.2-epoch
+warm-up, cosine, 3 epochs) with the named changes.
+
+Writes benchmarks/results/ft_seeds.json and .md; runs already there are kept.
+
+    python benchmarks/ft_seeds.py --amount 0.75 --configs bs128 bs32 --seeds 1 1001 2001
+    python benchmarks/ft_seeds.py --table
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from fashion_mnist import merge  # noqa: E402
+from machine import describe  # noqa: E402
+from peer_glue import RESULTS, prunetune_row  # noqa: E402
+
+KD = {"alpha": 0.7, "temperature": 4.0}
+CONFIGS = {  # name: (batch size, other fine-tuning changes)
+    "bs128": (128, {}), "bs64": (64, {}), "bs32": (32, {}),
+    "bs128-lr4e-3": (128, {"lr": 4e-3}), "bs128-wd0": (128, {"weight_decay": 0.0}),
+    "bs128-ls0.1": (128, {"label_smoothing": 0.1}), "bs128-distill": (128, {"distill": KD}),
+    "bs32-distill": (32, {"distill": KD}), "bs16-distill": (16, {"distill": KD}),
+    "bs32-distill-dropout0": (32, {"distill": KD, "dropout": 0.0}),
+    "bs32-distill-a0.9": (32, {"distill": {**KD, "alpha": 0.9}}),
+    "bs32-distill-T2": (32, {"distill": {**KD, "temperature": 2.0}}),
+    "bs32-distill-lr1e-3": (32, {"distill": KD, "lr": 1e-3}),
+    "bs128-taylor": (128, {}),  # importance taylor instead of l2 (see overrides)
+}
+
+
+def overrides(config: str, amount: float, seed: int) -> dict:
+    bs, extra = CONFIGS[config]
+    method = "unstructured" if amount >= 0.9 else "structured"
+    out = {"prune": {"method": method}, "finetune": {"lr": 2e-3, "warmup_epochs": 0.2, "batch_size": bs, "seed": seed, **extra}}
+    if config.endswith("-taylor"):
+        out = merge(out, {"prune": {"importance": "taylor"}})
+    return out
+
+
+NOTES = """## What it chose
+
+- **Fine-tuning batches of 32** (`finetune.batch_size`, was 128): four times the optimiser steps in the
+  same 3 epochs. Over three seeds, +0.29 pt mean validation at channels −75 % and +0.08 at −50 %
+  (test +0.33 and +0.15); one seed at unstructured 95 % and 98 % (LAMP): +0.22 and +0.42 val (the
+  seed-1 runs are `peer_glue.md`'s rows, batch 128 before 2026-12-01 and 32 after). Both mean differences are inside the noise of a three-seed mean (about
+  0.29 pt), but they point the same way at every amount tried, and no amount lost; 64 fell between (−75 %, one
+  seed: 93.04), and 16 was level with 32 (with distillation, one seed: 93.36 both). On CIFAR-10 / ResNet-20 (channels −50 %, 15 epochs, augmentation) 32
+  was level with 128 (83.66 against 83.78 val), so the CIFAR benchmark keeps its 128.
+- **Distillation stays opt-in.** On top of batches of 32, distilling from the dense model (alpha 0.7,
+  T 4, logits cached) gained +0.22 pt mean validation at −75 % and lost 0.08 at −50 %: not a choice
+  validation supports, although test favours it at −75 % (92.54 against 92.19). Single-seed variants
+  (alpha 0.9, T 2, dropout 0, lr 1e-3, batch 16, label smoothing, no weight decay, lr 4e-3, Taylor
+  importance) stayed within one validation standard error of their base.
+- One fine-tuning seed alone moves the best validation accuracy by up to 0.6 pt (channels −75 %, batch
+  32: 93.36, 92.76, 93.04): the single-seed rows of `peer_glue.md` carry that noise.""".split("\n")
+
+
+def table(doc: dict) -> str:
+    m = doc["machine"]
+    lines = ["# Fine-tuning choices over fine-tuning seeds (small CNN, Fashion-MNIST)", "",
+             f"Machine: {m['cpu']}, {m['cores']} cores, torch {m['torch']}. Dense small CNN of `peer_glue.md` "
+             f"({doc['dense_test']:.2f} % test). Every run: prunetune's default recipe (lr 2e-3, 0.2-epoch warm-up, "
+             "cosine, 3 epochs, best validation epoch) with the config's changes; seeds are `finetune.seed` (the order "
+             "of the batches: 1 is the default). Chosen on the mean best validation accuracy (5,000 images, one "
+             "standard error about 0.35 pt per run); test (10,000) is reported, never used to choose. "
+             "Runs shared the 2 cores with other accuracy-only jobs: nothing here is timed.", "",
+             "| prune | config | seeds | best val, each | val mean | test, each | test mean (drop) |",
+             "|---|---|---:|---|---:|---|---|"]
+    groups: dict[tuple, list] = {}
+    for r in doc["runs"]:
+        groups.setdefault((r["kind"], r["amount"], r["config"]), []).append(r)
+    for (kind, amount, config), rs in sorted(groups.items(), key=lambda g: (g[0][0], g[0][1], -len(g[1]), g[0][2])):
+        rs.sort(key=lambda r: r["seed"])
+        v, t = [r["best_val"] for r in rs], [r["test"] for r in rs]
+        tm = statistics.mean(t)
+        lines.append(f"| {kind} {int(amount * 100)} % | {config} | {len(rs)} | {', '.join(f'{x:.2f}' for x in v)} | "
+                     f"{statistics.mean(v):.2f} | {', '.join(f'{x:.2f}' for x in t)} | {tm:.2f} ({doc['dense_test'] - tm:+.2f}) |")
+    return "\n".join(lines + [""] + NOTES) + "\n"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--amount", type=float, help="channels below 0.9, unstructured from 0.9")
+    ap.add_argument("--table", action="store_true", help="only rewrite the .md from the .json")
+    ap.add_argument("--configs", nargs="+", choices=sorted(CONFIGS), default=["bs128", "bs32"])
+    ap.add_argument("--seeds", nargs="+", type=int, default=[1, 1001, 2001])
+    ap.add_argument("--runs", default="runs/ft_seeds")
+    args = ap.parse_args()
+    path = RESULTS / "ft_seeds.json"
+    doc = json.loads(path.read_text()) if path.exists() else {"runs": []}
+    if args.table:
+        path.with_suffix(".md").write_text(table(doc))
+        return
+    if args.amount is None:
+        ap.error("--amount is required (or --table)")
+    kind = "unstructured" if args.amount >= 0.9 else "channels"
+    for config in args.configs:
+        for seed in args.seeds:
+            t0 = time.perf_counter()
+            row, _ = prunetune_row(f"{kind}-{int(args.amount * 100)}-{config}-s{seed}", kind, args.amount,
+                                   overrides(config, args.amount, seed), Path(args.runs), {})
+            run = {"kind": kind, "amount": args.amount, "config": config, "seed": seed, "best_val": row["best_val"],
+                   "val_history": row["val_history"], "test": row["after_ft"], "ft_s": row["wall_s"],
+                   "row_s": round(time.perf_counter() - t0, 1)}
+            doc["runs"] = [r for r in doc["runs"] if (r["kind"], r["amount"], r["config"], r["seed"]) !=
+                           (kind, args.amount, config, seed)] + [run]
+            doc["machine"] = describe()
+            doc["dense_test"] = json.loads((RESULTS / "peer_glue.json").read_text())["dense"]["test"]  # the same cached model
+            path.write_text(json.dumps(doc, indent=2))
+            path.with_suffix(".md").write_text(table(doc))
+            print(run, flush=True)
+
+
+if __name__ == "__main__":
+    main()
