@@ -9,7 +9,7 @@ validation accuracy (what defaults are chosen on) beside the test accuracy (what
 
 Writes benchmarks/results/peer_glue.json and peer_glue.md.
 
-    python benchmarks/peer_glue.py [--quick] [--only NAME ...] [--no-latency]
+    python benchmarks/peer_glue.py [--quick] [--only NAME ... [--exact]] [--no-latency | --latency-only]
 """
 
 from __future__ import annotations
@@ -51,6 +51,9 @@ EPOCHS = BASE["finetune"]["epochs"]  # the same fine-tuning budget for every row
 # (fine-tuning: only the epoch budget is given; the rate, warm-up and schedule are prunetune's).
 DEFAULT_CHANNELS = {"prune": {"method": "structured"}}
 DEFAULT_UNSTRUCTURED = {"prune": {"method": "unstructured"}}
+# The default until 2026-12-01, pinned: fine-tuning batches of 128 (now 32, chosen in ft_seeds.md). The
+# MACs-budget rows were run against it and keep it, so that comparison stays one batch size.
+BS128 = {"finetune": {"epochs": EPOCHS, "lr": 2e-3, "warmup_epochs": 0.2, "batch_size": 128}}
 
 # One ingredient at a time, on top of the plain structured recipe (L2, per layer, one-shot, cosine).
 PLAIN_CH = {"prune": {"method": "structured", "importance": "l2", "scope": "layer", "recalibrate_bn": 0},
@@ -86,10 +89,11 @@ def rows_wanted() -> list[tuple[str, str, float, dict | None]]:
     for s in (0.5, 0.75):
         out.append((f"channels-{int(s * 100)}-glue", "channels", s, None))
         out.append((f"channels-{int(s * 100)}-prunetune", "channels", s, DEFAULT_CHANNELS))
-    for s in (0.5, 0.75):  # the default recipe, per-layer amounts for the same MACs from a sensitivity scan
-        same = f"channels-{int(s * 100)}-prunetune"
+    for s in (0.5, 0.75):  # per-layer amounts for the same MACs from a sensitivity scan, against uniform amounts
+        same = f"channels-{int(s * 100)}-prunetune-bs128"
+        out.append((same, "channels", s, merge(DEFAULT_CHANNELS, BS128)))
         out.append((f"channels-{int(s * 100)}-macs-budget", "channels", s,
-                    merge(DEFAULT_CHANNELS, {"prune": {"layer_sparsity": f"macs-of:{same}"}})))
+                    merge(merge(DEFAULT_CHANNELS, BS128), {"prune": {"layer_sparsity": f"macs-of:{same}"}})))
     for k, extra in ABLATION_CH.items():
         out.append((f"channels-75-ablation-{k}", "channels", 0.75, merge(PLAIN_CH, extra)))
     for s in (0.95, 0.98):
@@ -194,7 +198,7 @@ def prunetune_row(name: str, kind: str, amount: float, overrides: dict, runs: Pa
     model = load_shipped(out / "model")
     return {"before_ft": rep["stages"]["pruned"]["accuracy"], "after_ft": rep["stages"]["finetuned"]["accuracy"],
             "best_val": best_val, "val_history": [r["val_accuracy"] for r in hist],
-            "wall_s": rep["finetune"]["wall_s"], "recipe": overrides,
+            "wall_s": rep["finetune"]["wall_s"], "recipe": overrides, "ft_batch": recipe.finetune.batch_size,
             "bn_recalibrations": rep.get("bn_recalibrations"), "allocation": allocation}, model
 
 
@@ -237,13 +241,13 @@ def table(doc: dict) -> str:
              f"Dense small CNN (Fashion-MNIST benchmark recipe, cached): **{doc['dense']['test']:.2f} % test**. "
              f"Every row: {doc['base_recipe']['finetune']['epochs']} fine-tuning epochs, best validation epoch kept; "
              "the glue is Torch-Pruning L2 one-shot (classifier ignored) or torch.nn.utils.prune global L1, then "
-             "AdamW + OneCycleLR. Speedups: dense and pruned timed alternately in one process, ratio of medians with "
+             "AdamW + OneCycleLR in batches of 128; FT batch: prunetune's fine-tuning batch. Speedups: dense and pruned timed alternately in one process, ratio of medians with "
              "a 95 % bootstrap interval; \"no measurable change\" when it contains 1.0. File ÷: the dense safetensors "
              "file's bytes over the pruned model's saved file (prunetune's bitmask layout for mostly-zero tensors), raw "
              "and gzip-compressed.", "",
-             "| row | glue: val / test (drop) | prunetune default: val / test (drop) | prunetune − glue (test pt) | "
+             "| row | glue: val / test (drop) | prunetune default: val / test (drop) | FT batch | prunetune − glue (test pt) | "
              "MACs ÷ | speedup b1 | speedup b64 | file ÷ (raw / gzip) | target |",
-             "|---|---|---|---:|---:|---|---|---:|---|"]
+             "|---|---|---|---:|---:|---:|---|---|---:|---|"]
     for key in ("channels-50", "channels-75", "unstructured-95", "unstructured-98"):
         g, p = rows.get(f"{key}-glue"), rows.get(f"{key}-prunetune")
         if not (g and p):
@@ -257,7 +261,7 @@ def table(doc: dict) -> str:
             verdict = ("met" if ok else "**missed**") + f" (≤{t[0]} pt" + (f", ≥{t[1]}×" if t[1] else "") + \
                 (f", gzip ≥{t[2]}×" if t[2] else "") + ")"
         lines.append(f"| {key} | {g['best_val']:.2f} / {g['after_ft']:.2f} ({g['drop']:+.2f}) | {p['best_val']:.2f} / "
-                     f"{p['after_ft']:.2f} ({p['drop']:+.2f}) | {p['after_ft'] - g['after_ft']:+.2f} | {p['macs_ratio']:.2f} | "
+                     f"{p['after_ft']:.2f} ({p['drop']:+.2f}) | {p.get('ft_batch', '?')} | {p['after_ft'] - g['after_ft']:+.2f} | {p['macs_ratio']:.2f} | "
                      f"{fmt_speed(p.get('speedup_b1'))} | {fmt_speed(p.get('speedup_b64'))} | {p['size_ratio']:.1f} / {p['gzip_ratio']:.1f} | {verdict} |")
     g, p = rows.get("minilm-heads-ffn-50-glue"), rows.get("minilm-heads-ffn-50-prunetune")
     if g and p:
@@ -272,11 +276,12 @@ def table(doc: dict) -> str:
         for side, r in (("glue", g), ("prunetune default", p)):
             lines.append(f"| {side} | {r['before_ft']:.2f} | {r['best_val']:.2f} | {r['after_ft']:.2f} ({r['drop']:+.2f}) | "
                          f"{r['macs_ratio']:.2f} | {fmt_speed(r.get('speedup_b1'))} | {fmt_speed(r.get('speedup_b32'))} |")
-    budget = [(rows[f"{k}-prunetune"], rows[f"{k}-macs-budget"]) for k in ("channels-50", "channels-75")
-              if f"{k}-prunetune" in rows and f"{k}-macs-budget" in rows]
+    budget = [(rows[f"{k}-prunetune-bs128"], rows[f"{k}-macs-budget"]) for k in ("channels-50", "channels-75")
+              if f"{k}-prunetune-bs128" in rows and f"{k}-macs-budget" in rows]
     if budget:
         lines += ["", "## Per-layer amounts for a MACs budget (`prunetune sensitivity --budget macs`)", "",
-                  "prunetune's default recipe, the same 3 epochs; per-layer amounts from a scan of the dense model "
+                  "prunetune's default recipe as it was before fine-tuning batches of 32 (batch 128), the same 3 epochs; "
+                  "per-layer amounts from a scan of the dense model "
                   f"(each layer alone at {', '.join(map(str, SCAN_AMOUNTS))}, validation only) allocated so the real "
                   "plan has the uniform row's MACs.", "",
                   "| plan | best val | test (drop) | MACs ÷ | parameters kept | speedup b1 | speedup b64 | per-layer amounts |",
@@ -305,6 +310,14 @@ def table(doc: dict) -> str:
 
 NOTES = """## Notes
 
+- Since 2026-12-01 prunetune fine-tunes in batches of 32 (was 128), chosen on the mean validation
+  accuracy of three fine-tuning seeds (`ft_seeds.md`: +0.29 pt at −75 %, +0.08 at −50 %). The four
+  main prunetune rows were run again with it (validation +0.20, +0.72, +0.22, +0.42 against their
+  batch-128 runs). One seed is one draw: over three fine-tuning seeds the batch-32 default loses 0.32 pt
+  at −50 % (93.50, 93.19, 93.13) and 1.40 at −75 % (92.10, 92.25, 92.23), so the −50 % target
+  (≤ 0.3) is met by this row but only on the threshold on average. The rows labelled `-bs128` below
+  are the former default, kept because the MACs-budget rows were compared against them; the ablation
+  rows also ran at batch 128.
 - Ablation rows ran two at a time, one torch thread each, without latency; the main rows one at a time
   with two threads on an otherwise idle machine. The same recipe (channels −75 %, lr 2e-3 + warm-up)
   gave 92.20 % at one thread (ablation) and 91.89 % at two (the default row): floating-point order
@@ -351,6 +364,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="2,000 training images, 1 epoch: a smoke test")
     ap.add_argument("--only", nargs="*", help="row names (prefix match)")
+    ap.add_argument("--exact", action="store_true", help="--only names whole rows")
     ap.add_argument("--no-latency", action="store_true")
     ap.add_argument("--table", action="store_true", help="only rewrite the .md from the .json")
     ap.add_argument("--latency-only", action="store_true",
@@ -379,7 +393,7 @@ def main() -> None:
     old = json.loads(json_path.read_text()) if json_path.exists() else {"rows": []}
     done = {r["name"]: r for r in old["rows"]}  # rows (and the MiniLM rows' keys) already there are kept
     for name, kind, amount, overrides in rows_wanted():
-        if args.only and not any(name.startswith(o) for o in args.only):
+        if args.only and not any(name == o if args.exact else name.startswith(o) for o in args.only):
             continue
         if args.latency_only:  # a row run with --no-latency (its model saved under --runs), timed now
             if name in done and (runs / name / "model").exists():
