@@ -96,17 +96,19 @@ def test_halving_prunes_a_trial_whose_excess_drop_ranks_below_an_earlier_ones(tm
     storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'r.db'}")
     rungs = Rungs(storage, "x", "halving")
     first = rungs.start(0)
-    assert first.report(excess_drop(6.0, 3.0), 1, last=False) is False  # alone at rung 0: promoted
-    first.report(excess_drop(5.0, 3.0), 2, last=True)
+    assert first.report(6.0, 3.0, 1, last=False) is False  # alone at rung 0: promoted
+    first.report(6.0, 3.0, 2, last=True)  # no recovery: nothing to credit later trials with
     first.close("complete")
+    assert rungs.recovery(1) == 0.0
     worse = rungs.start(1)
-    assert worse.report(excess_drop(9.0, 3.0), 1, last=False) is True  # 6 beyond tolerance > 3: halved away
+    assert worse.report(9.0, 3.0, 1, last=False) is True  # 6 beyond tolerance > 3: halved away
+    assert worse.credit == 0.0
     worse.close("pruned")
     within = rungs.start(2)
-    assert within.report(excess_drop(1.0, 3.0), 1, last=False) is False  # within the tolerance: 0, always promoted
+    assert within.report(1.0, 3.0, 1, last=False) is False  # within the tolerance: 0, always promoted
     assert excess_drop(1.0, 3.0) == 0.0
     last = rungs.start(3)
-    assert last.report(excess_drop(50.0, 3.0), 1, last=True) is False  # a last epoch is never pruned on
+    assert last.report(50.0, 3.0, 1, last=True) is False  # a last epoch is never pruned on
     states = [t.state.name for t in optuna.load_study(study_name="x.fidelity", storage=storage).get_trials()]
     assert states[:2] == ["COMPLETE", "PRUNED"]
 
@@ -114,15 +116,39 @@ def test_halving_prunes_a_trial_whose_excess_drop_ranks_below_an_earlier_ones(tm
     # then trials far worse than the first are pruned in the brackets that halve at epoch 1.
     hb = Rungs(storage, "h", "hyperband")
     lead = hb.start(0)
-    assert [lead.report(1.0, e, last=False) for e in (1, 2)] == [False, False]
-    lead.report(0.5, 3, last=True)
+    assert [lead.report(1.0, 0.0, e, last=False) for e in (1, 2)] == [False, False]
+    lead.report(0.5, 0.0, 3, last=True)
     lead.close("complete")
     pruned = []
     for i in range(1, 7):
         r = hb.start(i)
-        pruned.append(r.report(5.0 + i, 1, last=False))
+        pruned.append(r.report(5.0 + i, 0.0, 1, last=False))
         r.close("pruned" if pruned[-1] else "complete")
     assert any(pruned) and not all(pruned)  # brackets differ in where they first halve
+
+
+def test_halving_credits_the_recovery_completed_trials_made_after_the_same_epoch(tmp_path):
+    """Early epochs understate a pruned model (the decaying rate pays off late): a trial the ranking would
+    halve away is kept while its drop less the completed trials' median recovery is within tolerance."""
+    import optuna
+
+    from prunetune.search.fidelity import Rungs
+
+    rungs = Rungs(optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'r.db'}"), "x", "halving")
+    for i, drops in enumerate(([4.0, 0.5], [3.0, 0.0], [6.0, 2.0])):  # recovered 3.5, 3.0, 4.0 after epoch 1
+        r = rungs.start(i)
+        r.report(drops[0], 1.0, 1, last=False)
+        r.report(drops[1], 1.0, 2, last=True)
+        r.close("complete")
+    assert rungs.recovery(1) == 3.5 and rungs.recovery(2) == 0.0  # the median; nothing after the last epoch
+    kept = rungs.start(3)  # ranks below all three (excess 3.4 > 2.0), but 4.4 - 3.5 = 0.9 is within 1.0
+    assert kept.report(4.4, 1.0, 1, last=False) is False and kept.credit == 3.5
+    kept.close("pruned")
+    halved = rungs.start(4)  # 4.6 - 3.5 = 1.1: beyond the tolerance even after the credit, and ranked low
+    assert halved.report(4.6, 1.0, 1, last=False) is True
+    halved.close("pruned")
+    values = [t.intermediate_values[1] for t in optuna.load_study(study_name="x.fidelity", storage=rungs.study._storage).get_trials()]
+    assert values == [3.0, 2.0, 5.0, pytest.approx(3.4), pytest.approx(3.6)]  # the pruner ranks the uncredited excess
 
 
 def test_a_halving_sweep_prunes_the_clearly_worse_trial_and_counts_its_compute(tmp_path, monkeypatch):
@@ -163,11 +189,14 @@ def test_a_halving_sweep_prunes_the_clearly_worse_trial_and_counts_its_compute(t
 def test_the_budget_stops_launching_trials(tmp_path):
     first = sweep(_recipe({"trials": 1}, finetune={"epochs": 1}), tmp_path / "s", log=lambda m: None)
     spent = first["compute"]["dense_epochs"]
-    budget = spent + 0.01  # the next trial spends it
+    budget = 2 * spent + 0.01  # room for one more trial of the mean cost, not for two
     logs: list[str] = []
     doc = sweep(_recipe({"trials": 4, "budget_dense_epochs": budget}, finetune={"epochs": 1}), tmp_path / "s", log=logs.append)
-    assert len(doc["rows"]) == 2 and doc["compute"]["budget_spent"] and doc["compute"]["dense_epochs"] >= budget
-    assert "spent, no further trials were launched" in (tmp_path / "s" / "sweep.md").read_text()
+    c = doc["compute"]
+    assert len(doc["rows"]) == 2 and c["budget_spent"]
+    assert c["next_trial_expected"] == pytest.approx(c["dense_epochs"] / 2, rel=1e-3)  # the mean of the two
+    assert c["dense_epochs"] + c["next_trial_expected"] > budget
+    assert "no further trials were launched" in (tmp_path / "s" / "sweep.md").read_text()
     again = sweep(_recipe({"trials": 4, "budget_dense_epochs": budget}, finetune={"epochs": 1}), tmp_path / "s", log=logs.append)
     assert len(again["rows"]) == 2 and any("budget" in m and "no trial launched" in m for m in logs)
 
@@ -220,3 +249,24 @@ def test_an_unreachable_amount_keeps_the_last_reachable_drop(tmp_path):
     loaded = load_scan(tmp_path / "s.json")
     assert predicted_drop(loaded, 0.9) == pytest.approx(4.0) and predicted_drop(loaded, 0.8) == pytest.approx(4.0)
     assert predicted_drop(loaded, 0.625) == pytest.approx(2.5)
+
+
+def test_a_cached_dense_model_is_timed_here_for_the_compute_unit(tmp_path, monkeypatch):
+    """A cached model's training history may have been timed elsewhere or under load: the sweep times a
+    slice of a dense epoch in its own process instead, and says so."""
+    from prunetune.search import reference
+
+    monkeypatch.setenv("PRUNETUNE_CACHE", str(tmp_path / "cache"))
+    recipe = _recipe({"trials": 1})
+    first = reference.dense_reference(recipe, lambda m: None)  # trains the dense model: its own epochs
+    assert first["dense_source"] == "train" and first["trained_epochs"] == 4
+    assert first["epoch_s_from"] == "the dense training epochs of this sweep"
+    calls = []
+    monkeypatch.setattr(reference, "CALIBRATION_STEPS", 1)  # one timed step of the epoch's two: scaled by 2
+    real = reference.epoch_seconds_here
+    monkeypatch.setattr(reference, "epoch_seconds_here", lambda *a: calls.append(1) or real(*a))
+    again = reference.dense_reference(recipe, lambda m: None)  # from the cache now: timed here
+    assert again["dense_source"] != "train" and again["trained_epochs"] == 0 and calls == [1]
+    assert again["epoch_s_from"].startswith("1 dense training steps timed here")
+    # The same model, machine and epoch: near the epochs it was trained in (milliseconds here: a wide band).
+    assert first["epoch_s"] / 5 < again["epoch_s"] < first["epoch_s"] * 5

@@ -64,13 +64,15 @@ def speedups(stages: dict[str, Any], measured: dict[str, dict[str, Any]] | None 
 def compute_line(c: dict[str, Any]) -> str:
     """A sweep's compute (its sweep.json `compute`, search/compute.py) in one sentence: sweep.md, report.html, the CLI."""
     how = (f"fine-tuning seconds over the dense model's {c['dense_epoch_s']:.3g} s per training epoch"
+           + (f" ({c['dense_epoch_s_from']})" if c.get("dense_epoch_s_from") else "")
            if c["basis"] == "measured" else "fine-tuning epochs weighted by MACs relative to dense (no dense epoch timing)")
     dense = f", including the dense training ({c['dense_training_epochs']} epochs)" if c["dense_training_epochs"] else ""
     text = (f"Compute: {c['dense_epochs']:.2f} dense-training-epoch equivalents ({how}{dense}); "
             f"{c['trials']} trials, {c['finetune_epochs']} fine-tuning epochs, {c['wall_s']:.0f} s of trial wall time.")
     if c.get("budget_dense_epochs") is not None:
         text += (f" Budget {c['budget_dense_epochs']:g} dense epochs: "
-                 + ("spent, no further trials were launched." if c["budget_spent"] else "not yet spent."))
+                 + (f"spent, or would be by a trial of the mean cost ({c.get('next_trial_expected', 0):.2f}); "
+                    "no further trials were launched." if c["budget_spent"] else "not yet spent."))
     return text
 
 def speedup_text(rec: dict[str, Any] | float | None) -> str:

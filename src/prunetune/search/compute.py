@@ -1,12 +1,13 @@
-"""The compute a sweep spent, in dense-training-epoch equivalents (and `search.budget_dense_epochs`).
+"""The compute a sweep spent, in dense-training-epoch equivalents (and `search.budget_dense_epochs`,
+which launches a trial only while the compute spent plus the mean of the trials so far fits it).
 
 A trial's compute is the fine-tuning epochs it actually ran (a stopped or pruned trial's epochs up to
 the stop; a killed worker's epochs as far as recorded) weighted by its cost relative to one dense
 training epoch: its measured fine-tuning seconds (the trainer's `epoch_s`, summed) divided by the
-dense model's seconds per training epoch measured the same way (the mean `epoch_s` of the dense
-model's training history: of this sweep's training, or of the cached model's when it was trained;
-both include the epoch's validation pass). Basis "measured". When the dense model has no timed
-history (dense.source file, or a study from before this was recorded) each epoch is weighted by the
+dense model's seconds per training epoch in the same process (reference.py: the mean `epoch_s` of the
+dense training when this sweep ran it, else a short timed slice of a dense epoch, since a cached
+model's history may have been timed on another or a busier machine; both include a validation pass).
+Basis "measured". A study from before this was recorded, with no dense timing, weights each epoch by the
 trial's MACs over the dense model's (1 where a stopped trial's MACs are unknown): basis "macs".
 The dense training counts as its epochs when the sweep itself trained the dense model.
 """
@@ -39,22 +40,34 @@ def spent(rows: list[dict[str, Any]], dense: dict[str, Any]) -> float:
     return sum(dense_epochs(r, dense) for r in rows) + float(dense.get("trained_epochs") or 0)
 
 
+def expected_next(rows: list[dict[str, Any]], dense: dict[str, Any]) -> float:
+    """What the next trial is expected to spend: the mean of the trials that ran an epoch (0 before any)."""
+    costs = [dense_epochs(r, dense) for r in rows if r["epochs_run"]]
+    return sum(costs) / len(costs) if costs else 0.0
+
+
 def summary(rows: list[dict[str, Any]], dense: dict[str, Any], budget: float | None) -> dict[str, Any]:
     """The compute block of sweep.json; sets each row's `dense_epochs`."""
     for r in rows:
         r["dense_epochs"] = round(dense_epochs(r, dense), 4)
     total = spent(rows, dense)
+    ahead = expected_next(rows, dense)
     basis = "measured" if dense.get("epoch_s") else "macs"
     return {
         "dense_epochs": round(total, 3), "basis": basis, "dense_epoch_s": dense.get("epoch_s"),
+        "dense_epoch_s_from": dense.get("epoch_s_from"),
         "dense_training_epochs": dense.get("trained_epochs") or 0,
         "trials": len(rows), "finetune_epochs": sum(r["epochs_run"] for r in rows),
         "wall_s": round(sum(r["wall_s"] or 0.0 for r in rows), 1),
-        "budget_dense_epochs": budget, "budget_spent": budget is not None and total >= budget,
+        "next_trial_expected": round(ahead, 3),
+        "budget_dense_epochs": budget, "budget_spent": budget is not None and total + ahead > budget,
     }
 
 
-def study_spent(study) -> float:
-    """`spent` over a study's stored trials (the budget check between trials, every worker's trials counted)."""
+def study_spent(study, with_next: bool = False) -> float:
+    """`spent` over a study's stored trials, every worker's counted; `with_next`: plus what the next trial
+    is expected to spend. The budget check between trials launches one only while that fits, so a
+    budget is not overrun by a whole last trial (it can be by the next trial's excess over the mean)."""
     rows = [{**trial_record(t), "macs": (t.user_attrs.get("result") or {}).get("macs")} for t in study.get_trials(deepcopy=False)]
-    return spent(rows, study.user_attrs["dense"])
+    dense = study.user_attrs["dense"]
+    return spent(rows, dense) + (expected_next(rows, dense) if with_next else 0.0)

@@ -23,7 +23,6 @@ from ..reporting.format import row_speedup, short
 from ..robustness import floor_accuracy
 from ..tasks import Task
 from ..timing import compare_models
-from .fidelity import excess_drop
 from .space import validate, with_params
 from .storage import optuna_module
 
@@ -119,10 +118,11 @@ def run_trial(s: Sweep, trial, dense_val: float) -> tuple[float, float]:
         times.append(float(row.get("epoch_s") or 0.0))
         trial.set_user_attr("epoch_s", times)  # the compute spent (compute.py), kept however the trial ends
         stop = s.task.hopeless(row[key], dense_val, s.spec.tolerance, s.spec.early_stop_slack, max(0, total - seen[0]))
-        if not stop and rung is not None and rung.report(excess_drop(s.task.drop(row[key], dense_val), s.spec.tolerance),
-                                                         seen[0], last=seen[0] >= total):
+        if not stop and rung is not None and rung.report(s.task.drop(row[key], dense_val), s.spec.tolerance, seen[0],
+                                                         last=seen[0] >= total):
             stop = True
             trial.set_user_attr("pruned_by", s.spec.fidelity)
+            trial.set_user_attr("recovery_credit", round(rung.credit, 4))
         if stop:
             trial.set_user_attr("val_curve", curve)
             trial.set_user_attr("stopped_at_epoch", seen[0])
@@ -140,7 +140,8 @@ def run_trial(s: Sweep, trial, dense_val: float) -> tuple[float, float]:
     except optuna.TrialPruned:
         if rung is not None:
             rung.close("pruned")
-        by = f" by {s.spec.fidelity}" if trial.user_attrs.get("pruned_by") else ""
+        by = (f" by {s.spec.fidelity}, {s.task.format(trial.user_attrs['recovery_credit'])} of later recovery credited"
+              if trial.user_attrs.get("pruned_by") else "")
         s.log(f"trial {trial.number}: stopped early{by} (validation {m} {s.task.format(curve[-1])}, "
               f"threshold {s.task.format(threshold)})")
         raise

@@ -189,10 +189,11 @@ class Sweep:
                  f"dense validation {self.metric} {self.task.format(dense_val)}, tolerance {self.spec.tolerance}")
         budget = self.spec.budget_dense_epochs
         stops = [MaxTrialsCallback(target, states=(TrialState.COMPLETE, TrialState.PRUNED))]
-        if budget is not None:  # no new trial once the compute budget is spent (all workers' trials counted)
-            stops.append(lambda st, _t: st.stop() if study_spent(st) >= budget else None)
-            if study_spent(study) >= budget:
-                self.log(f"sweep: the compute budget ({budget:g} dense epochs) is spent; no trial launched")
+        if budget is not None:  # a new trial only while the spent compute plus the mean trial's fits (all workers')
+            stops.append(lambda st, _t: st.stop() if study_spent(st, with_next=True) > budget else None)
+            if study_spent(study, with_next=True) > budget:
+                self.log(f"sweep: the compute budget ({budget:g} dense epochs) is spent or would be by the next "
+                         "trial; no trial launched")
                 done = target
         if done < target:
             study.optimize(lambda t: run_trial(self, t, dense_val), n_trials=target, callbacks=stops,
