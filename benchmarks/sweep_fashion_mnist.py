@@ -152,7 +152,9 @@ def table(r: dict) -> str:
              f"{r['scan']['wall_s'] / 60:.1f} min, validation only). Fidelity: {r['search']['fidelity']} over fine-tuning epochs.", "",
              f"Sweep: {sum(s['counts'].values())} trials ({', '.join(f'{n} {k}' for k, n in s['counts'].items())}) in "
              f"{s['wall_s'] / 60:.1f} min including the scan; compute {c.get('dense_epochs', float('nan')):.1f} dense-epoch "
-             f"equivalents (budget {r['search'].get('budget_dense_epochs')}, basis {c.get('basis', '?')}); dense validation "
+             f"equivalents (budget {r['search'].get('budget_dense_epochs')}, basis {c.get('basis', '?')}"
+             + (f": {c['dense_epoch_s']:.1f} s per dense epoch, {c['dense_epoch_s_from']}" if c.get("dense_epoch_s_from") else "")
+             + f"); dense validation "
              f"{s['dense_val_accuracy']:.2f}, threshold {s['threshold']:.2f}.", "",
              "| point | params | test acc (drop) | measured speedup b1 | measured speedup b64 | wall |", "|---|---|---|---|---|---|"]
     if t:
