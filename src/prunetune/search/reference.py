@@ -16,7 +16,8 @@ from ..recipe import Recipe
 from ..session import open_session
 from ..training import Trainer
 
-CALIBRATION_STEPS = 20  # timed training steps (after as many untimed ones) when the dense model was not trained here
+CALIBRATION_STEPS = 20  # timed training steps when the dense model was not trained here
+WARMUP_STEPS = 3  # untimed steps before them
 
 
 def dense_reference(recipe: Recipe, log: Callable[[str], None]) -> dict[str, Any]:
@@ -44,17 +45,23 @@ def dense_reference(recipe: Recipe, log: Callable[[str], None]) -> dict[str, Any
 
 def epoch_seconds_here(dense, task, bundle, recipe: Recipe, device) -> float:
     """Seconds one dense training epoch takes in this process now: CALIBRATION_STEPS steps of a copy of the
-    dense model with the dense recipe's batch size, optimizer and augmentation (after as many untimed
-    ones), scaled to the epoch's steps, plus one validation pass (a fine-tuning epoch's `epoch_s` includes
-    one too). On the 2-core benchmark host the cached small CNN's history said 199 s per epoch, recorded
+    dense model with the dense recipe's batch size, optimizer and augmentation (after WARMUP_STEPS
+    untimed ones), scaled to the epoch's steps, plus one validation pass (a fine-tuning epoch's `epoch_s`
+    includes one too). On the 2-core benchmark host the cached small CNN's history said 199 s per epoch, recorded
     while other jobs ran; the same epoch took 55.6 s on the idle machine."""
     spec = recipe.dense
     steps = math.ceil(len(bundle.train) / spec.batch_size)
     k = min(CALIBRATION_STEPS, steps)
-    part = dataclasses.replace(bundle, train=bundle.train.subset(torch.arange(min(len(bundle.train), k * spec.batch_size))),
-                               val=bundle.val.subset(torch.arange(1)))
-    trainer = Trainer(copy.deepcopy(dense), task, part, spec, device, recipe.seed, desc="calibrate", log=lambda m: None)
-    trainer.fit(2)  # the first pass warms allocations and caches up; the second is timed
+
+    def part(n_steps: int):
+        n = min(len(bundle.train), n_steps * spec.batch_size)
+        return dataclasses.replace(bundle, train=bundle.train.subset(torch.arange(n)), val=bundle.val.subset(torch.arange(1)))
+
+    trainer = Trainer(copy.deepcopy(dense), task, part(WARMUP_STEPS), spec, device, recipe.seed, desc="calibrate",
+                      log=lambda m: None)
+    trainer.fit(1)  # warms allocations and caches up, untimed
+    trainer.bundle = part(k)
+    trainer.fit(1)
     t0 = time.perf_counter()
     task.evaluate(dense, bundle.val, bundle.eval_batch_size, device, bundle.class_names)
     return trainer.history[-1]["epoch_s"] * steps / k + (time.perf_counter() - t0)
