@@ -150,8 +150,7 @@ def run(recipe: Recipe, out: str | Path | None = None, log: Callable[[str], None
         trained = method.prepare(model)
         if method.mergeable:
             method.probe_with(to_device(bundle.val.head(32), device))
-        trainer = Trainer(trained, task, bundle, ft, device, recipe.seed + 1 if ft.seed is None else ft.seed,
-                          desc="finetune", log=log,
+        trainer = Trainer(trained, task, bundle, ft, device, recipe.finetune_seed, desc="finetune", log=log,
                           method=method, loss_fn=distiller.loss if distiller else None,
                           on_epoch=lambda row: _each(row, tracker.log_epoch, on_finetune_epoch))
         train_info = {**method.summary, **trainable_summary(trained),

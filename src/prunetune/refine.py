@@ -270,8 +270,7 @@ def _refine(model_dir: Path, recipe: Recipe, notes: list[str], out: Path, log: C
         tracker.start(recipe.model_dump(mode="json"), f"{out.parent.name}/{out.name}", tmp, folder=out)
         torch.manual_seed(recipe.seed + 1)
         ft = recipe.finetune
-        trainer = Trainer(model, task, new, ft, device, recipe.seed + 1 if ft.seed is None else ft.seed, desc="refine",
-                          log=log, method="full",
+        trainer = Trainer(model, task, new, ft, device, recipe.finetune_seed, desc="refine", log=log, method="full",
                           on_epoch=lambda row: tracker.log_epoch("finetune", row))
         ckpt.attach(trainer, None, None, None, {}, {})
         if resume is not None:

@@ -237,6 +237,11 @@ class Recipe(_Section):
     evaluate: EvaluateSpec = Field(default_factory=EvaluateSpec)
     search: SearchSpec | None = Field(None, description="search space for `prunetune sweep`")
 
+    @property
+    def finetune_seed(self) -> int:
+        """The seed of the fine-tuning batches' order: `finetune.seed`, else the recipe's seed + 1."""
+        return self.seed + 1 if self.finetune.seed is None else self.finetune.seed
+
     @field_validator("name")
     @classmethod
     def _safe_name(cls, v: str) -> str:
