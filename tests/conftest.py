@@ -16,6 +16,19 @@ FMNIST = Path("/usr/share/datasets/fashion-mnist")
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def pytest_configure(config):
+    """On the controller, before any xdist worker starts: let the Adversarial Robustness Toolbox write its
+    ~/.art/config.json once. Its first import checks for that file and writes it in two steps, so two
+    workers importing it at once on a fresh home directory race, and the loser fails with
+    `NameError: name '_config' is not defined` (seen on a fresh machine)."""
+    if hasattr(config, "workerinput"):
+        return
+    try:
+        import art.config  # noqa: F401
+    except ImportError:  # the robust extra is optional: its tests skip without it
+        pass
+
+
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("PRUNETUNE_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
