@@ -63,10 +63,12 @@ NOTES = """## What it chose
   (one seed) the same pattern: 10 epochs alone 93.86 val (below the 3-epoch default's 94.46: the
   longer run without a teacher overfits), with distillation 94.64 (test drop 0.13). The teacher is what
   makes the longer budget pay. At 98 % unstructured (one seed) it does not: 94.18 val with 10 epochs
-  and the teacher against 94.22 for the default. `peer_glue.md` runs the recipe against the glue at the
+  and the teacher against 94.22 for the default (seed 1; the default's seed-1 run repeats `peer_glue.md`'s
+  row to the digit, 94.22 / 92.96). `peer_glue.md` runs the recipe against the glue at the
   same 10 epochs on the channel rows. The 3-epoch default stays without a teacher: there, distillation's gains are inside the
   noise (+0.28 val at −75 % and +0.05 at −50 % on this host, three seeds each; +0.22 and −0.08 on the Intel host;
-  unstructured, one seed each: +0.18 at 95 %, −0.08 at 98 %), and
+  +0.09 at 98 % unstructured over three seeds, whose test drops are 0.44 against the default's 0.55; +0.18
+  at 95 %, one seed), and
   it costs a pass of the dense model over the training set (about 20 s of a 60 s fine-tuning here).
 
 - **Fine-tuning batches of 32** (`finetune.batch_size`, was 128): four times the optimiser steps in the
