@@ -69,7 +69,8 @@ NOTES = """## What it chose
   noise (+0.28 val at −75 % and +0.05 at −50 % on this host, three seeds each; +0.22 and −0.08 on the Intel host;
   +0.09 at 98 % unstructured over three seeds, whose test drops are 0.44 against the default's 0.55; +0.18
   at 95 %, one seed), and
-  it costs a pass of the dense model over the training set (about 20 s of a 60 s fine-tuning here).
+  it costs a pass of the dense model over the training set (16–20 s more per run here, against 30–60 s of
+  fine-tuning: the runs' wall times).
 
 - **Fine-tuning batches of 32** (`finetune.batch_size`, was 128): four times the optimiser steps in the
   same 3 epochs. Over three seeds, +0.29 pt mean validation at channels −75 % and +0.08 at −50 %
@@ -103,7 +104,7 @@ def table(doc: dict) -> str:
              "|---|---|---|---:|---|---:|---|---|"]
     groups: dict[tuple, list] = {}
     for r in doc["runs"]:  # runs before 2026-12-01 carry no dense key: the Intel host's 93.59 % model
-        dense = (r.get("dense", doc["dense_test"]), r.get("host", "Intel(R) Xeon(R) Processor"))
+        dense = (r["dense"] if "dense" in r else doc["dense_test"], r.get("host", "Intel(R) Xeon(R) Processor"))
         groups.setdefault((dense, r["kind"], r["amount"], r["config"]), []).append(r)
     for ((dense, host), kind, amount, config), rs in sorted(
             groups.items(), key=lambda g: (g[0][0], g[0][1], g[0][2], -len(g[1]), g[0][3])):

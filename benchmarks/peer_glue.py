@@ -364,8 +364,9 @@ NOTES = """## Notes
   3-epoch default. Both targets are met on these rows: −50 % within 0.13 pt at 2.71×, −75 % within
   0.32 pt at 6.01× (batch 64); over three fine-tuning seeds the −75 % drop is 0.48 (0.32, 0.52, 0.59).
   The two rows have the same architectures as the 3-epoch rows; their batch-1 speedups differ by up
-  to 9 % between the two timing runs (2.02× and 1.85× at −50 %), so batch-1 figures below 0.5 ms are
-  good to about a tenth.
+  to 17 % between the two timing runs (2.02× and 1.85× at −50 %, 3.20× and 2.73× at −75 %), though
+  neither run was flagged noisy: batch-1 figures for models under 0.5 ms are good to about a fifth,
+  while batch 64 agreed within 2 % (2.67× / 2.71×, 6.03× / 6.01×).
 - On the Intel host (2026-12-01) prunetune began fine-tuning in batches of 32 (was 128), chosen on the mean validation
   accuracy of three fine-tuning seeds (`ft_seeds.md`: +0.29 pt at −75 %, +0.08 at −50 %). The four
   main prunetune rows were run again with it (validation +0.20, +0.72, +0.22, +0.42 against their
