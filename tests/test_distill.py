@@ -45,12 +45,13 @@ def test_cached_logits_equal_per_batch_logits():
     teacher = _teacher(bundle)
     cached = Distiller(DistillSpec(), Classification(), teacher, bundle, torch.device("cpu"), 0.0, False)
     live = Distiller(DistillSpec(cache_logits=False), Classification(), teacher, bundle, torch.device("cpu"), 0.0, False)
-    assert cached.cached is not None and live.cached is None
+    assert cached.caches and cached.cached is None and not live.caches  # filled at the first batch, not before
     idx = torch.tensor([5, 1, 17])
     assert torch.allclose(cached.teacher_logits(bundle.train.x[idx], idx), live.teacher_logits(bundle.train.x[idx], idx), atol=1e-6)
+    assert cached.cached.shape == (len(bundle.train.y), 3) and live.cached is None
     # With augmentation the inputs differ every epoch: no cache.
     aug = Distiller(DistillSpec(), Classification(), teacher, bundle, torch.device("cpu"), 0.0, True)
-    assert aug.cached is None
+    assert not aug.caches
 
 
 def test_teacher_with_other_classes_is_refused(tmp_path):
@@ -87,7 +88,7 @@ def test_distillation_runs_with_every_pruner_and_schedule(tmp_path, method, sche
     ])
     report = run(recipe, tmp_path / "r", log=lambda m: None)
     d = report["distill"]
-    assert d["teacher"] == "dense" and d["alpha"] == 0.5 and d["cached_logits"] is True
+    assert d["teacher"] == "dense" and d["alpha"] == 0.5 and d["cached_logits"] is True and d["auto"] is False
     assert d["teacher_test_accuracy"] == report["stages"]["dense"]["accuracy"] > 50  # learnt beyond chance (33%)
     assert report["stages"]["finetuned"]["prunable_sparsity"] > 0.45
     assert "Distilled from `dense`" in (tmp_path / "r" / "report.md").read_text()
@@ -135,3 +136,69 @@ def test_the_teacher_is_scored_in_the_task_metric(tmp_path):
     assert d["teacher_test_macro_f1"] == report["stages"]["dense"]["macro_f1"] and "teacher_test_accuracy" not in d
     md = (tmp_path / "r" / "report.md").read_text()
     assert f"(test macro_f1 {d['teacher_test_macro_f1']:.2f})" in md
+
+
+def _ft(*sets):
+    return load_recipe(None, list(sets)).finetune
+
+
+def test_auto_distils_only_channel_pruning_of_a_fully_fine_tuned_image_classifier_without_augmentation():
+    """The default `finetune.distill: auto` turns the teacher on exactly where ft_seeds.md measured a gain."""
+    from dataclasses import replace
+
+    from prunetune.tasks.regression import Regression
+
+    images, task = make_bundle(), Classification()
+    assert _ft().distill == "auto"
+    on = _ft().distillation(task, images, "structured")
+    assert isinstance(on, DistillSpec) and (on.teacher, on.alpha, on.temperature, on.cache_logits) == ("dense", 0.7, 4.0, True)
+    assert _ft("finetune.distill=null").distillation(task, images, "structured") is None  # off when asked
+    for method in ("unstructured", "nm", "depth"):  # level on validation (unstructured) or not measured
+        assert _ft().distillation(task, images, method) is None
+    assert _ft("finetune.method=lora").distillation(task, images, "structured") is None  # PEFT: not measured
+    assert _ft("finetune.augment.hflip=true").distillation(task, images, "structured") is None  # teacher every batch
+    assert _ft().distillation(Regression(), images, "structured") is None  # no class probabilities
+    text = replace(images, preprocess={"kind": "text", "max_length": 8, "tokenizer": "x"})
+    assert _ft().distillation(task, text, "structured") is None  # text classifiers: no validation evidence yet
+    # An explicit section is used as written, wherever it is allowed.
+    assert _ft("finetune.distill.alpha=0.5").distillation(task, text, "unstructured").alpha == 0.5
+    assert _ft("finetune.method=lora", "finetune.distill.alpha=0.5").distillation(task, images, "nm").alpha == 0.5
+
+
+def test_distill_settings_other_than_auto_null_or_a_section_are_refused_in_one_line():
+    with pytest.raises(PrunetuneError, match=r"^recipe: finetune.distill: 'always' is not a setting; use auto, null"):
+        load_recipe(None, ["finetune.distill=always"])
+    assert load_recipe(None, ["finetune.distill=auto"]).finetune.distill == "auto"
+    assert load_recipe(None, ["finetune.distill={}"]).finetune.distill == DistillSpec()
+
+
+@pytest.mark.parametrize("sets,auto", [([], True), (["finetune.distill=null"], None)])
+def test_a_default_channel_pruning_run_of_an_image_classifier_distils_and_says_so(tmp_path, sets, auto):
+    recipe = load_recipe(None, [
+        "model.name=tiny_cnn", "data.source=synthetic", "dense.epochs=2", "dense.lr=0.01", "finetune.epochs=1",
+        "prune.method=structured",
+        "evaluate.latency=false", "evaluate.memory=false", "finetune.batch_size=16", *sets])
+    report = run(recipe, tmp_path / "r", log=lambda m: None)
+    if auto is None:
+        assert report["distill"] is None and "Distilled from" not in (tmp_path / "r" / "report.md").read_text()
+        return
+    d = report["distill"]
+    assert d["auto"] is True and d["teacher"] == "dense" and (d["alpha"], d["temperature"]) == (0.7, 4.0)
+    assert d["cached_logits"] is True and report["recipe"]["finetune"]["distill"] == "auto"
+    # The teacher's pass is fine-tuning time, inside the first epoch (a sweep's compute sums the epochs).
+    assert 0 < d["teacher_s"] <= report["finetune"]["history"][0]["epoch_s"]
+    md, page = (tmp_path / "r" / "report.md").read_text(), (tmp_path / "r" / "report.html").read_text()
+    assert "Distilled from `dense`" in md and "(finetune.distill: auto); set finetune.distill" in md
+    assert 'id="distill"' in page and "set finetune.distill to null" in page
+
+
+def test_a_sweep_can_search_the_teachers_settings_over_the_auto_default():
+    """A sweep's base recipe is the dumped recipe, where finetune.distill is the word auto: a searched
+    finetune.distill.alpha opens it into a section instead of failing as 'not a section'."""
+    from prunetune.search.space import with_params
+
+    base = load_recipe(None, []).model_dump(mode="json")
+    assert base["finetune"]["distill"] == "auto"
+    data = with_params(base, {"finetune.distill.alpha": 0.9})
+    assert data["finetune"]["distill"] == {"alpha": 0.9} and base["finetune"]["distill"] == "auto"
+    assert type(load_recipe(None, [])).model_validate(data).finetune.distill == DistillSpec(alpha=0.9)

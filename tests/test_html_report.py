@@ -53,7 +53,8 @@ def test_every_run_writes_a_self_contained_page(run_folder):
     # The embedded images are the plots written beside the page.
     for src, name in zip(srcs, ("curves.png", "sparsity.png", "confusion.png")):
         assert base64.b64decode(src.split(",", 1)[1]) == (out / name).read_bytes()
-    assert 'id="sweep"' not in page and 'id="distill"' not in page
+    # Unstructured pruning: no teacher by default (finetune.distill auto distils after channel pruning).
+    assert 'id="sweep"' not in page and report["distill"] is None and 'id="distill"' not in page
 
 
 def test_page_renders_in_headless_chromium(run_folder, tmp_path):

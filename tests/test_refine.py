@@ -132,6 +132,19 @@ def test_refine_of_a_model_saved_with_every_methods_options(pruned_run, tmp_path
     rep = refine(model_dir, ["finetune.epochs=1"], log=lambda m: None, data_path="shift")
     assert rep["notes"] == notes
     assert rep["recipe"]["finetune"]["method"] == "full" and rep["recipe"]["finetune"]["peft"] == {}
+    # The saved recipe has the default finetune.distill: auto; refine has no teacher and drops it silently.
+    assert manifest["recipe"]["finetune"]["distill"] == "auto" and rep["recipe"]["finetune"]["distill"] is None
+
+
+def test_refine_says_it_drops_a_saved_teacher(pruned_run, tmp_path):
+    model_dir = tmp_path / "kd" / "model"
+    shutil.copytree(pruned_run / "model", model_dir)
+    manifest = json.loads((model_dir / "manifest.json").read_text())
+    manifest["recipe"]["finetune"]["distill"] = {"teacher": "dense", "alpha": 0.5, "temperature": 2.0, "cache_logits": True}
+    (model_dir / "manifest.json").write_text(json.dumps(manifest))
+    rep = refine(model_dir, ["finetune.epochs=1"], log=lambda m: None, data_path="shift")
+    assert rep["notes"] == ["finetune.distill of the saved recipe dropped: refine has no dense teacher"]
+    assert rep["recipe"]["finetune"]["distill"] is None
 
 
 def test_refine_refuses_an_existing_out(pruned_run):

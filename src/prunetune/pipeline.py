@@ -137,11 +137,12 @@ def run(recipe: Recipe, out: str | Path | None = None, log: Callable[[str], None
             pruner = controller.make_pruner(model, controller.sparsities)
 
         ft = recipe.finetune
-        distiller = None
-        if ft.distill is not None:
-            teacher, teacher_name = load_teacher(ft.distill, dense, bundle, recipe.model.trust_code)
-            log(f"distill: teacher {teacher_name}, alpha {ft.distill.alpha}, T {ft.distill.temperature}")
-            distiller = Distiller(ft.distill, task, teacher, bundle, device, ft.label_smoothing, ft.augment.active)
+        distiller, kd = None, ft.distillation(task, bundle, p.method)
+        if kd is not None:
+            teacher, teacher_name = load_teacher(kd, dense, bundle, recipe.model.trust_code)
+            log(f"distill: teacher {teacher_name}, alpha {kd.alpha}, T {kd.temperature}"
+                + (" (finetune.distill auto; null turns it off)" if ft.distill == "auto" else ""))
+            distiller = Distiller(kd, task, teacher, bundle, device, ft.label_smoothing, ft.augment.active)
             teacher_score = (stages["dense"][task.metric] if teacher_name == "dense" else task.evaluate(
                 distiller.teacher, bundle.test, bundle.eval_batch_size, device, bundle.class_names)[task.metric])
 
@@ -190,7 +191,8 @@ def run(recipe: Recipe, out: str | Path | None = None, log: Callable[[str], None
                          "s_per_step": round(trainer.wall_s / max(1, trainer.steps), 4),
                          **train_info, "merge": method.summary.get("merge"), "history": history},
             "dense": dense_info,
-            "distill": distiller.summary(teacher_name, teacher_score) if distiller else None,
+            "distill": ({**distiller.summary(teacher_name, teacher_score), "auto": ft.distill == "auto"}
+                        if distiller else None),
             "notes": pruner.notes,
             "bn_recalibrations": controller.bn_recalibrations,
             "adaptive": getattr(controller, "adaptive_summary", None),

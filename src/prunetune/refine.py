@@ -173,9 +173,9 @@ def refine(model_dir: str | Path, overrides: list[str] | None = None, out: str |
     if not any(o.split("=", 1)[0].strip() == "data.path" for o in overrides) and data_path is None:
         raise PrunetuneError("refine: give the newly collected data with --data PATH (or --set data.path=PATH)")
     notes = []
-    if merged["finetune"].get("distill") is not None:
-        merged["finetune"]["distill"] = None
+    if merged["finetune"].get("distill") not in (None, "auto"):
         notes.append("finetune.distill of the saved recipe dropped: refine has no dense teacher")
+    merged["finetune"]["distill"] = None  # auto included: refine has no dense teacher
     if merged["finetune"].get("method") != "full":
         notes.append(f"finetune.method {merged['finetune'].get('method')!r} replaced by 'full'")
         merged["finetune"]["method"] = "full"

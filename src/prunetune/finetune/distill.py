@@ -3,8 +3,8 @@
 loss = (1 - alpha) * task loss + alpha * T^2 * KL(softmax(teacher / T) || softmax(student / T))
 
 The teacher runs in inference mode once per batch, or, when the training data is not augmented,
-once per example before fine-tuning starts (its logits are cached), so a run or a sweep trial
-pays the teacher's cost once.
+once per example at the first fine-tuning batch (its logits are cached), so a run or a sweep trial
+pays the teacher's cost once, inside the first epoch's time.
 """
 
 from __future__ import annotations
@@ -50,12 +50,21 @@ class Distiller:
             p.requires_grad_(False)
         self.cached: torch.Tensor | None = None
         self.teacher_s = 0.0
-        if spec.cache_logits and not augmented:
-            t0 = time.perf_counter()
-            self.cached, _ = task.predict(self.teacher, bundle.train, bundle.eval_batch_size, device)
-            self.teacher_s += time.perf_counter() - t0
+        # The cache is filled at the first batch, inside the first epoch's timing: a sweep's compute
+        # (search/compute.py: the epochs' seconds) and a run's fine-tuning time include the teacher's pass.
+        self._to_cache = bundle.train if spec.cache_logits and not augmented else None
+        self._eval_batch_size = bundle.eval_batch_size
+
+    @property
+    def caches(self) -> bool:
+        return self.cached is not None or self._to_cache is not None
 
     def teacher_logits(self, x: Any, idx: torch.Tensor) -> torch.Tensor:
+        if self._to_cache is not None:
+            t0 = time.perf_counter()
+            self.cached, _ = self.task.predict(self.teacher, self._to_cache, self._eval_batch_size, self.device)
+            self.teacher_s += time.perf_counter() - t0
+            self._to_cache = None
         if self.cached is not None:
             return self.cached[idx].to(self.device)
         t0 = time.perf_counter()
@@ -77,5 +86,5 @@ class Distiller:
     def summary(self, teacher_name: str, teacher_score: float | None) -> dict[str, Any]:
         """The report's `distill` record; the teacher's test score in the task's metric (`teacher_test_<metric>`)."""
         return {"teacher": teacher_name, "alpha": self.spec.alpha, "temperature": self.spec.temperature,
-                f"teacher_test_{self.task.metric}": teacher_score, "cached_logits": self.cached is not None,
-                "teacher_s": round(self.teacher_s, 2)}
+                f"teacher_test_{self.task.metric}": teacher_score, "cached_logits": self.caches,
+                "teacher_s": round(self.teacher_s, 4)}

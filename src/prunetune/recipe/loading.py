@@ -24,7 +24,7 @@ def set_path(d: dict[str, Any], dotted: str, value: Any) -> None:
     cur = d
     for k in keys[:-1]:
         nxt = cur.get(k)
-        if nxt is None:
+        if nxt is None or nxt == "auto":  # a section left to its default mode (finetune.distill: auto) is opened
             nxt = cur[k] = {}
         if not isinstance(nxt, dict):
             raise PrunetuneError(f"--set {dotted}: {k!r} is not a section; use section.key=value")

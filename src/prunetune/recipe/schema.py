@@ -49,7 +49,8 @@ class DistillSpec(_Section):
     """Knowledge distillation from a teacher while fine-tuning."""
 
     teacher: str = Field("dense", description="'dense' (the run's dense model) or a saved model folder")
-    alpha: float = Field(0.5, ge=0, le=1, description="weight of the distillation term")
+    # 0.7 with T 4: the setting measured over fine-tuning seeds (benchmarks/results/ft_seeds.md).
+    alpha: float = Field(0.7, ge=0, le=1, description="weight of the distillation term")
     temperature: float = Field(4.0, gt=0, description="softmax temperature T")
     cache_logits: bool = Field(True, description="compute the teacher's logits once per example (not with augmentation)")
 
@@ -112,7 +113,35 @@ class FinetuneSpec(TrainSpec):
     seed: int | None = Field(None, ge=0, lt=2**32, description=(
         "seeds the order of fine-tuning batches (default: the recipe's seed + 1); another value repeats "
         "fine-tuning on the same data split and dense model"))
-    distill: DistillSpec | None = Field(None, description="distil from a teacher (default: the dense model)")
+    # auto distils where fine-tuning seeds favoured it on validation and the teacher's logits can be cached
+    # (benchmarks/results/ft_seeds.md): channel pruning of an image classifier, fully fine-tuned, without
+    # augmentation (FinetuneSpec.distillation).
+    distill: Any = Field("auto", description=(
+        "distil from a teacher: a section (teacher, alpha, temperature); auto (default) distils from the dense "
+        "model after channel pruning of an image classifier, fully fine-tuned without augmentation; null: never"))
+
+    def distillation(self, task: Any, bundle: Any, prune_method: str) -> DistillSpec | None:
+        """The distillation the run does: `distill` as set, or for `auto` (the default) a teacher with
+        DistillSpec's defaults where fine-tuning seeds favoured one on validation and its logits are
+        computed once (benchmarks/results/ft_seeds.md): channel (structured) pruning of an image
+        classifier, fully fine-tuned, without augmentation. Unstructured pruning (level on validation with
+        and without), text classifiers (no validation evidence yet), PEFT methods, augmented data (the
+        teacher would run on every batch), regression and language models are not distilled unless asked."""
+        if self.distill != "auto":
+            return self.distill
+        images = (bundle.preprocess or {}).get("kind") == "image"
+        wanted = task.distils and images and prune_method == "structured" and self.method == "full"
+        return DistillSpec() if wanted and not self.augment.active else None
+
+    @field_validator("distill")
+    @classmethod
+    def _distill(cls, v: Any) -> DistillSpec | str | None:
+        """auto, null or a DistillSpec; the section's errors are pydantic's, under finetune.distill."""
+        if v is None or v == "auto" or isinstance(v, DistillSpec):
+            return v
+        if isinstance(v, dict):
+            return DistillSpec.model_validate(v)
+        raise ValueError(f"{v!r} is not a setting; use auto, null (no distillation) or a section such as {{alpha: 0.7}}")
 
     @field_validator("peft")
     @classmethod

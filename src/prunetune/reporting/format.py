@@ -14,6 +14,10 @@ def pruned_text(row: dict[str, Any]) -> str:
         return "yes" if pruned else "no (target, left whole)"
     return "inputs only (not a target)" if pruned else "no"
 
+# Said where a report shows a teacher the recipe did not ask for.
+AUTO_DISTILL = (" The default after channel pruning of an image classifier (finetune.distill: auto); set finetune.distill "
+                "to null to fine-tune without a teacher.")
+
 STAGES = ("dense", "pruned", "finetuned")
 
 

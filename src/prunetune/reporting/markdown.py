@@ -5,7 +5,7 @@ from __future__ import annotations
 from ..errors import PrunetuneError
 from ..robustness import floor_accuracy, floor_label
 from . import classes
-from .format import (STAGES, pruned_text, compute_line, fmt_bytes, interval_text, row_speedup, short, size_cells, speedup_notes,
+from .format import (AUTO_DISTILL, STAGES, pruned_text, compute_line, fmt_bytes, interval_text, row_speedup, short, size_cells, speedup_notes,
                      speedups, stage_speedup_text)
 from .model import RefineReport, RunReport, SweepReport
 from .robustness import markdown_lines as robustness_lines
@@ -42,7 +42,7 @@ def run_markdown(report: RunReport) -> str:
         d = report.distill
         lines += [f"Distilled from `{d['teacher']}` (test {metric} {task.format(d['teacher_test_' + metric])}), alpha {d['alpha']}, "
                   f"T {d['temperature']}; teacher logits {'cached per example' if d['cached_logits'] else 'per batch'}, "
-                  f"teacher time {d['teacher_s']:.1f} s.", ""]
+                  f"teacher time {d['teacher_s']:.1f} s." + (AUTO_DISTILL if d.get("auto") else ""), ""]
     any_lat = "latency_ms" in stages["dense"]
     n = stages["dense"].get("latency_ms", {}).get("batch_N", {}).get("batch", "N")
     head = f"| stage | test {task.label} | Δ | params | non-zero | sparsity | prunable sparsity | MACs (÷) | size | gzip |"

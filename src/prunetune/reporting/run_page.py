@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from . import classes, robustness, samples
-from .format import STAGES, pruned_text, fmt_bytes, size_cells, speedup_notes, speedups, stage_speedup_text
+from .format import AUTO_DISTILL, STAGES, pruned_text, fmt_bytes, size_cells, speedup_notes, speedups, stage_speedup_text
 from .html import cell, esc, img, lat, notes_and_curves, page, per_class, table
 from ..tasks import Task
 from .model import RunReport
@@ -76,7 +76,8 @@ def render_run(report: RunReport, folder: Path | None, images: dict[str, bytes])
         d = report.distill
         body.append(f'<p id="distill">Distilled from <code>{esc(d["teacher"])}</code> (test {esc(task.metric)} '
                     f"{task.format(d['teacher_test_' + task.metric])}), alpha {esc(d['alpha'])}, T {esc(d['temperature'])}; teacher logits "
-                    f"{'cached per example' if d['cached_logits'] else 'per batch'}, teacher time {d['teacher_s']:.1f} s.</p>")
+                    f"{'cached per example' if d['cached_logits'] else 'per batch'}, teacher time {d['teacher_s']:.1f} s."
+                    f"{esc(AUTO_DISTILL) if d.get('auto') else ''}</p>")
     body += ['<section id="stages">', "<h2>Stages</h2>", stage_table(stages, task, report.speedup)]
     d = stages["dense"]
     sp = report.speedup or {}
