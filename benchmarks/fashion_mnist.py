@@ -33,7 +33,9 @@ BASE = {
     # The peer's dense recipe: 10 epochs AdamW + a decaying schedule, best epoch on a 5,000 split.
     "dense": {"epochs": 10, "lr": 2e-3, "weight_decay": 0.05, "lr_schedule": "cosine", "warmup_epochs": 0.5},
     # Same fine-tuning budget as the peer: 3 epochs of AdamW (ours decays the rate: cosine).
-    "finetune": {"epochs": 3, "lr": 1e-3, "batch_size": 128, "weight_decay": 0.01, "lr_schedule": "cosine"},
+    # No teacher unless a row sets one (prunetune's default distils image classifiers since 2026-12-01).
+    "finetune": {"epochs": 3, "lr": 1e-3, "batch_size": 128, "weight_decay": 0.01, "lr_schedule": "cosine",
+                 "distill": None},
     "evaluate": {"latency_batch": 64, "min_run_time": 2.0},
 }
 
