@@ -55,8 +55,8 @@ DEFAULT_UNSTRUCTURED = {"prune": {"method": "unstructured"}}
 # both sides, prunetune with distillation from the dense model. Chosen on the mean validation accuracy of
 # three fine-tuning seeds at channels -75 % (ft_seeds.md: 94.01 against 93.45 for 10 epochs without the
 # teacher and 93.19 for the 3-epoch default). These rows were run with the teacher set explicitly; since
-# 2026-12-01 it is prunetune's default for image classifiers (finetune.distill: auto), with the same
-# alpha 0.7 and T 4, so the rows are prunetune's default at a 10-epoch budget.
+# 2026-12-01 it is prunetune's default after channel pruning of an image classifier (finetune.distill:
+# auto), with the same alpha 0.7 and T 4, so the rows are prunetune's default at a 10-epoch budget.
 LONG = 10
 KD = {"alpha": 0.7, "temperature": 4.0}
 LONG_CHANNELS = DEFAULT_CHANNELS
