@@ -65,7 +65,7 @@ NOTES = """## What it chose
   - channels −75 %: **+0.25 (SE 0.15)**, 93.42 against 93.17; test drops 1.04 against 1.22.
   - channels −50 %: +0.02 (SE 0.11), 94.27 against 94.24: level; test drops 0.25 against 0.46.
   - With the dense model's 10-epoch budget the teacher is what makes the extra epochs pay: at −75 %
-    94.01 against 93.45 without it (three seeds, +0.56, about 2.8 standard errors); at −50 % (one
+    94.01 against 93.45 without it (three seeds, +0.56, about two standard errors of a difference of three-seed means); at −50 % (one
     seed) 94.64 against 93.86, where 10 epochs without a teacher fall below the 3-epoch default.
   - So after channel pruning the teacher is level or ahead on validation at every budget tried, and
     never behind; a user who raises `finetune.epochs` gets the recipe that pays. The cost is one

@@ -398,8 +398,9 @@ NOTES = """## Notes
   network is at chance either way): it stays off by default. Global channel ranking lost 2.7 pt val
   at −75 % (its plan thins features.7 from 64 channels to 1 and features.17 from 128 to 4, near
   Torch-Pruning's 95 % per-layer cap, while features.3/10/14 keep all theirs). OneCycle, the glue's
-  schedule, lost 0.5 pt against cosine. Distillation gained +0.55 pt test but −0.04 val, so it is not
-  a default: defaults are chosen on validation.
+  schedule, lost 0.5 pt against cosine. Distillation gained +0.55 pt test but −0.04 val in this single
+  seed, so it did not become a default then; six seeds at batch 32 (`ft_seeds.md`) later made it the
+  default after channel pruning.
 - Speed on the Intel host: the channels rows were timed again on 2026-12-01 (idle, 2 threads, beside the
   MACs-budget rows): 2.72× (2.71–2.78) at −50 % and 5.76× (5.66–5.92) at −75 % at batch 64, where
   the same saved models measured 2.24× (2.19–2.28) and 3.73× (3.63–3.84) on 2026-11-30. The dense

@@ -12,7 +12,7 @@ from prunetune.finetune.distill import Distiller, load_teacher
 from prunetune.errors import PrunetuneError
 from prunetune.models import build_model
 from prunetune.pipeline import run
-from prunetune.recipe import AugmentSpec, DistillSpec, ModelSpec, load_recipe
+from prunetune.recipe import AugmentSpec, DistillSpec, ModelSpec, Recipe, load_recipe
 from prunetune.tasks.classification import Classification
 
 from conftest import make_bundle
@@ -201,4 +201,4 @@ def test_a_sweep_can_search_the_teachers_settings_over_the_auto_default():
     assert base["finetune"]["distill"] == "auto"
     data = with_params(base, {"finetune.distill.alpha": 0.9})
     assert data["finetune"]["distill"] == {"alpha": 0.9} and base["finetune"]["distill"] == "auto"
-    assert type(load_recipe(None, [])).model_validate(data).finetune.distill == DistillSpec(alpha=0.9)
+    assert Recipe.model_validate(data).finetune.distill == DistillSpec(alpha=0.9)
