@@ -108,7 +108,7 @@ def test_yaml_merge_keys_may_still_be_overridden(tmp_path):
 # What the recipe of a trec run saved before each source had its own options: every former field.
 OLD_TREC_DATA = {
     "source": "trec", "path": "/t", "val_size": None, "limit": None, "test_limit": None, "image_size": None,
-    "grayscale": None, "stream": None, "eval_batch_size": 512, "format": "auto", "train_file": None, "val_file": None,
+    "grayscale": None, "stream": None, "eval_batch_size": 128, "format": "auto", "train_file": None, "val_file": None,
     "test_file": None, "text_column": None, "label_column": None, "prompt_column": None, "completion_column": None,
     "max_length": 128, "tokenizer": None, "trec_labels": "fine", "encoding": None}
 
@@ -120,7 +120,7 @@ def test_an_old_saved_recipe_with_every_former_data_field_loads():
     # Written back, it lists only what trec reads, still flat under data:.
     assert r.model_dump(mode="json")["data"] == {
         "source": "trec", "path": "/t", "val_size": None, "limit": None, "test_limit": None, "limit_classes": "equal",
-        "eval_batch_size": 512, "max_length": 128, "tokenizer": None, "encoding": None, "trec_labels": "fine"}
+        "eval_batch_size": 128, "max_length": 128, "tokenizer": None, "encoding": None, "trec_labels": "fine"}
 
 
 @pytest.mark.parametrize("overrides,message", [

@@ -303,7 +303,7 @@ def test_a_causal_lm_sweep_minimises_perplexity(tmp_path):
 # The former flat schema dumped every data source's and every fine-tuning method's options with their defaults.
 FORMER_DATA_DEFAULTS = {
     "path": None, "val_size": None, "limit": None, "test_limit": None, "image_size": None, "grayscale": None,
-    "stream": None, "eval_batch_size": 512, "format": "auto", "train_file": None, "val_file": None, "test_file": None,
+    "stream": None, "eval_batch_size": 128, "format": "auto", "train_file": None, "val_file": None, "test_file": None,
     "text_column": None, "label_column": None, "prompt_column": None, "completion_column": None, "max_length": 128,
     "tokenizer": None, "trec_labels": "coarse", "encoding": None}
 FORMER_PEFT_DEFAULTS = {"include": None, "exclude": [], "r": 8, "alpha": 16.0, "dropout": 0.0, "virtual_tokens": 20,

@@ -63,7 +63,9 @@ class DataSpec(BaseModel):
     limit_classes: Literal["equal", "proportional"] = Field(
         "equal", description="limit / test_limit: equal counts per class (as far as each class has examples) or "
         "the original class proportions")
-    eval_batch_size: int = Field(512, gt=0)
+    eval_batch_size: int = Field(
+        128, gt=0, description="examples per batch when evaluating and predicting (not training); 128 ran the small CNN and "
+        "ResNet-20 two to three times as fast as 512 on 2 CPU cores (benchmarks/results/eval_batch.md); raise it on a GPU")
     options: SerializeAsAny[SourceOptions] = Field(
         default_factory=SourceOptions, description="the source's own keys (written flat under data:)")
 

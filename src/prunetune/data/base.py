@@ -131,7 +131,7 @@ class DataBundle:
     class_names: list[str]
     input_shape: tuple[int, ...]
     preprocess: dict[str, Any] = field(default_factory=dict)
-    eval_batch_size: int = 512
+    eval_batch_size: int = 128
     # Arguments the data decides for the model factory (vocabulary size, users/items, feature width),
     # passed under the recipe's model.kwargs and stored in the manifest so a saved model rebuilds alike.
     model_kwargs: dict[str, Any] = field(default_factory=dict)
