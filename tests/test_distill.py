@@ -6,7 +6,11 @@ import pytest
 import torch
 from torch.nn import functional as F
 
+from safetensors.torch import load_file
+
 from prunetune.cli import main
+from prunetune.dense import dense_key
+from prunetune.session import open_session
 from prunetune.data.augment import augment
 from prunetune.finetune.distill import Distiller, load_teacher
 from prunetune.errors import PrunetuneError
@@ -202,3 +206,32 @@ def test_a_sweep_can_search_the_teachers_settings_over_the_auto_default():
     data = with_params(base, {"finetune.distill.alpha": 0.9})
     assert data["finetune"]["distill"] == {"alpha": 0.9} and base["finetune"]["distill"] == "auto"
     assert Recipe.model_validate(data).finetune.distill == DistillSpec(alpha=0.9)
+
+
+def test_the_dense_teachers_logits_are_cached_beside_the_dense_model_and_reused(tmp_path, monkeypatch):
+    """The second run that distils from the same cached dense model reads the teacher's logits from disk and
+    fine-tunes exactly as the first; a damaged file is recomputed and written again; an uncached dense model
+    leaves no logits behind."""
+    monkeypatch.setenv("PRUNETUNE_CACHE", str(tmp_path / "cache"))
+    sets = ["model.name=tiny_cnn", "data.source=synthetic", "dense.epochs=1", "dense.lr=0.01", "finetune.epochs=1",
+            "prune.method=structured", "evaluate.latency=false", "evaluate.memory=false", "finetune.batch_size=16"]
+    first = run(load_recipe(None, sets), tmp_path / "a", log=lambda m: None)
+    files = list((tmp_path / "cache" / "teacher").glob("*.safetensors"))
+    assert first["distill"]["logits_from_cache"] is None and len(files) == 1
+    assert files[0].name.startswith(dense_key(load_recipe(None, sets)) + "-")
+    logits = load_file(str(files[0]))["logits"].clone()
+    recipe = load_recipe(None, sets)
+    bundle = open_session(recipe, lambda m: None).load_data(recipe.data, recipe.model)
+    assert logits.shape == (len(bundle.train), 3)  # one row per training example
+    second = run(load_recipe(None, sets), tmp_path / "b", log=lambda m: None)
+    assert second["distill"]["logits_from_cache"] == str(files[0])
+    assert [h["val_accuracy"] for h in second["finetune"]["history"]] == [h["val_accuracy"] for h in first["finetune"]["history"]]
+    assert second["stages"]["finetuned"]["accuracy"] == first["stages"]["finetuned"]["accuracy"]
+    files[0].write_bytes(b"not a safetensors file")
+    third = run(load_recipe(None, sets), tmp_path / "c", log=lambda m: None)
+    assert third["distill"]["logits_from_cache"] is None
+    assert third["stages"]["finetuned"]["accuracy"] == first["stages"]["finetuned"]["accuracy"]
+    assert torch.equal(load_file(str(files[0]))["logits"], logits)
+    monkeypatch.setenv("PRUNETUNE_CACHE", str(tmp_path / "cache2"))
+    off = run(load_recipe(None, [*sets, "dense.cache=false"]), tmp_path / "d", log=lambda m: None)
+    assert off["distill"]["logits_from_cache"] is None and not (tmp_path / "cache2" / "teacher").exists()

@@ -215,10 +215,10 @@ def old_src(tmp_path_factory) -> Path:
       "prune.schedule.end=1.0", "finetune.checkpoint_every_steps=5", "finetune.augment.hflip=true"], 3),
 ])
 def test_checkpoint_written_by_the_previous_code_resumes(old_src, tmp_path, extra, after):
-    # The old code's fine-tuning defaults spelled out (today's: lr 2e-3 with a 0.2-epoch warm-up, and a teacher).
+    # The old code's defaults spelled out (today's: lr 2e-3 with a 0.2-epoch warm-up, a teacher, evaluation batches of 128).
     # 210 examples, 70 a class: held-out splits took equal counts per class before and keep the class
     # proportions now, which select the same examples only when the classes are equal.
-    overrides = [*TINY, "data.limit=210", "finetune.lr=1e-3", "finetune.warmup_epochs=0", "finetune.distill=null", *extra]
+    overrides = [*TINY, "data.limit=210", "finetune.lr=1e-3", "finetune.warmup_epochs=0", "finetune.distill=null", "data.eval_batch_size=512", *extra]
     out = tmp_path / "x"
     script = OLD_WRITER.format(tests=str(ROOT / "tests"), src=str(old_src), after=after, overrides=overrides, out=str(out))
     env = {**cli_env(tmp_path), "PYTHONPATH": str(old_src)}

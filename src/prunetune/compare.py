@@ -42,7 +42,8 @@ def _diff(a: Any, b: Any, where: str, out: list[str]) -> None:
 
 def compare_runs(a: str | Path, b: str | Path, atol: float = 1e-6) -> list[str]:
     """Differences between two run folders' results: report.json without timings and bookkeeping
-    (the checkpoint section, how the dense model was obtained), masks exactly, weights within `atol`.
+    (the checkpoint section, how the dense model was obtained, whether the teacher's logits were read from the
+    disk cache), masks exactly, weights within `atol`.
 
     An empty list means the runs ended identically (e.g. a resumed run and an uninterrupted one)."""
     a, b = Path(a), Path(b)
@@ -51,6 +52,7 @@ def compare_runs(a: str | Path, b: str | Path, atol: float = 1e-6) -> list[str]:
         r.pop("checkpoint", None)
         for key in ("source", "cache", "split"):  # how the dense model was obtained; its weights are compared
             (r.get("dense") or {}).pop(key, None)
+        (r.get("distill") or {}).pop("logits_from_cache", None)  # where the teacher's logits came from, not what they were
     out: list[str] = []
     _diff(ra, rb, "", out)
     for name in ("model.safetensors", "masks.safetensors"):

@@ -23,7 +23,7 @@ from . import __version__, distributed
 from .artifacts import loading_entry, save_model
 from .checkpoint import Resume
 from .checkpointer import Checkpointer
-from .dense import dense_key, model_info, write_run_dense
+from .dense import dense_key, model_info, split_fingerprint, write_run_dense
 from .errors import PrunetuneError
 from .measure import measure_stage, plan_rows, process_peak_rss_bytes, reference_counts, training_memory
 from .models import classifier_name
@@ -142,7 +142,9 @@ def run(recipe: Recipe, out: str | Path | None = None, log: Callable[[str], None
             teacher, teacher_name = load_teacher(kd, dense, bundle, recipe.model.trust_code)
             log(f"distill: teacher {teacher_name}, alpha {kd.alpha}, T {kd.temperature}"
                 + (" (finetune.distill auto; null turns it off)" if ft.distill == "auto" else ""))
-            distiller = Distiller(kd, task, teacher, bundle, device, ft.label_smoothing, ft.augment.active)
+            logits_cache = (cache_root() / "teacher" / f"{dense_key(recipe)}-{split_fingerprint(bundle)}.safetensors"
+                            if teacher_name == "dense" and recipe.dense.source == "train" and recipe.dense.cache else None)
+            distiller = Distiller(kd, task, teacher, bundle, device, ft.label_smoothing, ft.augment.active, logits_cache)
             teacher_score = (stages["dense"][task.metric] if teacher_name == "dense" else task.evaluate(
                 distiller.teacher, bundle.test, bundle.eval_batch_size, device, bundle.class_names)[task.metric])
 
