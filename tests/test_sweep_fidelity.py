@@ -63,9 +63,9 @@ def test_the_warm_start_predicts_the_largest_amount_within_tolerance_on_a_synthe
     assert predicted_drop(low, 0.75) == pytest.approx(4.0) and best_amount(low, 0.1, 0.9, 2.5) == pytest.approx(0.625)  # 0.5 + 1.5 / 3 * 0.25
 
 
-def test_a_warm_start_enqueues_the_first_trials(tmp_path):
+def test_without_bisection_a_warm_start_enqueues_the_first_trials(tmp_path):
     (tmp_path / "sensitivity.json").write_text(json.dumps(_scan()))
-    search = {"warm_start": str(tmp_path / "sensitivity.json"), "trials": 3}
+    search = {"warm_start": str(tmp_path / "sensitivity.json"), "trials": 3, "bisect": 0}
     doc = sweep(_recipe(search, finetune={"epochs": 1}), tmp_path / "s", log=lambda m: None)
     want = warm_amounts(_scan(), 0.3, 0.9, 3.0)
     assert [r["params"]["prune.sparsity"] for r in sorted(doc["rows"], key=lambda r: r["trial"])] == want
@@ -79,8 +79,10 @@ def test_a_searched_method_is_fixed_to_the_scans_and_a_foreign_one_is_refused(tm
             "space": {"prune.sparsity": [0.3, 0.9], "prune.method": {"choices": ["structured", "unstructured"]}}}
     from prunetune.search.study import Sweep
 
-    s = Sweep(_recipe(both), tmp_path / "s", None, None, lambda m: None)
+    s = Sweep(_recipe({**both, "bisect": 0}), tmp_path / "s", None, None, lambda m: None)
     assert [p["prune.method"] for p in s.warm] == ["unstructured"] * 3
+    s = Sweep(_recipe(both), tmp_path / "s", None, None, lambda m: None)  # bisecting: the method fixed likewise
+    assert s.warm == [] and s.bisect["fixed"] == {"prune.method": "unstructured"} and s.bisect["start"] == 0.5625
     with pytest.raises(PrunetuneError, match=r"search.warm_start: the scan pruned with 'unstructured' but prune.method is 'structured'"):
         Sweep(_recipe({"warm_start": str(tmp_path / "sensitivity.json")}), tmp_path / "s", None, None, lambda m: None)
 
@@ -157,7 +159,7 @@ def test_a_halving_sweep_prunes_the_clearly_worse_trial_and_counts_its_compute(t
     monkeypatch.setenv("PRUNETUNE_CACHE", str(tmp_path / "cache"))  # a fresh cache: the sweep trains the dense model
 
     # Zero tolerance (both trials rank on their drop), no slack stop; the poor trial (90% of filters) runs second.
-    search = {"fidelity": "halving", "tolerance": 0.0, "early_stop_slack": 100.0}
+    search = {"fidelity": "halving", "tolerance": 0.0, "early_stop_slack": 100.0, "bisect": 0}
     recipe = _recipe(search, finetune={"epochs": 3, "lr": 1e-4})
     (tmp_path / "s").mkdir()
     study = optuna.create_study(storage=f"sqlite:///{tmp_path / 's' / 'study.db'}", study_name="mf",
@@ -187,17 +189,20 @@ def test_a_halving_sweep_prunes_the_clearly_worse_trial_and_counts_its_compute(t
 
 
 def test_the_budget_stops_launching_trials(tmp_path):
-    first = sweep(_recipe({"trials": 1}, finetune={"epochs": 1}), tmp_path / "s", log=lambda m: None)
-    spent = first["compute"]["dense_epochs"]
-    budget = 2 * spent + 0.01  # room for one more trial of the mean cost, not for two
+    # No teacher: its logits, cached on disk by the first trial, would make later trials cheaper than the first.
+    ft = {"epochs": 1, "distill": None}
+    first = sweep(_recipe({"trials": 1}, finetune=ft), tmp_path / "s", log=lambda m: None)
+    trial = first["rows"][0]["dense_epochs"]
+    # Room for one more trial of the mean cost, not for two (plus the dense training, when this sweep ran it).
+    budget = first["compute"]["dense_training_epochs"] + 2 * trial + 0.01
     logs: list[str] = []
-    doc = sweep(_recipe({"trials": 4, "budget_dense_epochs": budget}, finetune={"epochs": 1}), tmp_path / "s", log=logs.append)
+    doc = sweep(_recipe({"trials": 4, "budget_dense_epochs": budget}, finetune=ft), tmp_path / "s", log=logs.append)
     c = doc["compute"]
     assert len(doc["rows"]) == 2 and c["budget_spent"]
-    assert c["next_trial_expected"] == pytest.approx(c["dense_epochs"] / 2, rel=1e-3)  # the mean of the two
+    assert c["next_trial_expected"] == pytest.approx((c["dense_epochs"] - c["dense_training_epochs"]) / 2, rel=1e-3)  # the mean of the two
     assert c["dense_epochs"] + c["next_trial_expected"] > budget
     assert "no further trials were launched" in (tmp_path / "s" / "sweep.md").read_text()
-    again = sweep(_recipe({"trials": 4, "budget_dense_epochs": budget}, finetune={"epochs": 1}), tmp_path / "s", log=logs.append)
+    again = sweep(_recipe({"trials": 4, "budget_dense_epochs": budget}, finetune=ft), tmp_path / "s", log=logs.append)
     assert len(again["rows"]) == 2 and any("budget" in m and "no trial launched" in m for m in logs)
 
 
@@ -270,3 +275,86 @@ def test_a_cached_dense_model_is_timed_here_for_the_compute_unit(tmp_path, monke
     assert again["epoch_s_from"].startswith("1 dense training steps timed here")
     # The same model, machine and epoch: near the epochs it was trained in (milliseconds here: a wide band).
     assert first["epoch_s"] / 5 < again["epoch_s"] < first["epoch_s"] * 5
+
+
+# -- bisection of prune.sparsity (search.bisect) --
+
+
+def test_the_bisection_halves_the_bracket_between_the_largest_amount_reached_and_the_smallest_missed():
+    from prunetune.search import bisect
+    from prunetune.search.space import parse_space
+
+    base = Recipe.model_validate({**BASE, "prune": {"method": "structured", "importance": "l2"}}).model_dump(mode="json")
+    dims = parse_space({"prune.sparsity": [0.3, 0.9], "prune.importance": {"choices": ["l1", "l2"]},
+                        "finetune.lr": [1e-3, 3e-3], "finetune.epochs": [4, 6]}, base)
+    assert base["finetune"]["lr"] == 2e-3 and base["finetune"]["epochs"] == 2
+    state = bisect.plan(dims, base, 3, "tpe")
+    # The other fields at the recipe's values where the space holds them (lr 2e-3 is inside; 2 epochs is not).
+    assert state["fixed"] == {"prune.importance": "l2", "finetune.lr": base["finetune"]["lr"]}
+    assert state["start"] == 0.3 and state["start_from"] == "range"
+    assert bisect.next_amount(state, []) == 0.6
+    state["points"] = [0.6]
+    assert bisect.next_amount(state, [(0.6, True)]) == 0.75  # reached: go up
+    state["points"] = [0.6, 0.75]
+    assert bisect.bracket(state, [(0.6, True), (0.75, False)]) == (0.6, 0.75)
+    assert bisect.next_amount(state, [(0.6, True), (0.75, False)]) == 0.675  # missed: halfway back
+    state["points"] = [0.6, 0.75, 0.675]
+    assert bisect.next_amount(state, [(0.6, True), (0.75, False), (0.675, True)]) is None  # three steps spent
+    # A miss below the largest amount reached (noise) does not move the bracket's top under it.
+    assert bisect.bracket({**state, "points": []}, [(0.5, False), (0.6, True)]) == (0.6, 0.9)
+    # The warm start's prediction is the low end; a bracket narrower than a fortieth of the range stops early.
+    warm = bisect.plan(dims, base, 5, "tpe", start=0.6)
+    assert bisect.next_amount(warm, []) == 0.75 and bisect.next_amount(warm, [(0.61, False)]) is None
+    # Not applicable: no steps, the grid sampler, sparsity not a float range.
+    assert bisect.plan(dims, base, 0, "tpe") is None and bisect.plan(dims, base, 3, "grid") is None
+    assert bisect.plan(parse_space({"prune.sparsity": {"choices": [0.5, 0.7]}}, base), base, 3, "tpe") is None
+
+
+def test_a_sweep_bisects_above_the_warm_starts_prediction_then_samples(tmp_path):
+    (tmp_path / "sensitivity.json").write_text(json.dumps(_scan()))
+    search = {"warm_start": str(tmp_path / "sensitivity.json"), "trials": 4, "bisect": 2,
+              "space": {"prune.sparsity": [0.3, 0.9], "prune.importance": {"choices": ["l1", "l2"]}}}
+    logs: list[str] = []
+    doc = sweep(_recipe(search, finetune={"epochs": 1}, prune={"method": "structured", "importance": "l1"}),
+                tmp_path / "s", log=logs.append)
+    rows = sorted(doc["rows"], key=lambda r: r["trial"])
+    assert len(rows) == 4 and doc["warm_start"]["points"] == [] and doc["warm_start"]["predicted"] == 0.5625
+    dense = doc["dense"]["val_accuracy"]
+    # Replay the rule on the trials' own outcomes: the scan's 0.5625 is the low end, 0.9 the top.
+    lo, hi, want = 0.5625, 0.9, []
+    for r in rows[:2]:
+        want.append(round((lo + hi) / 2, 4))
+        ok = r["state"] == "complete" and dense - r["val_accuracy"] <= 3.0
+        lo, hi = (want[-1], hi) if ok else (lo, want[-1])
+    assert [r["params"]["prune.sparsity"] for r in rows[:2]] == want
+    assert all(r["params"]["prune.importance"] == "l1" for r in rows[:2])  # the recipe's value while bisecting
+    b = doc["bisect"]
+    assert [t["prune.sparsity"] for t in b["trials"]] == want and b["bracket"] == [lo, hi] and b["points"] == want
+    assert not any("bisect" in t for t in [rows[2].get("note") or "", rows[3].get("note") or ""])
+    md = (tmp_path / "s" / "sweep.md").read_text()
+    assert "predicts prune.sparsity 0.5625 within the tolerance before fine-tuning" in md
+    assert f"Bisection of prune.sparsity above the warm start's predicted 0.5625 up to 0.9: trials at {want[0]:g} (" in md
+    assert f"the boundary lies in [{lo:g}, {hi:g}]" in (tmp_path / "s" / "report.html").read_text()
+    assert any(m.startswith("sweep: bisection 2 of 2: prune.sparsity") for m in logs)
+
+
+def test_a_running_trial_stops_before_an_epoch_that_would_pass_the_budget(tmp_path):
+    import optuna
+
+    from prunetune.search.objective import over_budget
+
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    study.set_user_attr("dense", {"epoch_s": 10.0})
+    study.add_trial(optuna.trial.create_trial(state=optuna.trial.TrialState.COMPLETE, values=[90.0, 0.5],
+                                              user_attrs={"epoch_s": [30.0, 30.0]}))  # 6 dense epochs spent
+    running = study.ask()
+    running.set_user_attr("epoch_s", [15.0])  # 1.5 more, as the sweep's epoch hook records them
+    # Spent 7.5; the next epoch is expected to cost the trial's mean so far, 1.5.
+    assert not over_budget(study, 9.0, [15.0]) and over_budget(study, 8.9, [15.0])
+    assert not over_budget(study, None, [15.0]) and not over_budget(study, 1.0, [])
+    # In a sweep: a budget smaller than one epoch lets the first trial start and stops it after its first epoch.
+    recipe = lambda **search: _recipe({**search, "early_stop_slack": 100.0}, finetune={"epochs": 2, "distill": None})  # noqa: E731
+    dense = sweep(recipe(trials=0), tmp_path / "s", log=lambda m: None)["compute"]["dense_training_epochs"]  # 0 when cached
+    doc = sweep(recipe(trials=3, budget_dense_epochs=dense + 0.01), tmp_path / "s", log=lambda m: None)
+    assert [(r["state"], r["epochs_run"], r.get("note")) for r in doc["rows"]] == [("pruned", 1, "stopped after epoch 1 (budget)")]
+    assert doc["bisect"]["trials"][0]["outcome"] is None  # out of budget says nothing about the amount

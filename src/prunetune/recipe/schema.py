@@ -246,10 +246,16 @@ class SearchSpec(_Section):
         "epoch (full by default: halving ranks early epochs, and pruned models often recover late)")
     budget_dense_epochs: float | None = Field(
         None, gt=0, description="stop launching trials once the sweep has spent this much compute, in dense training "
-        "epochs (fine-tuning seconds over the dense model's seconds per training epoch)")
+        "epochs (fine-tuning seconds over the dense model's seconds per training epoch), and stop a running trial "
+        "before an epoch that would pass it")
     warm_start: str | None = Field(
-        None, description="sensitivity.json of prunetune sensitivity: the first trials are enqueued at the prune.sparsity "
-        "its additive prediction puts within the tolerance, and a step either side")
+        None, description="sensitivity.json of prunetune sensitivity: the prune.sparsity its additive prediction puts "
+        "within the tolerance before fine-tuning is where the bisection starts (search.bisect: 0: the first trials are "
+        "enqueued there and a step either side)")
+    bisect: int = Field(
+        3, ge=0, description="the first trials bisect prune.sparsity (a float range in search.space) between the largest "
+        "amount within the tolerance and the smallest outside it, other searched fields at the recipe's values; then the "
+        "sampler takes over (0: off; the grid sampler: off)")
 
 
 class Recipe(_Section):

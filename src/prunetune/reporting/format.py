@@ -79,6 +79,29 @@ def compute_line(c: dict[str, Any]) -> str:
                     "no further trials were launched." if c["budget_spent"] else "not yet spent."))
     return text
 
+
+def warm_line(w: dict[str, Any], file: str) -> str:
+    """A sweep's warm start (its sweep.json `warm_start`) in one sentence: sweep.md and report.html."""
+    if w.get("points"):
+        pts = ", ".join(str(p["prune.sparsity"]) for p in w["points"])
+        return f"Warm start: the first trials were enqueued at prune.sparsity {pts}, from {file} (layer drops assumed additive)."
+    return (f"Warm start: {file} predicts prune.sparsity {w.get('predicted'):g} within the tolerance before fine-tuning "
+            "(layer drops assumed additive); the bisection starts above it.")
+
+
+def bisect_line(record: dict[str, Any] | None) -> str | None:
+    """A sweep's bisection (its sweep.json `bisect`, search/bisect.py) in one sentence: the points bisected,
+    what each gave, and the bracket the boundary lies in; None when it ran no trial."""
+    if not record or not record.get("trials"):
+        return None
+    pts = ", ".join(f"{r['prune.sparsity']:g} ({r['outcome'] or 'no verdict'})" for r in record["trials"])
+    start = (f"above the warm start's predicted {record['start']:g}" if record.get("start_from") == "warm_start"
+             else f"from the range's low end {record['start']:g}")
+    lo, hi = record["bracket"]
+    return (f"Bisection of prune.sparsity {start} up to {record['range'][1]:g}: trials at {pts}; "
+            f"the boundary lies in [{lo:g}, {hi:g}].")
+
+
 def speedup_text(rec: dict[str, Any] | float | None) -> str:
     """A speedup as people read it: "2.71× (2.60–2.83)" (ratio and 95 % interval), "no measurable change"
     when the interval contains 1.0 or its verdict says so, a bare "1.23×" for a report from before

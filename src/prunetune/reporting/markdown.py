@@ -5,8 +5,8 @@ from __future__ import annotations
 from ..errors import PrunetuneError
 from ..robustness import floor_accuracy, floor_label
 from . import classes
-from .format import (AUTO_DISTILL, STAGES, pruned_text, compute_line, fmt_bytes, interval_text, row_speedup, short, size_cells, speedup_notes,
-                     speedups, stage_speedup_text)
+from .format import (AUTO_DISTILL, STAGES, pruned_text, bisect_line, compute_line, fmt_bytes, interval_text, row_speedup, short, size_cells, speedup_notes,
+                     speedups, stage_speedup_text, warm_line)
 from .model import RefineReport, RunReport, SweepReport
 from .robustness import markdown_lines as robustness_lines
 from .samples import markdown_lines as sample_lines
@@ -195,7 +195,7 @@ def _search_notes(doc: SweepReport) -> list[str]:
     if doc.fidelity and doc.fidelity.get("setting") != "full":
         out += [f"Fidelity: {doc.fidelity['rule']}.", ""]
     if doc.warm_start:
-        pts = ", ".join(str(p["prune.sparsity"]) for p in doc.warm_start["points"])
-        out += [f"Warm start: the first trials were enqueued at prune.sparsity {pts}, from `{doc.warm_start['file']}` "
-                "(layer drops assumed additive).", ""]
+        out += [warm_line(doc.warm_start, f"`{doc.warm_start['file']}`"), ""]
+    if line := bisect_line(doc.bisect):
+        out += [line, ""]
     return out

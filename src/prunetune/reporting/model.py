@@ -99,6 +99,7 @@ class SweepReport(_Report):
     compute: dict[str, Any] | None = None  # dense-epoch equivalents spent (search/compute.py); older sweeps lack it
     fidelity: dict[str, Any] | None = None  # search.fidelity: setting and rule
     warm_start: dict[str, Any] | None = None  # search.warm_start: the scan and the enqueued points
+    bisect: dict[str, Any] | None = None  # search.bisect: the bisection's trials and bracket (search/bisect.py)
 
     @property
     def key(self) -> str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .format import compute_line, fmt_bytes, interval_text, row_speedup, speedup_notes, stage_speedup_text
+from .format import bisect_line, compute_line, fmt_bytes, interval_text, row_speedup, speedup_notes, stage_speedup_text, warm_line
 from .html import cell, esc, img, page, table
 from .model import SweepReport
 
@@ -23,9 +23,9 @@ def render_sweep(doc: SweepReport, folder: Path | None) -> str:
     if doc.fidelity and doc.fidelity.get("setting") != "full":
         body.append(f"<p>Fidelity: {esc(doc.fidelity['rule'])}.</p>")
     if doc.warm_start:
-        pts = ", ".join(str(p["prune.sparsity"]) for p in doc.warm_start["points"])
-        body.append(f"<p>Warm start: first trials at prune.sparsity {esc(pts)} from {esc(doc.warm_start['file'])} "
-                    "(layer drops assumed additive).</p>")
+        body.append(f"<p>{esc(warm_line(doc.warm_start, doc.warm_start['file']))}</p>")
+    if line := bisect_line(doc.bisect):
+        body.append(f"<p>{esc(line)}</p>")
     b = doc.balance
     if b:
         t = b.get("test") or {}

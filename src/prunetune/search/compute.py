@@ -1,5 +1,7 @@
 """The compute a sweep spent, in dense-training-epoch equivalents (and `search.budget_dense_epochs`,
-which launches a trial only while the compute spent plus the mean of the trials so far fits it).
+which launches a trial only while the compute spent plus the mean of the trials so far fits it, and
+stops a running trial before a fine-tuning epoch that would take the spent compute past it:
+objective.over_budget).
 
 A trial's compute is the fine-tuning epochs it actually ran (a stopped or pruned trial's epochs up to
 the stop; a killed worker's epochs as far as recorded) weighted by its cost relative to one dense

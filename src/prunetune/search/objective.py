@@ -23,6 +23,7 @@ from ..reporting.format import row_speedup, short
 from ..robustness import floor_accuracy
 from ..tasks import Task
 from ..timing import compare_models
+from .compute import study_spent
 from .space import validate, with_params
 from .storage import optuna_module
 
@@ -93,6 +94,16 @@ def _measured_n(rep: dict[str, Any]) -> dict[str, Any]:
     return ((rep.get("speedup") or {}).get("finetuned", {}).get("measured") or {}).get("batch_N") or {}
 
 
+def over_budget(study, budget: float | None, times: list[float]) -> bool:
+    """Whether one more fine-tuning epoch of the running trial (its mean epoch so far, in dense epochs) would take
+    the study's compute past `budget` (search.budget_dense_epochs): the trial stops instead, so a budget is a
+    limit, not a target a last long trial overruns."""
+    per_epoch = (study.user_attrs.get("dense") or {}).get("epoch_s")
+    if budget is None or not times or not per_epoch:
+        return False
+    return study_spent(study) + (sum(times) / len(times)) / per_epoch > budget
+
+
 def run_trial(s: Sweep, trial, dense_val: float) -> tuple[float, float]:
     """One trial of sweep `s`: a run of the searched point, scored on validation, stopped early when
     hopeless; (validation metric, cost), and the details in the trial's user attributes."""
@@ -123,6 +134,9 @@ def run_trial(s: Sweep, trial, dense_val: float) -> tuple[float, float]:
             stop = True
             trial.set_user_attr("pruned_by", s.spec.fidelity)
             trial.set_user_attr("recovery_credit", round(rung.credit, 4))
+        if not stop and seen[0] < total and over_budget(trial.study, s.spec.budget_dense_epochs, times):
+            stop = True  # the next epoch would take the sweep past search.budget_dense_epochs
+            trial.set_user_attr("pruned_by", "budget")
         if stop:
             trial.set_user_attr("val_curve", curve)
             trial.set_user_attr("stopped_at_epoch", seen[0])
@@ -140,7 +154,8 @@ def run_trial(s: Sweep, trial, dense_val: float) -> tuple[float, float]:
     except optuna.TrialPruned:
         if rung is not None:
             rung.close("pruned")
-        by = (f" by {s.spec.fidelity}, {s.task.format(trial.user_attrs['recovery_credit'])} of later recovery credited"
+        by = (" by the compute budget" if trial.user_attrs.get("pruned_by") == "budget" else
+              f" by {s.spec.fidelity}, {s.task.format(trial.user_attrs['recovery_credit'])} of later recovery credited"
               if trial.user_attrs.get("pruned_by") else "")
         s.log(f"trial {trial.number}: stopped early{by} (validation {m} {s.task.format(curve[-1])}, "
               f"threshold {s.task.format(threshold)})")

@@ -20,8 +20,9 @@ recover it (`search.early_stop_slack` metric units per epoch left; a trial on it
 completes). Optuna's own pruners are single-objective only, so the stop raises `optuna.TrialPruned`
 from our epoch hook; `search.fidelity` halving / hyperband ranks trials per epoch in a single-objective
 companion study (fidelity.py). The compute spent is stated in dense training epochs (compute.py) and
-`search.budget_dense_epochs` stops launching trials; `search.warm_start` enqueues the first trials
-from a sensitivity scan (warm.py).
+`search.budget_dense_epochs` stops launching trials; the first trials bisect prune.sparsity
+(`search.bisect`, bisect.py), above the amount a sensitivity scan predicts within the tolerance when
+`search.warm_start` names one (warm.py).
 
 Storage: a SQLite file `OUT/study.db` by default; any SQLAlchemy URL (PostgreSQL) lets many
 workers on many machines join one study (`--storage URL --study NAME`, the same command started N
@@ -61,6 +62,7 @@ from ..finetune.options import DROP_FOREIGN
 from ..recipe import Recipe
 from ..reporting.write import write_sweep
 from ..tasks import Task
+from . import bisect
 from .compute import study_spent, trial_record
 from .compute import summary as compute_summary
 from .fidelity import Rungs
@@ -69,7 +71,7 @@ from .objective import OBJECTIVES, constraints, dense_cost, run_trial, study_tas
 from .reference import dense_reference
 from .space import Dim, parse_space, validate
 from .storage import finished, open_storage, optuna_module, redact
-from .warm import load_scan, warm_points
+from .warm import load_scan, predicted, warm_points
 
 
 def sampler(spec, dims: list[Dim], seed: int | None):
@@ -123,10 +125,17 @@ class Sweep:
         self.study_name = study_name or recipe.name
         self.rungs: Rungs | None = None  # search.fidelity halving / hyperband: opened with the study
         self.warm: list[dict[str, Any]] = []
+        start, method = None, None
         if self.spec.warm_start is not None:
             if self.spec.sampler == "grid":
                 raise PrunetuneError("search.warm_start: the grid sampler fixes every point; use sampler tpe, nsga2 or random")
-            self.warm = warm_points(load_scan(self.spec.warm_start), self.dims, self.base, self.metric, self.spec.tolerance)
+            scan = load_scan(self.spec.warm_start)
+            self.warm = warm_points(scan, self.dims, self.base, self.metric, self.spec.tolerance)
+            start, method = predicted(scan, self.dims, self.spec.tolerance), scan.get("method")
+        self.bisect = bisect.plan(self.dims, self.base, self.spec.bisect, self.spec.sampler, start, method)
+        self.predicted = start
+        if self.bisect is not None and start is not None:
+            self.warm = []  # the scan's amount is the bisection's low end, not a trial
 
     # -- study ----------------------------------------------------------------------------
     def _signature(self) -> dict[str, Any]:
@@ -168,13 +177,23 @@ class Sweep:
             study.set_user_attr("dense", dense_reference(self.recipe, self.log))
         if self.spec.fidelity != "full":
             self.rungs = Rungs(storage, self.study_name, self.spec.fidelity)
-        if self.warm and "warm_start" not in study.user_attrs:  # once per study, whichever worker comes first
+        if self.spec.warm_start is not None and "warm_start" not in study.user_attrs:  # once per study, whichever worker comes first
             for params in self.warm:
                 study.enqueue_trial(params, skip_if_exists=True)
-            study.set_user_attr("warm_start", {"file": str(self.spec.warm_start), "points": self.warm})
-            self.log(f"sweep: warm start from {self.spec.warm_start}: prune.sparsity "
-                     + ", ".join(str(p["prune.sparsity"]) for p in self.warm))
+            study.set_user_attr("warm_start", {"file": str(self.spec.warm_start), "points": self.warm,
+                                               "predicted": self.predicted})
+            self.log(f"sweep: warm start from {self.spec.warm_start}: "
+                     + (f"prune.sparsity {', '.join(str(p['prune.sparsity']) for p in self.warm)}" if self.warm else
+                        f"the scan predicts prune.sparsity {self.predicted:g} within the tolerance before fine-tuning"))
+        if self.bisect is not None and bisect.ATTR not in study.user_attrs:
+            study.set_user_attr(bisect.ATTR, self.bisect)
+            self.next_bisection(study)
         return study
+
+    def next_bisection(self, study) -> None:
+        """Enqueue the bisection's next point, if its previous trial has finished and points are left (bisect.py)."""
+        bisect.enqueue_next(study, study.user_attrs["dense"][f"val_{self.metric}"], self.spec.tolerance, self.task.drop,
+                            f"val_{self.metric}", self.log)
 
     def optimize(self, trials: int | None) -> Any:
         """Run trials until the study holds `trials` (default search.trials) finished ones, all workers together."""
@@ -195,6 +214,9 @@ class Sweep:
                 self.log(f"sweep: the compute budget ({budget:g} dense epochs) is spent or would be by the next "
                          "trial; no trial launched")
                 done = target
+        if self.bisect is not None:  # after the stops: no point is enqueued that no trial would run
+            stops.append(lambda st, _t: self.next_bisection(st) if finished(st) < target and (
+                budget is None or study_spent(st, with_next=True) <= budget) else None)
         if done < target:
             study.optimize(lambda t: run_trial(self, t, dense_val), n_trials=target, callbacks=stops,
                            catch=(), gc_after_trial=True)
@@ -210,7 +232,7 @@ def summarise(study, spec) -> dict[str, Any]:
     dense = study.user_attrs["dense"]
     threshold = task.threshold(dense[key], spec.tolerance)
     rows, complete = [], []
-    for t in study.get_trials(deepcopy=False):
+    for t in study.get_trials(deepcopy=False, states=[s for s in TrialState if s != TrialState.WAITING]):  # not run yet
         r = t.user_attrs.get("result") or {}
         row = {"trial": t.number, "state": t.state.name.lower(), "params": t.params,
                key: r.get(key), "cost": r.get("cost"), "speedup": r.get("speedup"),
@@ -250,6 +272,7 @@ def summarise(study, spec) -> dict[str, Any]:
         "counts": {s: states.count(s) for s in sorted(set(states))},
         "compute": compute_summary(rows, dense, spec.budget_dense_epochs), "fidelity": fidelity_rule(spec.fidelity),
         "warm_start": study.user_attrs.get("warm_start"),
+        "bisect": bisect.summary(study, dense[key], spec.tolerance, task.drop, key),
     }
 
 

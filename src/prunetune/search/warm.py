@@ -5,10 +5,11 @@ The scan holds, per prunable layer, the validation metric with only that layer p
 (no fine-tuning). Assumption, stated in the report: layer drops are *additive*; the predicted drop of
 pruning every layer to amount a is the sum over layers of (dense - score_l(a)) (mirrored when lower is
 better), each interpolated linearly in a between the scanned amounts, with no drop at amount 0. The
-prediction is not extrapolated past the largest scanned amount. The warm points are the largest amount
-of the range whose predicted drop is within `search.tolerance` (the low end when none is), and one
-step of a tenth of the range either side of it, clipped to the range and deduplicated. Fine-tuning
-usually recovers part of the drop, so the point above the prediction is there on purpose.
+prediction is not extrapolated past the largest scanned amount. The predicted amount is the largest
+of the range whose predicted drop is within `search.tolerance` (the low end when none is). With
+`search.bisect` (the default) it is where the bisection of prune.sparsity starts (bisect.py): fine-tuning
+recovers part of the drop, so the trials go above it. With `search.bisect: 0` the warm points are that
+amount and one step of a tenth of the range either side of it, clipped to the range and deduplicated.
 """
 
 from __future__ import annotations
@@ -127,3 +128,10 @@ def warm_points(scan: dict[str, Any], dims: list, base: dict[str, Any], metric: 
         raise PrunetuneError(f"{WHERE}: the scan pruned with {scan.get('method')!r} but prune.method is "
                              f"{base['prune']['method']!r}; scan with {base['prune']['method']!r} or remove search.warm_start")
     return [{**fixed, "prune.sparsity": a} for a in warm_amounts(scan, float(sp.low), float(sp.high), tolerance)]
+
+
+def predicted(scan: dict[str, Any], dims: list, tolerance: float) -> float:
+    """The amount of the searched prune.sparsity range the scan predicts within the tolerance before fine-tuning
+    (call after `warm_points`, which checks that the scan fits the sweep)."""
+    sp = next(d for d in dims if d.name == "prune.sparsity")
+    return round(best_amount(scan, float(sp.low), float(sp.high), tolerance), 4)
