@@ -198,8 +198,8 @@ NOTES = """## Notes
   met.** The scan predicted 30 % of the channels within the tolerance before fine-tuning; the bisection
   went above it: 55 % (val 94.30, within), 67.5 % (stopped at epoch 1 by halving), 61.25 % (val 93.98,
   within, exactly at the threshold). Those three trials found the balance point for 3.3 dense-epoch
-  equivalents. TPE then spent the rest on two points near 31 % (1.34–1.35×), a 57 % L1 and a 78 % trial
-  stopped at epoch 1, and a 46 % trial that the budget stopped after its second epoch (before this
+  equivalents. TPE then spent the rest on two points near 31 % (1.34–1.35×), a 57 % (L1) and a 78 %
+  trial, both stopped at epoch 1 by halving, and a 46 % trial that the budget stopped after its second epoch (before this
   rule, the run just before it let that trial finish and spent 10.9 of the 10; its trials and
   balance point were the same). Balance: 61 % of the channels (L2), test 93.25 (−0.48), 2.15×
   (2.10–2.19) at batch 1 and 3.11× (3.06–3.15) at batch 64; 9.6 dense epochs, 11.8 min including the

@@ -132,7 +132,7 @@ def enqueue_next(study, dense_val: float, tolerance: float, drop, key: str, log:
     amount = next_amount(state, results)
     if amount is None:
         lo, hi = bracket(state, results)
-        study.set_user_attr(ATTR, {**state, "done": True, "bracket": [lo, hi]})
+        study.set_user_attr(ATTR, {**state, "done": True})  # the bracket is derived from the trials (summary)
         log(f"sweep: bisection done: the boundary lies in prune.sparsity [{lo:g}, {hi:g}]; the sampler takes over")
         return None
     if amount in state["points"]:  # another worker enqueued it meanwhile
@@ -140,7 +140,7 @@ def enqueue_next(study, dense_val: float, tolerance: float, drop, key: str, log:
     points = [*state["points"], amount]
     study.enqueue_trial({**state["fixed"], "prune.sparsity": amount}, user_attrs={ATTR: len(points)}, skip_if_exists=True)
     lo, hi = bracket(state, results)
-    study.set_user_attr(ATTR, {**state, "points": points, "bracket": [lo, hi]})
+    study.set_user_attr(ATTR, {**state, "points": points})
     log(f"sweep: bisection {len(points)} of {state['steps']}: prune.sparsity {amount:g} (bracket [{lo:g}, {hi:g}])")
     return amount
 
