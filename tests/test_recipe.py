@@ -38,6 +38,10 @@ def test_resolved_recipe_round_trips(tmp_path):
     (["prune.method=nm", "prune.n=4", "prune.m=4"], "n < m"),
     (["prune.importance=magic"], "recipe: prune.importance: unknown importance 'magic'; choose one of: l1, l2, lamp, random, sparsegpt, taylor"),
     (["prune.method=nm", "prune.schedule.kind=gradual"], "not supported by prune.method 'nm'"),
+    (["prune.method=structured", "prune.schedule.kind=dynamic"], "not supported by prune.method 'structured'"),
+    (["prune.method=unstructured", "prune.schedule.kind=dynamic", "finetune.method=lora"],
+     "recipe: prune.schedule.kind dynamic grows pruned weights back from zero, which finetune.method 'lora' "
+     "(frozen base weights) cannot train; use full"),
     (["dense.source=file"], "dense.path"),
     (["finetune.epochs=-1"], "finetune.epochs"),
     (["name=../escape"], "name"),

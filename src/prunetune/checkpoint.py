@@ -110,7 +110,8 @@ def pack(state: dict[str, torch.Tensor], trainer, controller, pruner) -> tuple[d
         "fit": {**fit, "best": best_kind},
         "trainer": {"steps": ts["steps"], "best_epoch": ts["best_epoch"], "history": ts["history"]},
         "controller": {"phase": ctrl["phase"], "phase_start": ctrl["phase_start"], "history": ctrl["history"],
-                       "pruner_steps": pr["steps_done"], "torch_pruning": pr.get("torch_pruning")},
+                       "pruner_steps": pr["steps_done"], "pruner_revived": pr.get("revived", 0),
+                       "torch_pruning": pr.get("torch_pruning")},
         "shapes": {k: list(v.shape) for k, v in state.items()},
         "optimizer": opt_json,
         "rng": {"numpy": [np_state[0], np_state[1].tolist(), int(np_state[2]), int(np_state[3]), float(np_state[4])],
@@ -222,6 +223,7 @@ class Resume:
         try:
             if pruner is not None:  # before the shapes change: Torch-Pruning's tables name the modules
                 pruner.load_state_dict({"steps_done": rec["controller"]["pruner_steps"],
+                                        "revived": rec["controller"].get("pruner_revived", 0),
                                         "torch_pruning": rec["controller"].get("torch_pruning")})
             resize_to(model, rec["shapes"])
             load_state(model, {k[6:]: v for k, v in tensors.items() if k.startswith("model/")}, self.dir)

@@ -20,7 +20,9 @@ from .activations import input_norms
 from .batchnorm import recalibrate_bn
 from .depth import prune_depth, renamed, renames
 from .layerwise import reconstruct_model
+from .masks import masked_tensors
 from .pruners import Pruner, target_modules
+from .regrow import fraction, straight_through, swap
 from .schedules import Phase, all_sparsities
 from .targets import layer_amounts
 
@@ -176,15 +178,46 @@ class PruningController:
                     trainer.rebuild_optimizer()
             start = resume["phase_start"] if resumed else len(trainer.history)
             self._position = {"phase": i, "phase_start": start, "history": history}
+            regrow = getattr(pruner, "regrow", False)
 
             def on_event(s: float) -> bool:
+                if regrow:  # the dynamic schedule: drop and grow at the same sparsity (step 1 was the prune above)
+                    self._swap(pruner, model, pruner.steps_done - 1, len(phase.events))
+                    return False
                 log(f"prune: {self.spec.method} to {s:.4f} during fine-tuning")
                 return self.prune_step(pruner, model, s)
 
             trainer.fit(phase.epochs, phase.events, on_event)
             for row in trainer.history[start:]:
                 history.append({**row, "phase": i + 1})
+            if regrow and phase.events:
+                kept = sum(int(m.sum()) for m in masked_tensors(model).values())
+                pruner.notes.append(f"dynamic: {len(phase.events)} drop-and-grow steps during fine-tuning; {pruner.revived:,} "
+                                    f"pruned weights grown back ({100 * pruner.revived / max(1, kept):.1f} % of the {kept:,} kept)")
+                log(f"prune: {pruner.notes[-1]}")
         return history
+
+    def _swap(self, pruner: Pruner, model: nn.Module, index: int, count: int) -> None:
+        """Drop-and-grow step `index` (from 0) of `count` (pruning/regrow.py); the growth scores are the
+        gradients of the masked weights over `prune.calibration_batches` training batches drawn afresh
+        at each step."""
+        tensors = pruner.masked(model)
+        model.zero_grad(set_to_none=True)
+        was = model.training
+        model.eval()
+        g = torch.Generator().manual_seed(self.seed + 41 + 1009 * index)
+        size = getattr(self.task, "calibration_batch_size", 64)
+        try:
+            with straight_through([m for _, m in tensors]):
+                for _, (x, y) in zip(range(self.spec.calibration_batches),
+                                     batches(self.bundle.train, size, shuffle=True, generator=g)):
+                    self.task.loss(self.task.forward(model, to_device(x, self.device)), y.to(self.device)).backward()
+        finally:
+            model.train(was)
+        pruner.revived += swap([(o, m.mask, o.grad) for o, m in tensors if o.grad is not None], fraction(index, count))
+        distributed.sync_masks(model)
+        pruner.steps_done += 1
+        model.zero_grad(set_to_none=True)
 
     def _adaptive(self, model: nn.Module, pruner: Pruner, trainer, log: Callable[[str], None]) -> list[dict[str, Any]]:
         """Step sparsity up while the validation metric holds; on a lasting drop, restore the last good step.

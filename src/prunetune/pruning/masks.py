@@ -15,13 +15,21 @@ from torch.nn.utils import parametrize
 
 
 class WeightMask(nn.Module):
-    """Parametrization multiplying a weight by a fixed 0/1 mask buffer."""
+    """Parametrization multiplying a weight by a 0/1 mask buffer.
+
+    `straight_through`: the forward pass is the same, but the gradient reaches every entry of the
+    original as if unmasked (the gradient of the masked weight); the `dynamic` schedule turns it on
+    only while it measures where to grow weights.
+    """
 
     def __init__(self, shape: torch.Size) -> None:
         super().__init__()
         self.register_buffer("mask", torch.ones(shape, dtype=torch.bool))
+        self.straight_through = False
 
     def forward(self, w: torch.Tensor) -> torch.Tensor:
+        if self.straight_through:  # the value w * mask exactly (w + (-w) is 0), the gradient of w itself
+            return w + (w * self.mask - w).detach()
         return w * self.mask
 
 
@@ -128,7 +136,8 @@ def realise(model: nn.Module, inplace: bool = False) -> nn.Module:
 def baked_state(model: nn.Module) -> dict[str, torch.Tensor] | None:
     """The state dict `realise(model)` would have, without a copy of the model: each masked tensor's
     original is multiplied by its mask in place and stands under the plain name. The model computes
-    the same outputs (its forward multiplies by the mask anyway, and pruning never unmasks). None when
+    the same outputs (its forward multiplies by the mask anyway, and a weight the `dynamic` schedule
+    grows back starts from zero). None when
     a parametrization is not a lone WeightMask: realise a copy then."""
     plain: dict[str, str] = {}
     for prefix, mod in model.named_modules():

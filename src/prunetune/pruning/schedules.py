@@ -4,8 +4,9 @@ Each phase prunes to `sparsity` (if given), then fine-tunes `epochs` epochs, pru
 each `(fraction of the phase, sparsity)` event on the way.
 
 The recipe checks two attributes a schedule may carry: `rolls_back` (the model may be rolled back
-to an earlier step; default False) and `prunes_during_finetuning` (False when pruning happens once,
-before fine-tuning; default True).
+to an earlier step; default False), `prunes_during_finetuning` (False when pruning happens once,
+before fine-tuning; default True) and `regrows` (during fine-tuning pruned weights are grown back
+while as many kept ones are dropped, at the same sparsity; default False).
 
 Example:
     >>> from prunetune.recipe import PruneSpec
@@ -81,6 +82,21 @@ def gradual(spec, epochs: int) -> list[Phase]:
         frac = sch.start + (sch.end - sch.start) * j / sch.steps
         events.append((frac, round(cubic_sparsity(j, sch.steps, sch.initial_sparsity, spec.sparsity), 6)))
     return [Phase(None, epochs, events)]
+
+
+@SCHEDULES.register("dynamic")
+def dynamic(spec, epochs: int) -> list[Phase]:
+    """Prune once to the target, then `steps` drop-and-grow steps from `start` to `end` of fine-tuning, each
+    tensor keeping its count: the smallest kept weights out, as many pruned ones with the largest gradient
+    in, from zero (RigL, Evci et al. 2020). Unstructured pruning with full fine-tuning."""
+    sch = spec.schedule
+    if epochs < 1:
+        raise PrunetuneError("finetune.epochs: the dynamic schedule drops and grows weights during fine-tuning; set it to 1 or more")
+    events = [(sch.start + (sch.end - sch.start) * j / sch.steps, spec.sparsity) for j in range(1, sch.steps + 1)]
+    return [Phase(spec.sparsity, epochs, events)]
+
+
+dynamic.regrows = True
 
 
 @SCHEDULES.register("adaptive")

@@ -23,11 +23,11 @@ class ScheduleSpec(_Section):
     """When to prune."""
 
     kind: str = "oneshot"
-    steps: int = Field(4, ge=1, description="iterative rounds, or gradual pruning events")
+    steps: int = Field(4, ge=1, description="iterative rounds, gradual pruning events, or dynamic drop-and-grow steps")
     epochs_per_step: int = Field(1, ge=0, description="iterative: fine-tuning epochs between rounds")
     initial_sparsity: float = Field(0.0, ge=0, lt=1, description="gradual: sparsity of the first event")
-    start: float = Field(0.0, ge=0, le=1, description="gradual: first event, as a fraction of fine-tuning")
-    end: float = Field(0.6, gt=0, le=1, description="gradual: last event, as a fraction of fine-tuning")
+    start: float = Field(0.0, ge=0, le=1, description="gradual, dynamic: first event, as a fraction of fine-tuning")
+    end: float = Field(0.6, gt=0, le=1, description="gradual, dynamic: last event, as a fraction of fine-tuning")
     tolerance: float = Field(0.5, ge=0, description="adaptive: validation points the model may lose against the dense model")
     patience: int = Field(1, ge=0, description="adaptive: extra epochs a step gets to recover before the roll-back")
 

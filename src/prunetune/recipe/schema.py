@@ -335,6 +335,9 @@ class Recipe(_Section):
                 f"prune.schedule.kind {self.prune.schedule.kind!r} is not supported by prune.method "
                 f"{self.prune.method!r}; use one of: {', '.join(pruner.schedules)}"
             )
+        if getattr(schedule, "regrows", False) and self.finetune.method != "full":
+            raise ValueError(f"prune.schedule.kind {self.prune.schedule.kind} grows pruned weights back from zero, which "
+                             f"finetune.method {self.finetune.method!r} (frozen base weights) cannot train; use full")
         return self
 
     def section_dict(self, *names: str) -> dict[str, Any]:
