@@ -207,7 +207,9 @@ def prunetune_row(name: str, kind: str, amount: float, overrides: dict, runs: Pa
     hist = rep["finetune"]["history"]
     last = max((r.get("phase", 1) for r in hist), default=1)  # iterative: earlier rounds were less pruned
     hist = [r for r in hist if r.get("phase", 1) == last]
-    best_val = max(r["val_accuracy"] for r in hist) if hist else None
+    # The validation score of the epoch kept (a schedule that prunes during fine-tuning keeps none before its last event).
+    kept = [r for r in hist if r["epoch"] == rep["finetune"]["best_epoch"]]
+    best_val = kept[-1]["val_accuracy"] if kept else max((r["val_accuracy"] for r in hist), default=None)
     model = load_shipped(out / "model")
     return {"dense": rep["stages"]["dense"]["accuracy"], "before_ft": rep["stages"]["pruned"]["accuracy"], "after_ft": rep["stages"]["finetuned"]["accuracy"],
             "best_val": best_val, "val_history": [r["val_accuracy"] for r in hist],
