@@ -61,7 +61,7 @@ def _run_killed(recipe, out: Path, after_writes: int, monkeypatch) -> dict:
     # masks, gradual events before and after the kill, mid-epoch step checkpoint, augmentation draws
     (["prune.method=unstructured", "prune.importance=random", "prune.schedule.kind=gradual", "prune.schedule.end=1.0",
       "finetune.checkpoint_every_steps=5", "finetune.augment.crop_padding=1", "finetune.augment.hflip=true"], 2),
-    # dynamic masks: the straight-through originals, re-rankings before and after the kill, the count of revivals
+    # dynamic masks: drop-and-grow steps before and after the kill, the count of weights grown
     (["prune.method=unstructured", "prune.sparsity=0.8", "prune.schedule.kind=dynamic", "prune.schedule.steps=6",
       "prune.schedule.end=0.9", "finetune.checkpoint_every_steps=5"], 2),
     # structured removal during fine-tuning (Torch-Pruning's iterative state), epoch-end checkpoint

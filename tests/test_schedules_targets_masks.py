@@ -37,7 +37,7 @@ def test_gradual_needs_finetuning_epochs():
         gradual(PruneSpec(sparsity=0.5, schedule={"kind": "gradual"}), 0)
 
 
-def test_dynamic_schedule_reranks_at_the_same_sparsity():
+def test_dynamic_schedule_swaps_at_the_same_sparsity():
     phases = dynamic(PruneSpec(method="unstructured", sparsity=0.9, schedule={"kind": "dynamic", "steps": 4, "end": 0.8}), 2)
     assert len(phases) == 1 and phases[0].sparsity == 0.9 and phases[0].epochs == 2
     fracs, sp = zip(*phases[0].events)
@@ -75,7 +75,6 @@ def test_drop_and_grow_swaps_the_smallest_kept_for_the_largest_gradients():
     net = nn.Sequential(lin)
     pruner = PRUNERS.get("unstructured")(spec, L1Magnitude(), ["0"])
     pruner.setup(net, None, [0.6, 0.6])
-    assert pruner.regrow
     orig = lin.parametrizations.weight.original
     with torch.no_grad():
         orig.copy_(torch.tensor([[0.9, -0.8, 0.1, 0.05, 0.02], [0.7, 0.03, 0.01, 0.04, 0.06]]))
@@ -83,7 +82,7 @@ def test_drop_and_grow_swaps_the_smallest_kept_for_the_largest_gradients():
     mask = lin.parametrizations.weight[0].mask
     assert mask.tolist() == [[True, True, True, False, False], [True, False, False, False, False]]
     grad = torch.tensor([[0.0, 0.0, 0.0, 0.2, 0.0], [0.0, 0.0, 3.0, 0.0, 1.0]])  # of the masked weight
-    (o, m), = pruner.masked(net)
+    (o, m), = pruner.weights_and_masks(net)
     assert o is orig and m.mask is mask
     assert swap([(o, m.mask, grad)], 0.5) == 2  # the two smallest kept (0.1, 0.7) out, the two largest gradients in
     assert mask.tolist() == [[True, True, False, False, False], [False, False, True, False, True]]
@@ -129,7 +128,7 @@ def test_lamp_scores_follow_lee_et_al():
     assert LAMP().scores(torch.randn(50) * 1e-3, None).max().item() == pytest.approx(1.0)
 
 
-def test_a_dynamic_run_keeps_its_sparsity_reports_the_revivals_and_reloads(tmp_path):
+def test_a_dynamic_run_keeps_its_sparsity_reports_the_weights_grown_and_reloads(tmp_path):
     from prunetune.artifacts import load_model
     from prunetune.pipeline import run
     from prunetune.recipe.loading import load_recipe
@@ -142,7 +141,7 @@ def test_a_dynamic_run_keeps_its_sparsity_reports_the_revivals_and_reloads(tmp_p
     note = next(n for n in rep["notes"] if n.startswith("dynamic:"))
     grown = int(note.split("; ")[1].split(" pruned")[0].replace(",", ""))
     assert note.startswith("dynamic: 10 drop-and-grow steps during fine-tuning; ") and grown > 0, note
-    assert rep["finetune"]["best_epoch"] >= 2  # epoch 1 ended before the last re-ranking: it cannot be kept
+    assert rep["finetune"]["best_epoch"] >= 2  # epoch 1 ended before the last drop-and-grow step: it cannot be kept
     plan = {r["layer"]: r for r in rep["plan"] if r["target"]}
     model, _ = load_model(tmp_path / "r" / "model", keep_masks=True)
     masks = masked_layers(model)

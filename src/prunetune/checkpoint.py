@@ -110,7 +110,7 @@ def pack(state: dict[str, torch.Tensor], trainer, controller, pruner) -> tuple[d
         "fit": {**fit, "best": best_kind},
         "trainer": {"steps": ts["steps"], "best_epoch": ts["best_epoch"], "history": ts["history"]},
         "controller": {"phase": ctrl["phase"], "phase_start": ctrl["phase_start"], "history": ctrl["history"],
-                       "pruner_steps": pr["steps_done"], "pruner_revived": pr.get("revived", 0),
+                       "pruner_steps": pr["steps_done"], "pruner_grown": pr.get("grown", 0),
                        "torch_pruning": pr.get("torch_pruning")},
         "shapes": {k: list(v.shape) for k, v in state.items()},
         "optimizer": opt_json,
@@ -223,7 +223,7 @@ class Resume:
         try:
             if pruner is not None:  # before the shapes change: Torch-Pruning's tables name the modules
                 pruner.load_state_dict({"steps_done": rec["controller"]["pruner_steps"],
-                                        "revived": rec["controller"].get("pruner_revived", 0),
+                                        "grown": rec["controller"].get("pruner_grown", 0),
                                         "torch_pruning": rec["controller"].get("torch_pruning")})
             resize_to(model, rec["shapes"])
             load_state(model, {k[6:]: v for k, v in tensors.items() if k.startswith("model/")}, self.dir)

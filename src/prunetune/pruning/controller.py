@@ -91,8 +91,9 @@ class PruningController:
         return [(to_device(x, self.device), y.to(self.device)) for _, (x, y) in
                 zip(range(self.spec.calibration_batches), batches(self.bundle.train, size, shuffle=True, generator=g))]
 
-    def _calibrate(self, model: nn.Module, cache: Path | None = None) -> None:
-        """Accumulate gradients over a few training batches for gradient-based importance.
+    def _calibrate(self, model: nn.Module, cache: Path | None = None, seed: int | None = None) -> None:
+        """Accumulate gradients over a few training batches for gradient-based importance (the batches
+        drawn with `seed`; default: the run's seed + 31, the same batches at every pruning step).
 
         With `cache` (the dense model's gradients, keyed by the content hash of what decides the dense
         model and the calibration settings), they are computed once and reused: a sweep's trials all
@@ -111,7 +112,7 @@ class PruningController:
         model.zero_grad(set_to_none=True)
         was = model.training
         model.eval()
-        g = torch.Generator().manual_seed(self.seed + 31)
+        g = torch.Generator().manual_seed(self.seed + 31 if seed is None else seed)
         size = getattr(self.task, "calibration_batch_size", 64)  # language models: fewer sequences per batch
         for i, (x, y) in enumerate(batches(self.bundle.train, size, shuffle=True, generator=g)):
             if i >= self.spec.calibration_batches:
@@ -178,7 +179,7 @@ class PruningController:
                     trainer.rebuild_optimizer()
             start = resume["phase_start"] if resumed else len(trainer.history)
             self._position = {"phase": i, "phase_start": start, "history": history}
-            regrow = getattr(pruner, "regrow", False)
+            regrow = getattr(SCHEDULES.get(self.spec.schedule.kind), "regrows", False)
 
             def on_event(s: float) -> bool:
                 if regrow:  # the dynamic schedule: drop and grow at the same sparsity (step 1 was the prune above)
@@ -192,8 +193,8 @@ class PruningController:
                 history.append({**row, "phase": i + 1})
             if regrow and phase.events:
                 kept = sum(int(m.sum()) for m in masked_tensors(model).values())
-                pruner.notes.append(f"dynamic: {len(phase.events)} drop-and-grow steps during fine-tuning; {pruner.revived:,} "
-                                    f"pruned weights grown back ({100 * pruner.revived / max(1, kept):.1f} % of the {kept:,} kept)")
+                pruner.notes.append(f"dynamic: {len(phase.events)} drop-and-grow steps during fine-tuning; {pruner.grown:,} "
+                                    f"pruned weights grown back ({100 * pruner.grown / max(1, kept):.1f} % of the {kept:,} kept)")
                 log(f"prune: {pruner.notes[-1]}")
         return history
 
@@ -201,20 +202,10 @@ class PruningController:
         """Drop-and-grow step `index` (from 0) of `count` (pruning/regrow.py); the growth scores are the
         gradients of the masked weights over `prune.calibration_batches` training batches drawn afresh
         at each step."""
-        tensors = pruner.masked(model)
-        model.zero_grad(set_to_none=True)
-        was = model.training
-        model.eval()
-        g = torch.Generator().manual_seed(self.seed + 41 + 1009 * index)
-        size = getattr(self.task, "calibration_batch_size", 64)
-        try:
-            with straight_through([m for _, m in tensors]):
-                for _, (x, y) in zip(range(self.spec.calibration_batches),
-                                     batches(self.bundle.train, size, shuffle=True, generator=g)):
-                    self.task.loss(self.task.forward(model, to_device(x, self.device)), y.to(self.device)).backward()
-        finally:
-            model.train(was)
-        pruner.revived += swap([(o, m.mask, o.grad) for o, m in tensors if o.grad is not None], fraction(index, count))
+        tensors = pruner.weights_and_masks(model)
+        with straight_through([m for _, m in tensors]):
+            self._calibrate(model, seed=self.seed + 41 + 1009 * index)
+        pruner.grown += swap([(o, m.mask, o.grad) for o, m in tensors if o.grad is not None], fraction(index, count))
         distributed.sync_masks(model)
         pruner.steps_done += 1
         model.zero_grad(set_to_none=True)

@@ -16,7 +16,7 @@ from torch import nn
 from ..errors import PrunetuneError
 from ..models.hf import attention_modules, sync_attention
 from ..models.hf_native import fewer_heads_problem, layer_widths, uniformity_problem
-from ..registry import PRUNERS, SCHEDULES
+from ..registry import PRUNERS
 from .decoder import DecoderPruner, decoder_blocks, is_causal_lm
 from .depth import Calibration, check_depth, prune_depth
 from .importance import Importance
@@ -44,7 +44,7 @@ class Pruner:
         self.targets = targets
         self.notes: list[str] = []
         self.steps_done = 0  # pruning steps taken (counted by the controller)
-        self.revived = 0  # the dynamic schedule: pruned weights its drop-and-grow steps grew back (counted by the controller)
+        self.grown = 0  # the dynamic schedule: pruned weights its drop-and-grow steps grew back (counted by the controller)
         # prune.layer_sparsity resolved: target layer -> its own final amount (the others follow the schedule).
         self.amounts = layer_amounts(targets, getattr(spec, "layer_sparsity", None) or {})
         self.final = 0.0  # the schedule's last sparsity (set by `setup`)
@@ -66,12 +66,12 @@ class Pruner:
 
     def state_dict(self) -> dict[str, Any]:
         """What the pruner keeps between steps, JSON-able (masks live in the model's state)."""
-        return {"steps_done": self.steps_done, "revived": self.revived}
+        return {"steps_done": self.steps_done, "grown": self.grown}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Continue after the steps of `state` (a `state_dict()`); call after `setup`, before the
         model is given its checkpointed shapes and weights."""
-        self.steps_done, self.revived = int(state["steps_done"]), int(state.get("revived", 0))
+        self.steps_done, self.grown = int(state["steps_done"]), int(state.get("grown", 0))
 
     def setup(self, model: nn.Module, example_inputs: Any, sparsities: list[float]) -> None:
         raise NotImplementedError
@@ -97,8 +97,6 @@ def _tensors(model: nn.Module, names: list[str]) -> list[tuple[str, nn.Module, s
 
 
 class _MaskPruner(Pruner):
-    regrow = False  # set by `setup` from the schedule: the dynamic schedule swaps weights in and out (regrow.py)
-
     def _check_reconstructable(self, model: nn.Module) -> None:
         if getattr(self.importance, "reconstructs", False):
             for name, mod in target_modules(model, self.targets):
@@ -107,11 +105,10 @@ class _MaskPruner(Pruner):
     def setup(self, model, example_inputs, sparsities):
         self._check_reconstructable(model)
         self.final = sparsities[-1]
-        self.regrow = getattr(SCHEDULES.get(self.spec.schedule.kind), "regrows", False)
         for _, mod, t in _tensors(model, self.targets):
             attach_mask(mod, t)
 
-    def masked(self, model: nn.Module) -> list[tuple[torch.Tensor, WeightMask]]:
+    def weights_and_masks(self, model: nn.Module) -> list[tuple[torch.Tensor, WeightMask]]:
         """(original, mask parametrization) of every pruned tensor."""
         return [(_original(mod, t), get_mask(mod, t)) for _, mod, t in _tensors(model, self.targets)]
 
