@@ -193,8 +193,9 @@ def prunetune_row(name: str, kind: str, amount: float, overrides: dict, runs: Pa
                                             "evaluate": {"latency": False, "memory": False}})
     allocation, ls = None, wanted["prune"].get("layer_sparsity")
     plain = Recipe.model_validate({**wanted, "prune": {k: v for k, v in wanted["prune"].items() if k != "layer_sparsity"}})
-    if ls == "scan":  # per-layer amounts from a sensitivity scan of this recipe
-        recipe, allocation = allocated_recipe(plain, scan(plain, SCAN_AMOUNTS, log=lambda m: None), amount)
+    if isinstance(ls, str) and ls.split(":", 1)[0] == "scan":  # per-layer amounts from a sensitivity scan of this recipe
+        grid = [float(a) for a in ls.split(":", 1)[1].split(",")] if ":" in ls else SCAN_AMOUNTS  # "scan:0.9,0.99"
+        recipe, allocation = allocated_recipe(plain, scan(plain, grid, log=lambda m: None), amount)
     elif isinstance(ls, str) and ls.startswith("macs-of:"):  # a MACs budget: as many MACs as that row's model
         doc, plan_macs = scan_and_plan(plain, SCAN_AMOUNTS, log=lambda m: None)
         target = 1 - 1 / done[ls.split(":", 1)[1]]["macs_ratio"]

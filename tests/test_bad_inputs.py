@@ -1,8 +1,9 @@
 """The bad-input corpus (tests/bad_inputs/cases.yaml) through the real command line (issue 6).
 
-Every case runs `python -m prunetune.cli ARGS` (or tests/bad_inputs/faults.py, which injects a full
-disk, a file size limit or an unwritable folder and then runs the same CLI) in a subprocess, with
-the case's own folder as working directory, and checks the bad-input contract:
+Every case runs `python -m prunetune.cli ARGS` in its own process (forked from a warm interpreter that
+has imported torch once: tests/warm_cli.py), or tests/bad_inputs/faults.py, which injects a full disk,
+a file size limit or an unwritable folder and then runs the same CLI, in a fresh subprocess; the
+case's own folder is the working directory. Each case checks the bad-input contract:
 
 - the exit code (2 bad input, 3 runtime fault);
 - exactly one stderr line starting `error:`, containing the case's needle; no traceback anywhere;
@@ -32,6 +33,7 @@ from typing import Any
 import numpy as np
 import pytest
 import yaml
+import warm_cli
 from conftest import cli_env
 
 HERE = Path(__file__).resolve().parent / "bad_inputs"
@@ -422,9 +424,12 @@ def _execute(case: dict[str, Any], tmp_path: Path, templates: Templates) -> dict
         archives = tmp_path / "cache" / "archives"  # unpacked image archives (cli_env's cache): no half cache
         before = snapshot(w, FILES, archives)
         fault = [_fill(str(a), names) for a in case.get("fault", [])]
-        cmd = ([sys.executable, str(FAULTS), *fault, "--", *args] if fault else [sys.executable, "-m", "prunetune.cli", *args])
         env = {**cli_env(tmp_path), "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-        p = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=w, timeout=300, check=False)
+        if fault:  # a fresh interpreter: the fault is set up before the imports
+            p = subprocess.run([sys.executable, str(FAULTS), *fault, "--", *args], capture_output=True, text=True,
+                               env=env, cwd=w, timeout=300, check=False)
+        else:
+            p = warm_cli.run(args, env=env, cwd=w, timeout=300)
         if p.returncode == 77 and fault:
             return {"skip": p.stderr.strip().splitlines()[-1]}
         after = snapshot(w, FILES, archives)
@@ -460,8 +465,7 @@ def _check(case: dict[str, Any], r: dict[str, Any]) -> None:
 
 @pytest.fixture(scope="module")
 def outcomes(request, templates, tmp_path_factory) -> dict[str, Any]:
-    """Run every selected case, WORKERS at a time (each is one single-threaded CLI process, mostly
-    spent importing torch), so the module stays well under a minute and a half on 2 cores."""
+    """Run every selected case, WORKERS at a time (each is one single-threaded CLI process)."""
     selected = [item.callspec.params["case"] for item in request.session.items
                 if getattr(item, "originalname", None) == "test_bad_input_case" and hasattr(item, "callspec")]
 
@@ -471,6 +475,7 @@ def outcomes(request, templates, tmp_path_factory) -> dict[str, Any]:
         except BaseException as e:  # noqa: BLE001 - reported by the case's own test
             return e
 
+    warm_cli.servers(WORKERS)
     with ThreadPoolExecutor(max_workers=WORKERS) as pool:
         return dict(zip((c["id"] for c in selected), pool.map(one, selected)))
 

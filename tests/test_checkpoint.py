@@ -21,6 +21,7 @@ from prunetune.errors import RuntimeFault
 from prunetune.pipeline import resume_run, run
 from prunetune.recipe import load_recipe
 
+import warm_cli
 from conftest import FMNIST, cli_env
 
 PT = [sys.executable, "-m", "prunetune.cli"]
@@ -137,7 +138,7 @@ def test_resume_errors_are_one_line_exit_2(tmp_path, monkeypatch):
         (["run", "--out", str(tmp_path / "stale")], "continue it with prunetune run --resume"),
     ]
     for args, needle in cases:
-        p = subprocess.run(PT + args, capture_output=True, text=True, env=cli_env(tmp_path), timeout=120)
+        p = warm_cli.run(args, env=cli_env(tmp_path), timeout=120)
         err = [line for line in p.stderr.strip().splitlines() if line.startswith("error:")]
         assert p.returncode == 2, (args, p.stderr[-1500:])
         assert len(err) == 1 and needle in err[0], (needle, p.stderr[-1500:])

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 from safetensors.torch import save_file
 
+import warm_cli
 from conftest import cli_env
 from test_data import make_idx_folder
 
@@ -19,7 +19,7 @@ QUICK = ["--set", "data.limit=2000", "--set", "data.test_limit=1000", "--set", "
 
 
 def cli(args, tmp_path, check=True):
-    p = subprocess.run(PT + args, capture_output=True, text=True, env=cli_env(tmp_path), timeout=600)
+    p = warm_cli.run(args, env=cli_env(tmp_path), timeout=600)
     if check and p.returncode != 0:
         raise AssertionError(p.stderr[-2000:])
     return p

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 
 import pytest
 
@@ -11,6 +9,7 @@ from prunetune.errors import RuntimeFault
 from prunetune.pipeline import run
 from prunetune.recipe import load_recipe
 
+import warm_cli
 from conftest import cli_env
 
 TINY = ["model.name=tiny_cnn", "data.source=synthetic", "dense.epochs=2", "dense.lr=0.01", "finetune.epochs=2",
@@ -67,7 +66,7 @@ def test_diverging_loss_is_a_runtime_fault(tmp_path):
 def test_cli_exit_code_3_on_runtime_fault(tmp_path):
     args = ["run", "--set", "data.limit=300", "--set", "dense.epochs=0", "--set", "finetune.lr=1e30",
             "--set", "finetune.optimizer=sgd", "--set", "evaluate.latency=false", "--out", str(tmp_path / "o")]
-    p = subprocess.run([sys.executable, "-m", "prunetune.cli", *args], capture_output=True, text=True, env=cli_env(tmp_path), timeout=300)
+    p = warm_cli.run(args, env=cli_env(tmp_path), timeout=300)
     assert p.returncode == 3, p.stderr[-1000:]
     assert "non-finite loss at step" in p.stderr and "Traceback" not in p.stderr
     assert "no checkpoint was written yet" in p.stderr  # the fault came before fine-tuning's first checkpoint

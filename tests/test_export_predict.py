@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 
 import numpy as np
@@ -25,6 +24,7 @@ from prunetune.pruning.targets import select_targets
 from prunetune.recipe import ModelSpec, Recipe
 from prunetune.tasks.classification import Classification
 
+import warm_cli
 from conftest import cli_env, make_bundle
 
 PT = [sys.executable, "-m", "prunetune.cli"]
@@ -228,7 +228,7 @@ def test_text_inputs_are_checked_before_the_model_is_loaded(tmp_path):
 
 
 def cli(args, tmp_path):
-    return subprocess.run(PT + args, capture_output=True, text=True, env=cli_env(tmp_path), timeout=300)
+    return warm_cli.run(args, env=cli_env(tmp_path), timeout=300)
 
 
 def test_cli_export_and_predict(tmp_path):

@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-import subprocess
 import sys
 import zlib
 from pathlib import Path
@@ -24,6 +23,7 @@ from prunetune.recipe import load_recipe
 from prunetune.refine import next_version, refine
 from prunetune.registry import DATA_SOURCES
 
+import warm_cli
 from conftest import FMNIST, cli_env, make_bundle
 from sequence_fixtures import write_ratings
 
@@ -155,11 +155,10 @@ def test_refine_refuses_an_existing_out(pruned_run):
 @pytest.mark.slow
 @pytest.mark.skipif(not FMNIST.exists(), reason="Fashion-MNIST not installed (make data)")
 def test_cli_refine_on_fashion_mnist(tmp_path):
-    pt = [sys.executable, "-m", "prunetune.cli"]
     env = cli_env(tmp_path)
 
     def cli(*args):
-        return subprocess.run(pt + list(args), capture_output=True, text=True, env=env, timeout=300)
+        return warm_cli.run(list(args), env=env, timeout=300)
 
     p = cli("run", "--set", "data.limit=600", "--set", "data.test_limit=300", "--set", "dense.epochs=1",
             "--set", "finetune.epochs=1", "--set", "evaluate.latency=false", "--set", "evaluate.memory=false",

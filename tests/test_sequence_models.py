@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +15,7 @@ import pytest
 import torch
 from torch import nn
 
+import warm_cli
 from conftest import cli_env
 from prunetune.artifacts import load_model, save_model
 from prunetune.data.base import build_data
@@ -267,8 +267,7 @@ def test_lora_on_a_masked_lstm_classifier_keeps_every_gate_mask(tmp_path):
 
 def _cli(tmp_path, *args: str) -> subprocess.CompletedProcess:
     env = {**cli_env(tmp_path), "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-m", "prunetune.cli", *args], capture_output=True, text=True,
-                          env=env, cwd=tmp_path, timeout=600, check=False)
+    return warm_cli.run(list(args), env=env, cwd=tmp_path, timeout=600)
 
 
 def test_cli_run_and_eval_on_sequences(tmp_path):

@@ -5,13 +5,12 @@ the warm start from a sensitivity scan (search.warm_start). Tiny models, synthet
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
+import warm_cli
 from conftest import cli_env
 from prunetune.errors import PrunetuneError
 from prunetune.recipe import Recipe
@@ -188,7 +187,19 @@ def test_a_halving_sweep_prunes_the_clearly_worse_trial_and_counts_its_compute(t
     assert "dense-training-epoch equivalents" in (tmp_path / "s" / "report.html").read_text()
 
 
-def test_the_budget_stops_launching_trials(tmp_path):
+def test_the_budget_stops_launching_trials(tmp_path, monkeypatch):
+    # The launch rule, not the clock: every fine-tuning epoch is recorded as costing one second, so each trial
+    # costs the same 1 / dense_epoch_s. With measured seconds the test depended on the timing: a second trial
+    # under a third of the first's cost (a cold first trial on a busy machine) left room for a third (CI, stop 28).
+    from prunetune.search import compute, study as study_mod
+    real = compute.trial_record
+
+    def one_second_per_epoch(t):
+        rec = real(t)
+        return {**rec, "finetune_s": float(rec["epochs_run"])}
+
+    monkeypatch.setattr(compute, "trial_record", one_second_per_epoch)
+    monkeypatch.setattr(study_mod, "trial_record", one_second_per_epoch)
     # No teacher: its logits, cached on disk by the first trial, would make later trials cheaper than the first.
     ft = {"epochs": 1, "distill": None}
     first = sweep(_recipe({"trials": 1}, finetune=ft), tmp_path / "s", log=lambda m: None)
@@ -199,6 +210,7 @@ def test_the_budget_stops_launching_trials(tmp_path):
     doc = sweep(_recipe({"trials": 4, "budget_dense_epochs": budget}, finetune=ft), tmp_path / "s", log=logs.append)
     c = doc["compute"]
     assert len(doc["rows"]) == 2 and c["budget_spent"]
+    assert [r["dense_epochs"] for r in doc["rows"]] == [pytest.approx(trial, abs=1e-4)] * 2
     # the mean of the two (each figure is rounded to 3 decimals, so the difference of two can be 1e-3 off)
     assert c["next_trial_expected"] == pytest.approx((c["dense_epochs"] - c["dense_training_epochs"]) / 2, abs=1.5e-3)
     assert c["dense_epochs"] + c["next_trial_expected"] > budget
@@ -229,8 +241,7 @@ def test_bad_search_inputs_exit_2_with_one_line(tmp_path, scan, search, needle):
     recipe = {"name": "bad", "prune": {"method": "structured"},
               "search": {**SEARCH, "warm_start": str(path), **search}}
     (tmp_path / "r.yaml").write_text(yaml.safe_dump(recipe))
-    p = subprocess.run([sys.executable, "-m", "prunetune.cli", "sweep", str(tmp_path / "r.yaml"), "--out", str(tmp_path / "o")],
-                       capture_output=True, text=True, env=cli_env(tmp_path), timeout=300)
+    p = warm_cli.run(["sweep", str(tmp_path / "r.yaml"), "--out", str(tmp_path / "o")], env=cli_env(tmp_path), timeout=300)
     lines = [x for x in p.stderr.splitlines() if x.strip()]
     assert p.returncode == 2, p.stderr[-1000:]
     assert len(lines) == 1 and lines[0].startswith("error:") and needle in lines[0], p.stderr

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 
 import pytest
 
@@ -12,6 +10,7 @@ from prunetune.pipeline import run
 from prunetune.recipe import load_recipe
 from prunetune.tracking import Tracker, flatten, make_tracker, report_metrics
 
+import warm_cli
 from conftest import cli_env
 
 TINY = ["name=tracked", "model.name=tiny_cnn", "data.source=synthetic", "dense.epochs=2", "dense.lr=0.01",
@@ -193,8 +192,7 @@ def test_flatten_and_report_metrics():
 
 
 def test_cli_unknown_tracker_is_one_error_line(tmp_path):
-    p = subprocess.run([sys.executable, "-m", "prunetune.cli", "run", "--track", "wandb", "--out", str(tmp_path / "x")],
-                       capture_output=True, text=True, env=cli_env(tmp_path), timeout=120)
+    p = warm_cli.run(["run", "--track", "wandb", "--out", str(tmp_path / "x")], env=cli_env(tmp_path), timeout=120)
     assert p.returncode == 2, p.stderr
     lines = p.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: --track: unknown tracker 'wandb'"), p.stderr

