@@ -173,7 +173,7 @@ def refine(model_dir: str | Path, overrides: list[str] | None = None, out: str |
     if not any(o.split("=", 1)[0].strip() == "data.path" for o in overrides) and data_path is None:
         raise PrunetuneError("refine: give the newly collected data with --data PATH (or --set data.path=PATH)")
     notes = []
-    if merged["finetune"].get("distill") not in (None, "auto"):
+    if isinstance(merged["finetune"].get("distill"), dict):  # a section (auto and null are strings or None)
         notes.append("finetune.distill of the saved recipe dropped: refine has no dense teacher")
     merged["finetune"]["distill"] = None  # auto included: refine has no dense teacher
     if merged["finetune"].get("method") != "full":

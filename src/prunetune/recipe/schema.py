@@ -133,6 +133,11 @@ class FinetuneSpec(TrainSpec):
         wanted = task.distils and images and prune_method == "structured" and self.method == "full"
         return DistillSpec() if wanted and not self.augment.active else None
 
+    @property
+    def distill_section(self) -> DistillSpec | None:
+        """The distillation section the recipe sets itself (None for auto and for null)."""
+        return self.distill if isinstance(self.distill, DistillSpec) else None
+
     @field_validator("distill")
     @classmethod
     def _distill(cls, v: Any) -> DistillSpec | str | None:

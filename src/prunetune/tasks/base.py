@@ -113,7 +113,7 @@ class Task:
         if metric is not None and metric not in cls.choices():
             raise ValueError(f"evaluate.metric: task {cls.name} has no metric {metric!r}; choose one of: "
                              f"{', '.join(cls.choices())}")
-        if recipe.finetune.distill not in (None, "auto") and not cls.distils:
+        if recipe.finetune.distill_section is not None and not cls.distils:
             raise ValueError(f"finetune.distill: task {cls.name} cannot be distilled (the student learns the teacher's "
                              "class probabilities); remove finetune.distill")
 

@@ -60,7 +60,7 @@ class CausalLM(Task):
         if recipe.finetune.method not in LM_METHODS:
             raise ValueError(f"finetune.method: {recipe.finetune.method} is not supported for causal language models; "
                              f"choose one of: {', '.join(LM_METHODS)}")
-        if recipe.finetune.distill not in (None, "auto"):
+        if recipe.finetune.distill_section is not None:
             raise ValueError("finetune.distill: distillation is not supported for causal language models yet; remove it")
         if not recipe.prune.keep_classifier:
             raise ValueError("prune.keep_classifier: a language model's head (tied to its token embeddings) is never pruned; "
