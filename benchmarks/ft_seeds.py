@@ -110,6 +110,13 @@ NOTES = """## What it chose
       rate at every step whatever its gradient, so 66 % of the kept weights at the end were ones the
       one-shot mask had pruned, and epoch 1 ended at 90.4 val. Stopped after two seeds and not kept in
       prunetune (the code is not in the repository; the rows stay as measured).
+  - **Per-layer amounts from a sensitivity scan** instead of LAMP's global ranking (2026-12-02, AMD host,
+    no teacher; `bs32-sens`: each layer pruned alone to 0.5, 0.8, 0.9, 0.95, 0.98, 0.99, 0.995, 0.998,
+    validation only, then allocated for an overall 98 %): the hidden layer at 99.8 %, the convolutions at
+    80-92 %, the first convolution whole (LAMP: 99.48 % and 11-96 %). Six seeds, 94.21 against 94.15 val,
+    paired +0.05 (−0.02, +0.40, +0.26, +0.14, −0.22, −0.24; SE 0.11), test 93.11 against 93.21 (paired
+    −0.10, SE 0.08). After three seeds it stood at +0.21 (SE 0.13); the next three took it back, as with
+    no dropout. LAMP stays.
   - Not measured, so not automatic: text classifiers, PEFT methods, augmented data (the teacher would
     run on every batch), depth and N:M pruning. An explicit `finetune.distill` section applies anywhere a
     classifier is fine-tuned.
