@@ -91,6 +91,20 @@ def make_bundle(n: int = 96, classes: int = 3, shape=(1, 8, 8), seed: int = 0, s
                       eval_batch_size=64)
 
 
+@pytest.fixture
+def ctrl_c():
+    """Ctrl-C deliverable in this test, however pytest was started: a shell without job control starts a
+    background command (`make test &`) with SIGINT ignored, which every process then inherits and which
+    prunetune rightly leaves alone. Yields what a subprocess's preexec_fn needs to get it back."""
+    import signal
+
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield lambda: signal.signal(signal.SIGINT, signal.SIG_DFL)
+    finally:
+        signal.signal(signal.SIGINT, before)
+
+
 def cli_env(tmp_path) -> dict:
     env = dict(os.environ)
     env["PRUNETUNE_CACHE"] = str(tmp_path / "cache")

@@ -174,12 +174,12 @@ def _reference(home, refs: dict, name: str, args: list[str]) -> Path:
     return refs[name]
 
 
-def _start_and_stop(home, args: list[str], out: Path, sig: int, ready) -> tuple[subprocess.Popen, dict, str]:
+def _start_and_stop(home, args: list[str], out: Path, sig: int, ready, preexec=None) -> tuple[subprocess.Popen, dict, str]:
     """Start a run, wait until its checkpoint satisfies `ready(record)`, send `sig`; return the record seen."""
     log = home / f"{out.name}.stderr"
     with open(log, "w") as err:
         proc = subprocess.Popen(PT + ["run", *CLI_BASE, *args, "--out", str(out)], stdout=subprocess.DEVNULL,
-                                stderr=err, env=cli_env(home))
+                                stderr=err, env=cli_env(home), preexec_fn=preexec)
     record_path = C.checkpoint_dir(out) / "checkpoint.json"
     deadline = time.monotonic() + 240
     record = None
@@ -230,11 +230,11 @@ def test_sigkill_mid_finetuning_then_resume_equals_uninterrupted(cli_home, name,
 
 
 @pytest.mark.slow
-def test_ctrl_c_writes_a_checkpoint_and_exits_130_then_resume_completes(cli_home):
+def test_ctrl_c_writes_a_checkpoint_and_exits_130_then_resume_completes(cli_home, ctrl_c):
     home, refs = cli_home
     ref = _reference(home, refs, "structured", STRUCTURED)
     out = home / "interrupted"
-    proc, seen, err = _start_and_stop(home, STRUCTURED, out, signal.SIGINT, lambda r: r["fit"]["epoch"] >= 2)
+    proc, seen, err = _start_and_stop(home, STRUCTURED, out, signal.SIGINT, lambda r: r["fit"]["epoch"] >= 2, preexec=ctrl_c)
     assert proc.returncode == 130, err[-2000:]
     lines = [line for line in err.splitlines() if line.startswith("interrupted")]
     assert lines == [f"interrupted: resume with prunetune run --resume {out}"], err[-2000:]

@@ -96,7 +96,7 @@ def test_killed_refine_resumed_equals_uninterrupted(source, tmp_path, monkeypatc
     assert_same(tmp_path / "ref", tmp_path / "x")
 
 
-def test_ctrl_c_writes_a_checkpoint_then_resume_completes(source, tmp_path, monkeypatch, capsys):
+def test_ctrl_c_writes_a_checkpoint_then_resume_completes(source, tmp_path, monkeypatch, capsys, ctrl_c):
     overrides = ["finetune.epochs=2", "finetune.checkpoint_every_steps=4"]
     refine(source, overrides, out=tmp_path / "ref", data_path="shift-new", **QUIET)
     out = tmp_path / "model-v2"
