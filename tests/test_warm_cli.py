@@ -34,6 +34,9 @@ def test_each_command_has_its_own_directory_environment_and_exit(tmp_path):
     crash.write_text("raise ValueError('boom')\n")
     p = warm_cli.run([], cwd=tmp_path, script=crash, timeout=60)
     assert p.returncode == 1 and p.stderr.startswith("Traceback") and p.stderr.endswith("ValueError: boom\n")
+    thread = tmp_path / "thread.py"  # the exit waits for a non-daemon thread, as a fresh interpreter's does
+    thread.write_text("import threading, time\nthreading.Thread(target=lambda: (time.sleep(0.3), print('joined'))).start()\n")
+    assert warm_cli.run([], cwd=tmp_path, script=thread, timeout=60).stdout == "joined\n"
     sleeper = tmp_path / "sleep.py"
     sleeper.write_text("import time\ntime.sleep(30)\n")
     with pytest.raises(subprocess.TimeoutExpired):

@@ -4,7 +4,7 @@ child per command line read from stdin (one JSON request per line), and answer i
 Each child is its own process, as `python -m prunetune.cli ARGS` would be: its own working directory,
 environment, stdin (/dev/null), stdout and stderr (files the client reads), `sys.argv`, and
 `sys.path[0]` set to the working directory as `-m` sets it; it runs the CLI module as `__main__`,
-then the atexit handlers, then exits with the CLI's code (an uncaught exception: its traceback on
+waits for its non-daemon threads, runs the atexit handlers, then exits with the CLI's code (an uncaught exception: its traceback on
 stderr and 1, as the interpreter does). Only the imports are shared. The server itself runs no torch
 operation, so no OpenMP thread pool exists when it forks.
 """
@@ -16,6 +16,7 @@ import json
 import os
 import runpy
 import sys
+import threading
 import time
 import traceback
 
@@ -62,6 +63,7 @@ def _child(req: dict) -> None:
         except BaseException:  # noqa: BLE001 - what the interpreter would print
             traceback.print_exc()
             code = 1
+        threading._shutdown()  # as the interpreter's exit does: wait for non-daemon threads, then atexit
         atexit._run_exitfuncs()
         sys.stdout.flush()
         sys.stderr.flush()
