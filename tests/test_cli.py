@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
@@ -13,7 +12,6 @@ import warm_cli
 from conftest import cli_env
 from test_data import make_idx_folder
 
-PT = [sys.executable, "-m", "prunetune.cli"]
 QUICK = ["--set", "data.limit=2000", "--set", "data.test_limit=1000", "--set", "dense.epochs=2",
          "--set", "finetune.epochs=1", "--set", "evaluate.min_run_time=0.05", "--set", "evaluate.latency_batch=16"]
 

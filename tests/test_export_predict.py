@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 
 import numpy as np
 import pytest
@@ -27,7 +26,6 @@ from prunetune.tasks.classification import Classification
 import warm_cli
 from conftest import cli_env, make_bundle
 
-PT = [sys.executable, "-m", "prunetune.cli"]
 SHAPE = (1, 28, 28)
 FM_PRE = {"kind": "image", "mean": [MEAN], "std": [STD], "size": [28, 28], "channels": 1}  # as IDX-trained models save it
 FAST = {"threads": 1, "min_run_time": 0.05}
