@@ -11,7 +11,11 @@ and 128 timed alternately against the dense model (ratio of medians with a 95 % 
 Writes benchmarks/results/cifar10_resnet.json and .md (a --quick smoke test writes under runs/).
 
     python benchmarks/cifar10_resnet.py [--model resnet20|resnet56] [--quick] [--dense-epochs N] [--epochs N]
-        [--only NAME ...] [--no-latency | --latency-only]
+        [--only NAME ...] [--no-latency | --latency-only] [--results STEM] [--finetune JSON] [--tag=-SUFFIX]
+
+Rows on another dense model go in their own table (`--results cifar10_resnet_cpu`: the dense model
+trained on the 2-core CPU); `--finetune` changes prunetune's fine-tuning (an ablation row, named with
+`--tag`), and the glue keeps its own AdamW + OneCycle.
 
 Training may run on a GPU (prunetune picks CUDA when there is one; bf16 autocast) with `--no-latency`;
 every model is saved under benchmarks/runs/, and `--latency-only` later times those same models on
@@ -71,6 +75,12 @@ ROWS = {  # in order of importance, so a run cut short by its time limit still h
 }
 
 
+def epoch_lines(message: str) -> None:
+    """Progress of a long row: the fine-tuning epochs, nothing else."""
+    if " epoch " in message:
+        print(message, flush=True)
+
+
 def glue_prune(model, amount: float, example) -> torch.nn.Module:
     tp.pruner.MetaPruner(model, example, importance=tp.importance.MagnitudeImportance(p=2), pruning_ratio=amount,
                          ignored_layers=[model.classifier]).step()
@@ -109,15 +119,18 @@ def table(doc: dict) -> str:
                       f", torch {m['torch']}" for k, m in training_machines(doc).items())
     timed = (f"timed on {t['cpu']}, {t['torch_threads']} threads, torch {t['torch']}" if t else
              "timed on the training machine" if any("speedup_b1" in r for r in doc["rows"]) else "not timed yet")
+    unrecorded = "; — where it was not recorded" if any("best_val" not in r for r in doc["rows"]) else ""
     lines = [f"# CIFAR-10 / {name}: width, depth and both, against the glue", "",
              f"Trained on {where}. Speedups {timed}. Dense {name}: {doc['dense_epochs']} epochs "
-             f"(SGD 0.1, cosine, crop + flip), **{doc['dense_test']:.2f} % test**. FT ep: fine-tuning epochs of the row, "
+             f"(SGD 0.1, cosine, crop + flip), **{doc['dense_test']:.2f} % test**. best val: the validation accuracy that chose the kept epoch "
+             f"(5,000 held-out training images{unrecorded}). FT ep: fine-tuning epochs of the row, "
              "best validation epoch kept. Speedups: dense and pruned timed alternately, ratio of medians with a 95 % "
              "interval; \"no measurable change\" when it contains 1.0. FT s: fine-tuning seconds where it was trained.", "",
-             "| row | test (drop) | MACs ÷ | params | file ÷ | trained on | FT ep | FT s | speedup b1 | speedup b128 |",
-             "|---|---|---:|---:|---:|---|---:|---:|---|---|"]
+             "| row | best val | test (drop) | MACs ÷ | params | file ÷ | trained on | FT ep | FT s | speedup b1 | speedup b128 |",
+             "|---|---:|---|---:|---:|---:|---|---:|---:|---|---|"]
     for r in doc["rows"]:
-        lines.append(f"| {r['name']} | {r['after_ft']:.2f} ({-r['drop']:+.2f}) | {r['macs_ratio']:.2f} | {r['params']:,} | "
+        val = f"{r['best_val']:.2f}" if "best_val" in r else "—"
+        lines.append(f"| {r['name']} | {val} | {r['after_ft']:.2f} ({-r['drop']:+.2f}) | {r['macs_ratio']:.2f} | {r['params']:,} | "
                      f"{r['size_ratio']:.1f} | {short(r.get('trained_on', 'cpu'))} | {r.get('epochs', doc['epochs'])} | "
                      f"{r['wall_s']:.0f} | {fmt_speed(r.get('speedup_b1'))} | {fmt_speed(r.get('speedup_b128'))} |")
     if doc.get("notes"):  # what the numbers alone do not say (load while training, schedules), kept in the JSON
@@ -168,6 +181,11 @@ def main() -> None:
     ap.add_argument("--tag", default="", help="suffix of the row names (e.g. -ft60 for a longer fine-tuning budget)")
     ap.add_argument("--no-latency", action="store_true")
     ap.add_argument("--latency-only", action="store_true", help="time the models a previous run saved")
+    ap.add_argument("--results", help="stem of the results JSON and runs folder (default cifar10_resnet): rows on "
+                    "another dense model go in their own table")
+    ap.add_argument("--finetune", type=json.loads, default={},
+                    help="JSON merged into prunetune's finetune section (e.g. '{\"optimizer\": \"sgd\", \"lr\": 0.05}'); "
+                         "the glue keeps AdamW + OneCycle at prunetune's default rate")
     ap.add_argument("--reuse-dense", action="store_true",
                     help="start from the dense model a previous run saved under benchmarks/runs (no training)")
     args = ap.parse_args()
@@ -180,7 +198,10 @@ def main() -> None:
         base = merge(base, {"dense": {"epochs": args.dense_epochs}})
     if args.epochs:
         base = merge(base, {"finetune": {"epochs": args.epochs}})
-    stem = "cifar10_resnet" if args.model == "resnet20" else f"cifar10_{args.model}"
+    glue_ft = Recipe.model_validate(base).finetune  # the glue's rate, decay and batch: before --finetune
+    if args.finetune:
+        base = merge(base, {"finetune": args.finetune})
+    stem = args.results or ("cifar10_resnet" if args.model == "resnet20" else f"cifar10_{args.model}")
     runs = HERE / "runs" / (stem + "_quick" if args.quick else stem)
     if args.reuse_dense:
         base = merge(base, {"dense": {"source": "file", "path": str(runs / "dense" / "model" / "model.safetensors")}})
@@ -211,9 +232,9 @@ def main() -> None:
         if extra == "glue":
             torch.manual_seed(1)
             model = glue_prune(copy.deepcopy(dense), 0.5, example).to(session.device)
-            ft, gen = recipe.finetune, torch.Generator().manual_seed(1)
+            ft, gen = glue_ft, torch.Generator().manual_seed(1)
             # The glue augments as prunetune does (torchvision's RandomCrop(32, 4) + RandomHorizontalFlip).
-            row = glue_finetune(model, bundle, ft.epochs, ft.lr, ft.weight_decay, ft.batch_size, seed=1,
+            row = glue_finetune(model, bundle, recipe.finetune.epochs, ft.lr, ft.weight_decay, ft.batch_size, seed=1,
                                 transform=lambda x: augment(x, AugmentSpec(**AUG), gen))
             model = model.cpu().eval()
             row["after_ft"] = round(accuracy(model, bundle.test), 2)
@@ -225,11 +246,12 @@ def main() -> None:
                     continue
                 s = matching_sparsity(dense, macs(dense, example) / depth["macs_ratio"], example)
                 extra = {"prune": {"method": "structured", "sparsity": s}}
-            rep = run(Recipe.model_validate(merge(merge(base, extra), {"name": name})), out, log=lambda m: None,
+            rep = run(Recipe.model_validate(merge(merge(base, extra), {"name": name})), out, log=epoch_lines,
                       checkpoint=False)
             model = load_shipped(out / "model")
             row = {"after_ft": rep["stages"]["finetuned"]["accuracy"], "before_ft": rep["stages"]["pruned"]["accuracy"],
-                   "wall_s": rep["finetune"]["wall_s"], "recipe": extra}
+                   "wall_s": rep["finetune"]["wall_s"], "recipe": merge(extra, {"finetune": args.finetune}) if args.finetune else extra,
+                   "best_val": round(max(h["val_accuracy"] for h in rep["finetune"]["history"]), 2)}
         row = measure({"name": name, "dense": round(dense_acc, 2), **row}, dense, model, bundle, not args.no_latency)
         row["drop"] = round(row["dense"] - row["after_ft"], 2)
         row["trained_on"] = torch.cuda.get_device_name(0) if session.device.type == "cuda" else "cpu"
