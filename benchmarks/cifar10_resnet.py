@@ -12,10 +12,12 @@ Writes benchmarks/results/cifar10_resnet.json and .md (a --quick smoke test writ
 
     python benchmarks/cifar10_resnet.py [--model resnet20|resnet56] [--quick] [--dense-epochs N] [--epochs N]
         [--only NAME ...] [--no-latency | --latency-only] [--results STEM] [--finetune JSON] [--tag=-SUFFIX]
+    python benchmarks/cifar10_resnet.py --results cifar10_resnet_cpu --scratch 40 80 [--record RUN_DIR ...]
 
 Rows on another dense model go in their own table (`--results cifar10_resnet_cpu`: the dense model
 trained on the 2-core CPU); `--finetune` changes prunetune's fine-tuning (an ablation row, named with
-`--tag`), and the glue keeps its own AdamW + OneCycle.
+`--tag`), and the glue keeps its own AdamW + OneCycle. `--scratch` adds the reference rows of Liu et al.
+2019: the same channels −50 % architecture trained from random weights with the dense recipe.
 
 Training may run on a GPU (prunetune picks CUDA when there is one; bf16 autocast) with `--no-latency`;
 every model is saved under benchmarks/runs/, and `--latency-only` later times those same models on
@@ -170,6 +172,59 @@ def latency_only(path: Path, runs: Path, bundle, only: list[str] | None = None) 
         document(doc, path)
 
 
+SCRATCH = "channels-50-scratch"  # the channels -50 % architecture trained from random weights (--scratch)
+SAME = ("seed", "model", "data", "prune", "finetune")  # the sections a recorded scratch run must match
+
+
+def scratch_recipe(base: dict, epochs: int) -> dict:
+    """The channels -50 % architecture trained from random weights with the dense model's own recipe for
+    `epochs` epochs: nothing trained or cached as the dense model (dense.epochs 0), the same one-shot plan
+    cut from the random weights, then the dense recipe as fine-tuning. It is the reference of Liu et al.
+    2019 ("Rethinking the value of network pruning"): what the pruned architecture reaches in a budget
+    without any weights from the dense model, against what fine-tuning the pruned model reaches."""
+    return merge(base, {"name": f"cifar10-{base['model']['name']}-half-scratch", "dense": {"epochs": 0, "cache": False},
+                        "prune": {"method": "structured", "sparsity": 0.5},
+                        "finetune": {**{k: v for k, v in base["dense"].items() if k not in ("source", "path", "cache")},
+                                     "epochs": epochs}})
+
+
+def scratch_rows(base: dict, epochs: list[int], record: list[str], path: Path, runs: Path) -> None:
+    """Rows of the channels -50 % architecture trained from scratch (`scratch_recipe`), in the table of the
+    dense model trained on this host (its test accuracy is the JSON's `dense_test`: the drop is against it).
+    `record` takes finished `prunetune run` folders of the same recipe instead of running it (checked section
+    by section); MACs and file ratios are against the untrained full-width network (same shapes)."""
+    doc = json.loads(path.read_text())
+    done = {r["name"]: r for r in doc["rows"]}
+    jobs = [(int(Recipe.model_validate(json.loads((Path(d) / "report.json").read_text())["recipe"]).finetune.epochs), Path(d))
+            for d in record] + [(e, None) for e in epochs]
+    for n, folder in jobs:
+        t0, name = time.perf_counter(), f"{SCRATCH}-ep{n}"
+        recipe = Recipe.model_validate(scratch_recipe(base, n))
+        if folder is None:
+            folder = runs / name
+            shutil.rmtree(folder, ignore_errors=True)
+            rep = run(recipe, folder, log=epoch_lines, checkpoint=False)
+        else:
+            rep = json.loads((folder / "report.json").read_text())
+            ran, want = Recipe.model_validate(rep["recipe"]).model_dump(mode="json"), recipe.model_dump(mode="json")
+            differ = [k for k in SAME if ran[k] != want[k]] + (["dense.epochs"] if ran["dense"]["epochs"] != 0 else [])
+            if differ:
+                raise SystemExit(f"{folder}: not the scratch recipe ({', '.join(differ)} differ); run it with --scratch instead")
+        session = open_session(recipe, log=lambda m: None)
+        bundle = session.load_data(recipe.data, recipe.model)
+        untrained, _ = session.obtain_dense(recipe)
+        row = {"name": name, "dense": doc["dense_test"], "after_ft": rep["stages"]["finetuned"]["accuracy"],
+               "before_ft": rep["stages"]["pruned"]["accuracy"], "wall_s": rep["finetune"]["wall_s"],
+               "best_val": round(max(h["val_accuracy"] for h in rep["finetune"]["history"]), 2),
+               "recipe": {"scratch": True, "prune": {"method": "structured", "sparsity": 0.5}, "finetune": "the dense recipe"}}
+        row = measure(row, untrained.cpu().eval(), load_shipped(folder / "model"), bundle, latency=False)
+        row.update(drop=round(row["dense"] - row["after_ft"], 2), trained_on="cpu", epochs=n,
+                   row_s=round(time.perf_counter() - t0, 1))
+        done[name] = row
+        print(f"{name}: {row['after_ft']} (drop {row['drop']}), MACs ÷{row['macs_ratio']}", flush=True)
+        document({**doc, "rows": list(done.values())}, path)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="resnet20", choices=["resnet20", "resnet56"])
@@ -188,6 +243,11 @@ def main() -> None:
                          "the glue keeps AdamW + OneCycle at prunetune's default rate")
     ap.add_argument("--reuse-dense", action="store_true",
                     help="start from the dense model a previous run saved under benchmarks/runs (no training)")
+    ap.add_argument("--scratch", type=int, nargs="*", metavar="EPOCHS",
+                    help="rows of the channels -50 %% architecture trained from random weights with the dense recipe "
+                         "for each number of epochs, in the --results table (no dense model needed)")
+    ap.add_argument("--record", nargs="*", default=[], metavar="RUN_DIR",
+                    help="with --scratch: finished `prunetune run` folders of the same recipe, recorded instead of run")
     args = ap.parse_args()
     global MIN_RUN
     MIN_RUN = 0.2 if args.quick else MIN_RUN
@@ -205,10 +265,14 @@ def main() -> None:
     runs = HERE / "runs" / (stem + "_quick" if args.quick else stem)
     if args.reuse_dense:
         base = merge(base, {"dense": {"source": "file", "path": str(runs / "dense" / "model" / "model.safetensors")}})
+    path = (runs if args.quick else RESULTS) / f"{stem}.json"
+    if args.scratch is not None:
+        if not path.exists():
+            raise SystemExit(f"{path}: no table yet; run its dense model's rows first (the drop is measured against it)")
+        return scratch_rows(base, args.scratch, args.record, path, runs)
     recipe = Recipe.model_validate(base)
     session = open_session(recipe, log=lambda m: print(m, flush=True))
     bundle = session.load_data(recipe.data, recipe.model, announce=True)
-    path = (runs if args.quick else RESULTS) / f"{stem}.json"
     if args.latency_only:
         return latency_only(path, runs, bundle, args.only)
     dense, _ = session.obtain_dense(recipe)
