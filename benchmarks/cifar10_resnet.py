@@ -176,6 +176,12 @@ SCRATCH = "channels-50-scratch"  # the channels -50 % architecture trained from 
 SAME = ("seed", "model", "data", "prune", "finetune")  # the sections a recorded scratch run must match
 
 
+def refuse(message: str) -> None:
+    """Bad input: one line on stderr, exit code 2."""
+    print(message, file=sys.stderr)
+    raise SystemExit(2)
+
+
 def scratch_recipe(base: dict, epochs: int) -> dict:
     """The channels -50 % architecture trained from random weights with the dense model's own recipe for
     `epochs` epochs: nothing trained or cached as the dense model (dense.epochs 0), the same one-shot plan
@@ -195,6 +201,9 @@ def scratch_rows(base: dict, epochs: list[int], record: list[str], path: Path, r
     by section); MACs and file ratios are against the untrained full-width network (same shapes)."""
     doc = json.loads(path.read_text())
     done = {r["name"]: r for r in doc["rows"]}
+    for d in record:
+        if not (Path(d) / "report.json").is_file():
+            refuse(f"{d}: no report.json; give the folder of a finished `prunetune run` (its --out)")
     jobs = [(int(Recipe.model_validate(json.loads((Path(d) / "report.json").read_text())["recipe"]).finetune.epochs), Path(d))
             for d in record] + [(e, None) for e in epochs]
     for n, folder in jobs:
@@ -209,7 +218,7 @@ def scratch_rows(base: dict, epochs: list[int], record: list[str], path: Path, r
             ran, want = Recipe.model_validate(rep["recipe"]).model_dump(mode="json"), recipe.model_dump(mode="json")
             differ = [k for k in SAME if ran[k] != want[k]] + (["dense.epochs"] if ran["dense"]["epochs"] != 0 else [])
             if differ:
-                raise SystemExit(f"{folder}: not the scratch recipe ({', '.join(differ)} differ); run it with --scratch instead")
+                refuse(f"{folder}: not the scratch recipe ({', '.join(differ)} differ); run it with --scratch instead")
         session = open_session(recipe, log=lambda m: None)
         bundle = session.load_data(recipe.data, recipe.model)
         untrained, _ = session.obtain_dense(recipe)
@@ -268,7 +277,7 @@ def main() -> None:
     path = (runs if args.quick else RESULTS) / f"{stem}.json"
     if args.scratch is not None:
         if not path.exists():
-            raise SystemExit(f"{path}: no table yet; run its dense model's rows first (the drop is measured against it)")
+            refuse(f"{path}: no table yet; run its dense model's rows first (the drop is measured against it)")
         return scratch_rows(base, args.scratch, args.record, path, runs)
     recipe = Recipe.model_validate(base)
     session = open_session(recipe, log=lambda m: print(m, flush=True))
