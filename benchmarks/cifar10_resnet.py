@@ -33,6 +33,7 @@ import shutil
 import sys
 import time
 from pathlib import Path
+from typing import NoReturn
 
 import torch
 import torch_pruning as tp
@@ -176,7 +177,7 @@ SCRATCH = "channels-50-scratch"  # the channels -50 % architecture trained from 
 SAME = ("seed", "model", "data", "prune", "finetune")  # the sections a recorded scratch run must match
 
 
-def refuse(message: str) -> None:
+def refuse(message: str) -> NoReturn:
     """Bad input: one line on stderr, exit code 2."""
     print(message, file=sys.stderr)
     raise SystemExit(2)
@@ -184,8 +185,8 @@ def refuse(message: str) -> None:
 
 def scratch_recipe(base: dict, epochs: int) -> dict:
     """The channels -50 % architecture trained from random weights with the dense model's own recipe for
-    `epochs` epochs: nothing trained or cached as the dense model (dense.epochs 0), the same one-shot plan
-    cut from the random weights, then the dense recipe as fine-tuning. It is the reference of Liu et al.
+    `epochs` epochs: nothing trained or cached as the dense model (dense.epochs 0), the same shapes (half of
+    every layer's channels) cut from the random weights, then the dense recipe as fine-tuning. It is the reference of Liu et al.
     2019 ("Rethinking the value of network pruning"): what the pruned architecture reaches in a budget
     without any weights from the dense model, against what fine-tuning the pruned model reaches."""
     return merge(base, {"name": f"cifar10-{base['model']['name']}-half-scratch", "dense": {"epochs": 0, "cache": False},
@@ -227,7 +228,8 @@ def scratch_rows(base: dict, epochs: list[int], record: list[str], path: Path, r
                "best_val": round(max(h["val_accuracy"] for h in rep["finetune"]["history"]), 2),
                "recipe": {"scratch": True, "prune": {"method": "structured", "sparsity": 0.5}, "finetune": "the dense recipe"}}
         row = measure(row, untrained.cpu().eval(), load_shipped(folder / "model"), bundle, latency=False)
-        row.update(drop=round(row["dense"] - row["after_ft"], 2), trained_on="cpu", epochs=n,
+        where = "cpu" if folder.parent != runs or not torch.cuda.is_available() else torch.cuda.get_device_name(0)
+        row.update(drop=round(row["dense"] - row["after_ft"], 2), trained_on=where, epochs=n,
                    row_s=round(time.perf_counter() - t0, 1))
         done[name] = row
         print(f"{name}: {row['after_ft']} (drop {row['drop']}), MACs ÷{row['macs_ratio']}", flush=True)
